@@ -1,0 +1,43 @@
+"""The ``puppet-master`` command line."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from ..errors import UserInputError
+from .animate import animate
+from .random_model import random_model
+
+app = typer.Typer(
+    name="puppet-master",
+    help="Part-level, drag-conditioned video generation (Puppet-Master).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+app.command("animate")(animate)
+app.command("random-model")(random_model)
+
+
+def _quiet_libraries() -> None:
+    """Keep library chatter (deprecation notes, backend fallbacks) out of the command's output."""
+    import os
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: runs the app; a :class:`UserInputError` becomes one line on stderr and exit 2."""
+    _quiet_libraries()
+    try:
+        app(args=argv, standalone_mode=True)
+    except UserInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

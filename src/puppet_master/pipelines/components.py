@@ -1,0 +1,121 @@
+"""Builders for the pipeline's components: SVD's published configurations and tiny copies.
+
+Real weights cannot be downloaded on every machine, so tests and benchmarks build the
+same classes with random weights: ``"full"`` has SVD-img2vid's published sizes
+(DESIGN §5), ``"tiny"`` is small enough to run a whole pipeline on a laptop CPU in
+seconds.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler
+
+from ..models import UNetDragSpatioTemporalConditionModel
+
+#: SVD-img2vid's scheduler configuration (DESIGN §5).
+SVD_SCHEDULER_CONFIG: dict[str, Any] = dict(
+    num_train_timesteps=1000,
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    prediction_type="v_prediction",
+    interpolation_type="linear",
+    use_karras_sigmas=True,
+    sigma_min=0.002,
+    sigma_max=700.0,
+    timestep_spacing="leading",
+    timestep_type="continuous",
+    steps_offset=1,
+)
+
+#: Sizes of the components with random weights built by :func:`build_components`.
+SIZES: dict[str, dict[str, Any]] = {
+    "full": dict(
+        vae=dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2),
+        clip=dict(hidden_size=1280, num_hidden_layers=32, num_attention_heads=16, intermediate_size=5120,
+                  image_size=224, patch_size=14, projection_dim=1024),
+        unet=dict(),
+    ),
+    "tiny": dict(
+        vae=dict(block_out_channels=(32, 32, 32, 32), layers_per_block=1),
+        clip=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                  image_size=32, patch_size=8, projection_dim=32),
+        unet=dict(
+            block_out_channels=(32, 64, 64, 64),
+            layers_per_block=1,
+            cross_attention_dim=32,
+            num_attention_heads=(1, 2, 2, 2),
+            pos_embed_dim=16,
+            drag_embedder_out_channels=(16, 32, 32),
+        ),
+    ),
+}
+
+
+def make_scheduler() -> EulerDiscreteScheduler:
+    """SVD's ``EulerDiscreteScheduler`` (EDM, Karras σ, v-prediction, continuous timesteps)."""
+    return EulerDiscreteScheduler(**SVD_SCHEDULER_CONFIG)
+
+
+def make_vae(block_out_channels=(128, 256, 512, 512), layers_per_block: int = 2) -> AutoencoderKLTemporalDecoder:
+    """SVD's temporal-decoder VAE (3 → 4 latent channels, 8× down, scaling 0.18215)."""
+    return AutoencoderKLTemporalDecoder(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * len(block_out_channels),
+        block_out_channels=tuple(block_out_channels),
+        layers_per_block=layers_per_block,
+        latent_channels=4,
+        scaling_factor=0.18215,
+    )
+
+
+def make_image_encoder(**clip_kwargs):
+    """``CLIPVisionModelWithProjection`` and its ``CLIPImageProcessor`` (SVD uses ViT-H/14)."""
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    config = CLIPVisionConfig(**clip_kwargs)
+    encoder = CLIPVisionModelWithProjection(config)
+    size = config.image_size
+    processor = CLIPImageProcessor(
+        size={"shortest_edge": size},
+        crop_size={"height": size, "width": size},
+        image_mean=[0.48145466, 0.4578275, 0.40821073],
+        image_std=[0.26862954, 0.26130258, 0.27577711],
+    )
+    return encoder, processor
+
+
+def build_components(size: str = "tiny", seed: int = 0, with_image_encoder: bool = True, **unet_overrides) -> dict:
+    """Random-weight components for :class:`~puppet_master.pipelines.PuppetMasterPipeline`.
+
+    Args:
+        size: ``"tiny"`` (seconds on CPU) or ``"full"`` (SVD-img2vid's sizes, 1.68 B UNet
+            parameters; build it on a GPU or the ``meta`` device).
+        seed: seed of the random weights.
+        with_image_encoder: include a CLIP image encoder (else the UNet sees zero
+            image embeddings).
+        **unet_overrides: constructor arguments of the UNet to change.
+
+    Returns:
+        dict with ``vae``, ``image_encoder``, ``feature_extractor``, ``unet``, ``scheduler``.
+
+    Raises:
+        ValueError: unknown ``size``.
+    """
+    if size not in SIZES:
+        raise ValueError(f"size must be one of {sorted(SIZES)}, got {size!r}")
+    spec = SIZES[size]
+    torch.manual_seed(seed)
+    vae = make_vae(**spec["vae"])
+    encoder = processor = None
+    unet_kwargs = dict(spec["unet"])
+    if with_image_encoder:
+        encoder, processor = make_image_encoder(**spec["clip"])
+        unet_kwargs.setdefault("cross_attention_dim", spec["clip"]["projection_dim"])
+    unet_kwargs.update(unet_overrides)
+    unet = UNetDragSpatioTemporalConditionModel(**unet_kwargs)
+    return dict(vae=vae, image_encoder=encoder, feature_extractor=processor, unet=unet, scheduler=make_scheduler())

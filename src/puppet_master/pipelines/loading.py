@@ -1,0 +1,72 @@
+"""Finding and loading a pipeline from a directory, a hub id or the embedded default."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from ..errors import ModelLoadError
+
+#: Folder of the model shipped inside the package (``--model default``).
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "default-model"
+
+
+def resolve_model(model: str | os.PathLike | None) -> str:
+    """Turn ``--model`` into a directory or hub id.
+
+    ``None`` and ``"default"`` mean the embedded default model.
+
+    Raises:
+        ModelLoadError: the default model is not installed, or a local-looking path
+            does not exist / is not a pipeline folder.
+    """
+    if model is None or str(model) == "default":
+        if not (DEFAULT_MODEL_DIR / "model_index.json").is_file():
+            raise ModelLoadError(
+                "no default model is installed in this package: pass --model DIR (a folder saved by "
+                "save_pretrained, e.g. made by `puppet-master random-model DIR` for a smoke test)"
+            )
+        return str(DEFAULT_MODEL_DIR)
+    text = str(model)
+    path = Path(text).expanduser()
+    is_hub_id = not path.exists() and text.count("/") == 1 and not text.startswith((".", "/", "~"))
+    if not is_hub_id:
+        if not path.is_dir():
+            raise ModelLoadError(f"model folder {text!r} does not exist")
+        if not (path / "model_index.json").is_file():
+            raise ModelLoadError(f"model folder {text!r} has no model_index.json: it was not saved by save_pretrained")
+        return str(path)
+    return text  # a hub id such as "user/puppet-master"
+
+
+def load_pipeline(model: str | os.PathLike | None = None, device: str | torch.device = "cpu", torch_dtype: torch.dtype | None = None):
+    """Load a :class:`~puppet_master.pipelines.PuppetMasterPipeline`.
+
+    Args:
+        model: a ``save_pretrained`` folder, a hub id, or ``None`` / ``"default"`` for the
+            embedded default model.
+        device: where to run (``"cpu"``, ``"cuda"``, ``"cuda:1"``…).
+        torch_dtype: weights dtype (default: as saved, float32 on CPU).
+
+    Raises:
+        ModelLoadError: missing or broken model, unavailable device.
+    """
+    from .pipeline_puppet_master import PuppetMasterPipeline
+
+    source = resolve_model(model)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ModelLoadError(f"unknown device {device!r}: {exc}") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("--device cuda was asked for but no CUDA GPU is available: use --device cpu")
+    kwargs = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
+    try:
+        pipe = PuppetMasterPipeline.from_pretrained(source, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - hub/network/format errors all mean "cannot load this model"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"cannot load model {str(model or 'default')!r}: {first}") from exc
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(dev)

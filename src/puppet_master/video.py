@@ -1,0 +1,144 @@
+"""Writing generated videos (mp4 / gif / webp) and drawing drags on frames."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+import PIL.Image
+
+from .errors import UserInputError
+
+VIDEO_SUFFIXES = (".mp4", ".gif", ".webp")
+
+#: Drag colours (RGB), one per slot, as in the figures of the paper.
+DRAG_COLORS = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180)]
+
+
+def check_output_path(path: str | Path, overwrite: bool = False) -> Path:
+    """Validate a video output path before any work is done.
+
+    Raises:
+        UserInputError: unsupported suffix, existing file without ``overwrite``,
+            missing or non-writable folder.
+    """
+    path = Path(path)
+    if path.suffix.lower() not in VIDEO_SUFFIXES:
+        raise UserInputError(f"output {str(path)!r} must end in one of {', '.join(VIDEO_SUFFIXES)}")
+    if path.exists() and not overwrite:
+        raise UserInputError(f"output {str(path)!r} already exists: pass --overwrite to replace it")
+    if path.is_dir():
+        raise UserInputError(f"output {str(path)!r} is a folder")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise UserInputError(f"output folder {str(parent)!r} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise UserInputError(f"output folder {str(parent)!r} is not writable")
+    return path
+
+
+def to_uint8_frames(frames) -> np.ndarray:
+    """Frames as ``uint8 (N, H, W, 3)`` from PIL images, float arrays in [0, 1] or uint8 arrays."""
+    if isinstance(frames, np.ndarray) and frames.ndim == 4:
+        arr = frames
+    else:
+        arr = np.stack([np.asarray(f.convert("RGB")) if isinstance(f, PIL.Image.Image) else np.asarray(f) for f in frames])
+    if arr.dtype != np.uint8:
+        arr = (np.clip(arr, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
+    return arr
+
+
+def draw_drags(frames: np.ndarray, trajectories: np.ndarray, upto_current: bool = True, thickness: int = 2) -> np.ndarray:
+    """Draw drags on frames: the track so far, an arrow to the current point, a dot at the start.
+
+    Args:
+        frames: ``uint8 (N, H, W, 3)``.
+        trajectories: ``(K, N', 2)`` in the frames' pixels (x right, y down); resampled
+            to ``N`` frames if needed.
+        upto_current: draw frame ``n`` with the track up to ``n`` (else the whole drag).
+
+    Returns:
+        A new ``uint8 (N, H, W, 3)`` array.
+    """
+    out = frames.copy()
+    n = out.shape[0]
+    traj = np.asarray(trajectories, dtype=np.float64)
+    if traj.shape[1] != n:
+        src, dst = np.linspace(0, 1, traj.shape[1]), np.linspace(0, 1, n)
+        traj = np.stack([np.stack([np.interp(dst, src, t[:, c]) for c in range(2)], -1) for t in traj])
+    for f in range(n):
+        canvas = np.ascontiguousarray(out[f])
+        last = f if upto_current else n - 1
+        for k, track in enumerate(traj):
+            color = DRAG_COLORS[k % len(DRAG_COLORS)]
+            pts = np.round(track[: last + 1]).astype(np.int32)
+            if len(pts) > 1:
+                cv2.polylines(canvas, [pts.reshape(-1, 1, 2)], False, color, thickness, cv2.LINE_AA)
+            start, end = tuple(int(v) for v in pts[0]), tuple(int(v) for v in pts[-1])
+            if start != end:
+                cv2.arrowedLine(canvas, tuple(int(v) for v in pts[max(0, len(pts) - 2)]), end, color, thickness, cv2.LINE_AA, tipLength=0.5)
+            cv2.circle(canvas, start, thickness + 2, color, -1, cv2.LINE_AA)
+        out[f] = canvas
+    return out
+
+
+def write_video(frames, path: str | Path, fps: float = 7.0, overwrite: bool = False) -> Path:
+    """Write frames to ``.mp4`` (H.264 via ffmpeg), ``.gif`` or ``.webp`` (looping) atomically.
+
+    The file is written under a temporary name in the same folder and renamed at the
+    end, so an interrupted write never leaves a partial file under ``path``.
+
+    Args:
+        frames: PIL images, or an array ``(N, H, W, 3)`` (uint8, or float in [0, 1]).
+        fps: frames per second.
+
+    Raises:
+        UserInputError: see :func:`check_output_path`.
+    """
+    path = check_output_path(path, overwrite)
+    arr = to_uint8_frames(frames)
+    suffix = path.suffix.lower()
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        if suffix == ".mp4":
+            import imageio.v2 as imageio
+
+            # yuv420p needs even sizes; macro_block_size=2 pads odd sizes minimally
+            with imageio.get_writer(tmp_name, format="FFMPEG", mode="I", fps=fps, codec="libx264",
+                                    pixelformat="yuv420p", macro_block_size=2, quality=8) as writer:
+                for frame in arr:
+                    writer.append_data(frame)
+        else:
+            images = [PIL.Image.fromarray(f) for f in arr]
+            kwargs = dict(save_all=True, append_images=images[1:], duration=int(round(1000 / fps)), loop=0)
+            if suffix == ".webp":
+                kwargs["quality"] = 90
+            images[0].save(tmp_name, **kwargs)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_name, 0o666 & ~umask)  # mkstemp creates 0600; give the usual file mode
+        os.replace(tmp_name, path)
+    finally:
+        if os.path.exists(tmp_name):
+            os.unlink(tmp_name)
+    return path
+
+
+def read_video(path: str | Path) -> np.ndarray:
+    """Read all frames of a video/GIF as ``uint8 (N, H, W, 3)``."""
+    import imageio.v3 as iio
+
+    frames = iio.imread(path, index=None)
+    if frames.ndim == 3:
+        frames = frames[None]
+    return frames[..., :3]
+
+
+def side_by_side(videos: Sequence[np.ndarray]) -> np.ndarray:
+    """Concatenate equally long ``(N, H, W, 3)`` videos horizontally."""
+    return np.concatenate(list(videos), axis=2)

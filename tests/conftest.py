@@ -1,0 +1,46 @@
+"""Shared fixtures: the reference data in ../shared and a tiny random pipeline saved to disk."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("PUPPET_MASTER_SHARED", REPO.parent / "shared"))
+GOLDEN_A = SHARED / "reference" / "puppet_master_golden_A.safetensors"
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    if not SHARED.is_dir():
+        pytest.fail(f"reference data folder {SHARED} is missing (CI has ../shared beside the clone)")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def golden_a(shared_dir):
+    from safetensors.torch import load_file
+
+    return load_file(str(GOLDEN_A))
+
+
+@pytest.fixture(scope="session")
+def golden_a_meta(shared_dir):
+    import json
+
+    return json.loads((shared_dir / "reference" / "puppet_master_golden_A.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline_dir(tmp_path_factory) -> Path:
+    """A tiny random-weight PuppetMasterPipeline saved with save_pretrained."""
+    from puppet_master.pipelines import PuppetMasterPipeline, build_components
+
+    path = tmp_path_factory.mktemp("models") / "tiny"
+    PuppetMasterPipeline(**build_components("tiny", seed=0)).save_pretrained(path)
+    return path
