@@ -1,0 +1,150 @@
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+from puppet_master.drags import DragSet
+from puppet_master.errors import UserInputError
+from puppet_master.models import drag_modules
+from puppet_master.pipelines import PuppetMasterPipeline, build_components, guidance_scales
+
+
+def _image(size=64, seed=0):
+    rng = np.random.default_rng(seed)
+    arr = np.full((size, size, 3), 255, np.uint8)
+    arr[16:48, 16:48] = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    return PIL.Image.fromarray(arr)
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_pipeline_dir):
+    p = PuppetMasterPipeline.from_pretrained(tiny_pipeline_dir)
+    p.set_progress_bar_config(disable=True)
+    return p
+
+
+def test_cfg_ramp_is_linear_over_frames():
+    g = guidance_scales(14, 1.0, 5.0)
+    assert g.shape == (14,)
+    assert g[0] == 1.0 and g[-1] == 5.0
+    torch.testing.assert_close(torch.diff(g), torch.full((13,), 4.0 / 13))
+
+
+def test_end_to_end_frames_deterministic_with_seed(pipe):
+    drags = DragSet.from_pairs([((20, 20), (40, 30))], 64, 64, num_frames=6)
+    kwargs = dict(num_frames=6, height=64, width=64, num_inference_steps=3)
+    a = pipe(_image(), drags, generator=torch.Generator().manual_seed(7), output_type="np", **kwargs).frames
+    b = pipe(_image(), drags, generator=torch.Generator().manual_seed(7), output_type="np", **kwargs).frames
+    c = pipe(_image(), drags, generator=torch.Generator().manual_seed(8), output_type="np", **kwargs).frames
+    assert a.shape == (1, 6, 64, 64, 3)
+    assert a.min() >= 0 and a.max() <= 1
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a - c).max() > 1e-3
+    pil = pipe(_image(), drags, generator=torch.Generator().manual_seed(7), **kwargs).frames
+    assert len(pil[0]) == 6 and pil[0][0].size == (64, 64)
+
+
+def test_drag_tensor_input_equals_dragset_input(pipe):
+    drags = DragSet.from_pairs([((20, 20), (40, 30)), ((50, 10), (50, 40))], 64, 64, num_frames=4)
+    kwargs = dict(num_frames=4, height=64, width=64, num_inference_steps=2, output_type="latent")
+    a = pipe(_image(), drags, generator=torch.Generator().manual_seed(0), **kwargs).frames
+    b = pipe(_image(), drags.to_tensor(5), generator=torch.Generator().manual_seed(0), **kwargs).frames
+    assert a.shape == (1, 4, 4, 8, 8)
+    torch.testing.assert_close(a, b)
+
+
+def test_drag_encodings_are_computed_once_per_call(pipe, monkeypatch):
+    calls = []
+    real = drag_modules.encode_drags
+
+    def counting(*args, **kwargs):
+        calls.append(args[1])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(drag_modules, "encode_drags", counting)
+    drags = DragSet.from_pairs([((20, 20), (40, 30))], 64, 64, num_frames=4)
+    pipe(_image(), drags, num_frames=4, height=64, width=64, num_inference_steps=4, output_type="latent")
+    assert sorted(calls) == sorted([(8, 8), (4, 4), (2, 2)])  # once per drag resolution, not per step
+
+
+def test_unconditional_branch_gets_zero_drags_image_latent_and_embedding(pipe, monkeypatch):
+    seen = {}
+    real_forward = pipe.unet.forward
+
+    def spy(sample, timestep, image_latents, encoder_hidden_states, **kwargs):
+        seen["image_latents"] = image_latents.clone()
+        seen["emb"] = encoder_hidden_states.clone()
+        seen["drags"] = kwargs["drag_conditioning"].drags.clone()
+        return real_forward(sample, timestep, image_latents, encoder_hidden_states, **kwargs)
+
+    monkeypatch.setattr(pipe.unet, "forward", spy)
+    drags = DragSet.from_pairs([((20, 20), (40, 30))], 64, 64, num_frames=4)
+    pipe(_image(), drags, num_frames=4, height=64, width=64, num_inference_steps=1, output_type="latent")
+    assert seen["image_latents"].shape[0] == 2
+    assert seen["image_latents"][0].abs().sum() == 0 and seen["image_latents"][1].abs().sum() > 0
+    assert seen["emb"][0].abs().sum() == 0 and seen["emb"][1].abs().sum() > 0
+    assert seen["drags"][0].abs().sum() == 0 and seen["drags"][1].abs().sum() > 0
+
+
+def test_guidance_one_disables_cfg(pipe, monkeypatch):
+    batch_sizes = []
+    real_forward = pipe.unet.forward
+    monkeypatch.setattr(pipe.unet, "forward", lambda s, *a, **k: batch_sizes.append(s.shape[0]) or real_forward(s, *a, **k))
+    drags = DragSet.from_pairs([((20, 20), (40, 30))], 64, 64, num_frames=4)
+    pipe(_image(), drags, num_frames=4, height=64, width=64, num_inference_steps=2, max_guidance_scale=1.0, output_type="latent")
+    assert batch_sizes == [1, 1]
+
+
+def test_bad_inputs(pipe):
+    drags = DragSet.from_pairs([((20, 20), (40, 30))], 64, 64, num_frames=4)
+    with pytest.raises(UserInputError, match="multiples of 64"):
+        pipe(_image(), drags, num_frames=4, height=40, width=64)
+    with pytest.raises(UserInputError, match="drags tensor"):
+        pipe(_image(), torch.zeros(4, 3, 4), num_frames=4, height=64, width=64)
+    with pytest.raises(UserInputError, match="image must be"):
+        pipe("not an image", drags, num_frames=4, height=64, width=64)
+
+
+def test_pipeline_without_image_encoder(tmp_path):
+    comps = build_components("tiny", seed=1, with_image_encoder=False)
+    pipe = PuppetMasterPipeline(**comps)
+    pipe.save_pretrained(tmp_path / "p")
+    again = PuppetMasterPipeline.from_pretrained(tmp_path / "p")
+    assert again.image_encoder is None
+    drags = DragSet.from_pairs([((20, 20), (40, 30))], 64, 64, num_frames=4)
+    out = again(_image(), drags, num_frames=4, height=64, width=64, num_inference_steps=2, output_type="pt").frames
+    assert out.shape == (1, 4, 3, 64, 64)
+
+
+def test_from_svd_assembles_from_an_svd_folder_layout(tmp_path):
+    """The SVD folder layout (vae/, image_encoder/, feature_extractor/, unet/, scheduler/) + authors' weights."""
+    from diffusers import UNetSpatioTemporalConditionModel
+    from safetensors.torch import save_file
+
+    comps = build_components("tiny", seed=2)
+    svd_dir = tmp_path / "svd"
+    comps["vae"].save_pretrained(svd_dir / "vae")
+    comps["image_encoder"].save_pretrained(svd_dir / "image_encoder")
+    comps["feature_extractor"].save_pretrained(svd_dir / "feature_extractor")
+    comps["scheduler"].save_pretrained(svd_dir / "scheduler")
+    svd_unet = UNetSpatioTemporalConditionModel(
+        in_channels=8, out_channels=4, block_out_channels=(32, 64, 64, 64), layers_per_block=1,
+        cross_attention_dim=32, num_attention_heads=(1, 2, 2, 2),
+    )
+    svd_unet.save_pretrained(svd_dir / "unet")
+    unet_kwargs = dict(block_out_channels=(32, 64, 64, 64), layers_per_block=1, cross_attention_dim=32,
+                       num_attention_heads=(1, 2, 2, 2), pos_embed_dim=16, drag_embedder_out_channels=(16, 32, 32))
+
+    # 1) training start: SVD's UNet converted
+    pipe = PuppetMasterPipeline.from_svd(svd_dir, **unet_kwargs)
+    torch.testing.assert_close(pipe.unet.conv_in.weight, svd_unet.conv_in.weight)
+    # 2) released checkpoint: a model.safetensors loaded strictly
+    weights = tmp_path / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in comps["unet"].state_dict().items()}, str(weights))
+    pipe = PuppetMasterPipeline.from_svd(svd_dir, unet_weights=weights, **unet_kwargs)
+    torch.testing.assert_close(pipe.unet.conv_in.weight, comps["unet"].conv_in.weight)
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
+    drags = DragSet.from_pairs([((20, 20), (40, 30))], 64, 64, num_frames=4)
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(_image(), drags, num_frames=4, height=64, width=64, num_inference_steps=2, output_type="np").frames
+    assert out.shape == (1, 4, 64, 64, 3)
