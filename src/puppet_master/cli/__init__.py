@@ -8,6 +8,7 @@ import typer
 
 from ..errors import UserInputError
 from .animate import animate
+from .evaluate import evaluate
 from .random_model import random_model
 
 app = typer.Typer(
@@ -20,6 +21,7 @@ app = typer.Typer(
 )
 app.command("animate")(animate)
 app.command("random-model")(random_model)
+app.command("evaluate")(evaluate)
 
 
 def _quiet_libraries() -> None:

@@ -1,0 +1,73 @@
+"""``puppet-master evaluate``: score models and baselines on the Drag-a-Move protocol (DESIGN §7)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..errors import UserInputError
+
+METHODS = ("model", "static", "warp")
+
+
+def evaluate(
+    data: Path = typer.Option(..., "--data", help="Folder of NNNNN.pkl + NNNNN.gif (Drag-a-Move) or NAME.json + video."),
+    method: list[str] = typer.Option(["static"], "--method", help="model, static or warp; repeat for several."),
+    out: Path = typer.Option(..., "--out", help="Output folder for report.json, report.md and videos/."),
+    model: Optional[str] = typer.Option(None, "--model", help="Pipeline folder / hub id / 'default' for --method model."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N examples."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the model's initial noise."),
+    steps: int = typer.Option(50, "--steps", min=1, help="Sampling steps of the model."),
+    guidance: float = typer.Option(5.0, "--guidance", help="Maximum CFG weight of the model."),
+    tracker: str = typer.Option("opencv-dis", "--tracker", help="opencv-dis (default), opencv-lk or cotracker."),
+    cotracker_checkpoint: Optional[Path] = typer.Option(None, "--cotracker-checkpoint", help="Local CoTracker weights."),
+    i3d: Optional[Path] = typer.Option(None, "--i3d", help="Local TorchScript I3D detector for FVD."),
+    device: str = typer.Option("cpu", "--device", help="Device for the model, CoTracker, LPIPS and I3D."),
+    no_videos: bool = typer.Option(False, "--no-videos", help="Skip the side-by-side GIFs."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing report in --out."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Evaluate methods on a test split; write OUT/report.json, OUT/report.md and OUT/videos/*.gif."""
+    try:
+        _run(data, method, out, model, limit, seed, steps, guidance, tracker, cotracker_checkpoint, i3d, device,
+             no_videos, overwrite, quiet)
+    except UserInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise typer.Exit(code=2)
+
+
+def _run(data, method, out, model, limit, seed, steps, guidance, tracker, cotracker_checkpoint, i3d, device,
+         no_videos, overwrite, quiet) -> None:
+    from ..evaluation.metrics import FVDMetric, LPIPSMetric
+    from ..evaluation.runner import evaluate as run_evaluation
+    from ..evaluation.runner import model_method, static_method, warp_method
+    from ..evaluation.tracking import make_tracker
+
+    unknown = [m for m in method if m not in METHODS]
+    if unknown:
+        raise UserInputError(f"unknown --method {unknown[0]!r}: choose from {', '.join(METHODS)}")
+    if not Path(data).is_dir():
+        raise UserInputError(f"--data {str(data)!r} is not a folder")
+    if (out / "report.json").exists() and not overwrite:
+        raise UserInputError(f"{out / 'report.json'} already exists: pass --overwrite or choose another --out")
+    trk = make_tracker(tracker, cotracker_checkpoint, device)
+    fvd = FVDMetric(i3d, device) if i3d is not None else None
+    methods = {}
+    for m in dict.fromkeys(method):
+        if m == "static":
+            methods[m] = static_method
+        elif m == "warp":
+            methods[m] = warp_method
+        else:
+            from ..pipelines.loading import load_pipeline
+
+            pipe = load_pipeline(model, device=device)
+            methods[m] = model_method(pipe, steps=steps, seed=seed, max_guidance=guidance)
+    report = run_evaluation(data, methods, trk, out, limit=limit, lpips=LPIPSMetric(device=device), fvd=fvd,
+                            write_gifs=not no_videos, progress=not quiet)
+    if not quiet:
+        print((out / "report.md").read_text())
+        print(f"wrote {out / 'report.json'} ({report.num_examples} examples)", file=sys.stderr)
