@@ -10,6 +10,7 @@ from ..errors import UserInputError
 from .animate import animate
 from .evaluate import evaluate
 from .random_model import random_model
+from .train import cache_latents, train
 
 app = typer.Typer(
     name="puppet-master",
@@ -22,6 +23,8 @@ app = typer.Typer(
 app.command("animate")(animate)
 app.command("random-model")(random_model)
 app.command("evaluate")(evaluate)
+app.command("train")(train)
+app.command("cache-latents")(cache_latents)
 
 
 def _quiet_libraries() -> None:
@@ -30,6 +33,10 @@ def _quiet_libraries() -> None:
 
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+
+
+def _module_main() -> None:
+    main()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,79 @@
+"""Latent cache: encode videos with the VAE and first frames with the image encoder once.
+
+The authors train from cached SVD latents to save memory and time (App. C). The cache
+is a folder of ``NAME.safetensors`` files with the keys of
+:mod:`puppet_master.training.data` (``latents`` scaled by the VAE factor,
+``image_latents`` unscaled VAE mean, ``embedding``, ``drags``) and the category in the
+metadata; :class:`~puppet_master.training.data.LatentCacheDataset` reads it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from ..errors import UserInputError
+
+
+@torch.no_grad()
+def cache_example(pipe, frames: np.ndarray, drags: torch.Tensor, category: str, out_file: Path) -> None:
+    """Encode one clip and write it atomically.
+
+    Args:
+        pipe: a :class:`~puppet_master.pipelines.PuppetMasterPipeline` (its VAE and image encoder).
+        frames: uint8 ``(N, H, W, 3)``.
+        drags: ``(N, K, 4)`` normalised.
+    """
+    device = pipe._execution_device
+    video = torch.from_numpy(frames).permute(0, 3, 1, 2).float().div(255).to(device)  # (N, 3, H, W) in [0, 1]
+    latents = pipe.encode_first_frame(video * 2 - 1)  # posterior means of every frame
+    tensors = {
+        "latents": (latents * pipe.vae.config.scaling_factor).float().cpu().contiguous(),
+        "image_latents": latents[0].float().cpu().contiguous(),
+        "embedding": pipe.encode_image_embedding(video[:1])[0].float().cpu().contiguous(),
+        "drags": drags.float().cpu().contiguous(),
+    }
+    tmp = out_file.with_name(f".{out_file.name}.partial")
+    save_file(tensors, str(tmp), metadata={"category": category})
+    os.replace(tmp, out_file)
+
+
+def build_cache(data: str | Path, model: str | None, out: str | Path, size: int = 256, device: str = "cpu",
+                limit: int | None = None, progress: bool = True) -> int:
+    """Encode every example of a split / Drag-a-Move folder into ``out``; existing files are skipped.
+
+    Returns:
+        Number of files written in this call.
+
+    Raises:
+        UserInputError: bad folders or model.
+    """
+    from tqdm.auto import tqdm
+
+    from ..evaluation.datasets import load_dragamove_example, load_split_example
+    from ..pipelines.loading import load_pipeline
+
+    data, out = Path(data), Path(out)
+    if not data.is_dir():
+        raise UserInputError(f"data folder {str(data)!r} does not exist")
+    files = sorted(data.glob("*.pkl")) or sorted(data.glob("*.json"))
+    loader = load_dragamove_example if files and files[0].suffix == ".pkl" else load_split_example
+    if limit:
+        files = files[:limit]
+    if not files:
+        raise UserInputError(f"{str(data)!r} holds no examples")
+    out.mkdir(parents=True, exist_ok=True)
+    pipe = load_pipeline(model, device=device)
+    written = 0
+    for f in tqdm(files, desc="caching latents", disable=not progress):
+        target = out / f"{f.stem}.safetensors"
+        if target.exists():
+            continue
+        ex = loader(f, size=size)
+        cache_example(pipe, ex.frames, ex.drags, ex.category, target)
+        written += 1
+    return written

@@ -1,0 +1,168 @@
+"""Training configuration: a YAML file validated with pydantic, plus ``key.sub=value`` overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ..errors import UserInputError
+
+#: Training mixture of the paper (DESIGN §6).
+PAPER_MIXTURE = {"drag-a-move": 0.3, "human-shape": 0.25, "animals": 0.25, "daily-used": 0.05, "other": 0.15}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SourceConfig(_Strict):
+    """One data source of the training mixture.
+
+    ``type``:
+      * ``synthetic``: generated latent clips (a blob that follows the drags) — tests,
+        benchmarks and the tiny recipe; needs no files.
+      * ``latent_cache``: a folder written by ``puppet-master cache-latents`` (``*.safetensors``).
+      * ``dragamove``: the authors' test-batch format (``*.pkl`` with SVD latents).
+    """
+
+    name: str = "data"
+    type: Literal["synthetic", "latent_cache", "dragamove"] = "synthetic"
+    path: str | None = None
+    weight: float = Field(1.0, gt=0)
+    num_clips: int = Field(64, ge=1, description="synthetic only")
+    latent_size: int = Field(8, ge=1, description="synthetic only")
+    embedding_dim: int = Field(32, ge=1, description="synthetic only")
+
+    @model_validator(mode="after")
+    def _path_needed(self):
+        if self.type != "synthetic" and not self.path:
+            raise ValueError(f"data source {self.name!r} of type {self.type} needs a 'path'")
+        return self
+
+
+class DataConfig(_Strict):
+    sources: list[SourceConfig] = Field(default_factory=lambda: [SourceConfig()])
+    num_frames: int = Field(14, ge=2)
+    num_drags: int = Field(5, ge=1)
+    batch_size: int = Field(1, ge=1, description="per process, per accumulation step")
+    num_workers: int = Field(0, ge=0)
+    samples_per_epoch: int | None = Field(None, ge=1, description="default: total size of all sources")
+
+
+class ModelConfig(_Strict):
+    """Where the UNet starts from.
+
+    * ``scratch``: random weights with ``unet`` constructor arguments (small configs).
+    * ``svd``: ``pretrained`` is an SVD img2vid folder / hub id; its UNet is converted
+      (drag modules zero-initialised) and its VAE / image encoder / scheduler are used
+      for validation and export.
+    * ``checkpoint``: ``pretrained`` is a drag-UNet folder or a pipeline folder (its
+      ``unet/``) from an earlier run.
+    """
+
+    init: Literal["scratch", "svd", "checkpoint"] = "scratch"
+    pretrained: str | None = None
+    unet: dict[str, Any] = Field(default_factory=dict)
+    components: str | None = Field(None, description="pipeline folder or 'tiny' for VAE/encoder/scheduler (validation, export)")
+    freeze: Literal["none", "backbone"] = "none"
+
+    @model_validator(mode="after")
+    def _pretrained_needed(self):
+        if self.init != "scratch" and not self.pretrained:
+            raise ValueError(f"model.init={self.init} needs model.pretrained (a folder or hub id)")
+        return self
+
+
+class OptimConfig(_Strict):
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr: float = Field(1e-5, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0)
+    grad_clip: float | None = Field(1.0, gt=0)
+    lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine"] = "constant"
+    warmup_steps: int = Field(0, ge=0)
+
+
+class TrainConfig(_Strict):
+    """Everything a run needs; see ``configs/*.yaml``."""
+
+    output_dir: str = "runs/puppet-master"
+    seed: int = 0
+    max_steps: int = Field(1000, ge=1, description="optimizer steps")
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    gradient_checkpointing: bool = False
+    cond_dropout_prob: float = Field(0.1, ge=0, le=1, description="CFG: drop all drags of a clip")
+    image_dropout_prob: float = Field(0.0, ge=0, le=1, description="CFG: also zero the image latent and embedding")
+    p_mean: float = 0.7
+    p_std: float = Field(1.6, gt=0)
+    frame_weight_ramp: bool = False
+    use_ema: bool = True
+    ema_decay: float = Field(0.9999, gt=0, lt=1)
+    checkpoint_every: int = Field(500, ge=1)
+    keep_checkpoints: int = Field(3, ge=1)
+    validate_every: int | None = Field(None, ge=1)
+    validation_steps: int = Field(25, ge=1, description="sampling steps of validation videos")
+    log_with: Literal["tensorboard", "wandb", "none"] = "tensorboard"
+    log_every: int = Field(10, ge=1)
+    resume: str | None = Field(None, description="'latest' or a checkpoint folder")
+    export_pipeline: bool = True
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+
+    @field_validator("output_dir")
+    @classmethod
+    def _nonempty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("output_dir must not be empty")
+        return v
+
+
+def _set(tree: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise UserInputError(f"override {dotted!r}: {k!r} is not a section")
+    node[keys[-1]] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a YAML config and apply ``key.sub=value`` overrides (values parsed as YAML).
+
+    Raises:
+        UserInputError: missing file, invalid YAML, malformed override, or a value that
+            fails validation (the message names the field and the problem).
+    """
+    tree: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise UserInputError(f"config file {str(p)!r} does not exist")
+        try:
+            tree = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise UserInputError(f"config file {str(p)!r} is not valid YAML: {exc}") from exc
+        if not isinstance(tree, dict):
+            raise UserInputError(f"config file {str(p)!r} must hold a mapping of settings")
+    for item in overrides or []:
+        if "=" not in item:
+            raise UserInputError(f"override {item!r} must look like key.sub=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        _set(tree, key.strip(), value)
+    try:
+        return TrainConfig.model_validate(tree)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(x) for x in err["loc"]) or "config"
+        raise UserInputError(f"invalid config: {where}: {err['msg']}") from None

@@ -1,0 +1,198 @@
+"""Training data in latent space and the weighted source mixture (DESIGN §6).
+
+Every dataset yields a dict with
+
+* ``latents``: float32 ``(N, 4, h, w)`` video latents, **multiplied** by the VAE
+  scaling factor (0.18215 for SVD);
+* ``image_latents``: float32 ``(4, h, w)`` first-frame VAE mean, **not** scaled;
+* ``embedding``: float32 ``(1, D)`` image token (CLIP for SVD);
+* ``drags``: float32 ``(N, K_max, 4)`` normalised (DESIGN §2);
+* ``category``: str.
+
+:class:`MixtureDataset` draws from several sources with given probabilities. It is
+*stateless*: the sample at position ``g`` is a pure function of ``(seed, g)``, so a
+resumed or data-parallel run sees exactly the same stream (``key`` = ``g`` also seeds
+that sample's noise in the trainer).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from ..edm import VAE_SCALING_FACTOR
+from ..errors import UserInputError
+from .config import DataConfig, SourceConfig
+
+
+class SyntheticDragDataset(Dataset):
+    """Latent clips in which a Gaussian blob follows a drag over a smooth random background.
+
+    A learnable toy task for tests, benchmarks and the tiny recipe: the network must
+    move the blob along the drag given the first-frame latent. Deterministic per index.
+    """
+
+    def __init__(self, num_clips: int, num_frames: int, latent_size: int, embedding_dim: int, num_drags: int = 5, seed: int = 0):
+        self.num_clips, self.num_frames, self.size = num_clips, num_frames, latent_size
+        self.embedding_dim, self.num_drags, self.seed = embedding_dim, num_drags, seed
+
+    def __len__(self) -> int:
+        return self.num_clips
+
+    def __getitem__(self, index: int) -> dict:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + int(index))
+        n, s = self.num_frames, self.size
+        coarse = torch.randn(1, 4, max(2, s // 4), max(2, s // 4), generator=g)
+        background = torch.nn.functional.interpolate(coarse, size=(s, s), mode="bilinear", align_corners=False)[0] * 0.5
+        start = torch.rand(2, generator=g) * 0.5 + 0.25
+        end = (start + (torch.rand(2, generator=g) - 0.5) * 0.6).clamp(0.1, 0.9)
+        t = torch.linspace(0, 1, n)[:, None]
+        points = start + (end - start) * t  # (N, 2) normalised
+        colour = torch.randn(4, generator=g).sign() * 1.5
+        coords = (torch.arange(s) + 0.5) / s
+        yy, xx = torch.meshgrid(coords, coords, indexing="ij")
+        sigma = 1.5 / s
+        bumps = torch.exp(-((xx - points[:, 0, None, None]) ** 2 + (yy - points[:, 1, None, None]) ** 2) / (2 * sigma**2))
+        video = background[None] + colour[None, :, None, None] * bumps[:, None]  # (N, 4, s, s), "unscaled" units
+        drags = torch.zeros(n, self.num_drags, 4)
+        drags[:, 0, :2] = start
+        drags[:, 0, 2:] = points
+        return {
+            "latents": video * VAE_SCALING_FACTOR,
+            "image_latents": video[0].clone(),
+            "embedding": torch.randn(1, self.embedding_dim, generator=g) * 0.1,
+            "drags": drags,
+            "category": "synthetic",
+        }
+
+
+class LatentCacheDataset(Dataset):
+    """A folder of ``*.safetensors`` written by ``puppet-master cache-latents`` (keys as the module docstring)."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise UserInputError(f"latent cache folder {str(self.root)!r} does not exist")
+        self.files = sorted(self.root.glob("*.safetensors"))
+        if not self.files:
+            raise UserInputError(f"latent cache folder {str(self.root)!r} holds no .safetensors files")
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> dict:
+        from safetensors import safe_open
+
+        with safe_open(str(self.files[index]), framework="pt") as fh:
+            item = {k: fh.get_tensor(k).float() for k in ("latents", "image_latents", "embedding", "drags")}
+            item["category"] = (fh.metadata() or {}).get("category", "")
+        return item
+
+
+class DragAMoveLatentDataset(Dataset):
+    """The authors' test-batch pickles (SVD latents, CLIP embedding, drags), read safely."""
+
+    def __init__(self, root: str | Path):
+        self.files = sorted(Path(root).glob("*.pkl"))
+        if not self.files:
+            raise UserInputError(f"{str(root)!r} holds no Drag-a-Move .pkl batches")
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> dict:
+        from ..evaluation.safe_pickle import safe_load_pickle
+
+        d = safe_load_pickle(self.files[index])
+        cat = d.get("category", [""])
+        return {
+            "latents": d["latents"][0].float(),
+            "image_latents": d["cond_latent"][0].float(),
+            "embedding": d["embedding"][0].float(),
+            "drags": d["drags"][0].float(),
+            "category": str(cat[0]) if isinstance(cat, list) and cat else str(cat),
+        }
+
+
+def build_source(src: SourceConfig, data: DataConfig, seed: int) -> Dataset:
+    """Instantiate one :class:`SourceConfig`."""
+    if src.type == "synthetic":
+        return SyntheticDragDataset(src.num_clips, data.num_frames, src.latent_size, src.embedding_dim, data.num_drags, seed)
+    if src.type == "latent_cache":
+        return LatentCacheDataset(src.path)
+    return DragAMoveLatentDataset(src.path)
+
+
+class MixtureDataset(Dataset):
+    """Stateless weighted mixture: position ``g`` → (source drawn by weight, uniform item).
+
+    ``len`` is the epoch length; positions past it wrap into later "epochs" and are
+    still valid (the sampler asks for any non-negative position).
+    """
+
+    def __init__(self, sources: list[Dataset], weights: list[float], seed: int, epoch_length: int | None = None):
+        if not sources:
+            raise UserInputError("no training data sources configured")
+        self.sources = sources
+        w = np.asarray(weights, dtype=np.float64)
+        self.probs = w / w.sum()
+        self.seed = seed
+        self.epoch_length = epoch_length or sum(len(s) for s in sources)
+
+    def __len__(self) -> int:
+        return self.epoch_length
+
+    def locate(self, position: int) -> tuple[int, int]:
+        rng = np.random.default_rng([self.seed, int(position)])
+        source = int(rng.choice(len(self.sources), p=self.probs))
+        return source, int(rng.integers(len(self.sources[source])))
+
+    def __getitem__(self, position: int) -> dict:
+        source, index = self.locate(position)
+        item = dict(self.sources[source][index])
+        item["key"] = int(position)
+        return item
+
+
+class PositionSampler(Sampler[int]):
+    """Yields positions ``start, start+1, …, start+length−1`` (resume = a later start)."""
+
+    def __init__(self, start: int, length: int):
+        self.start, self.length = int(start), int(length)
+
+    def __iter__(self):
+        return iter(range(self.start, self.start + self.length))
+
+    def __len__(self) -> int:
+        return self.length
+
+
+def collate(items: list[dict]) -> dict:
+    """Stack tensors; keep categories as a list; ``key`` as int64 ``(B,)``."""
+    out = {k: torch.stack([it[k] for it in items]) for k in ("latents", "image_latents", "embedding", "drags")}
+    out["key"] = torch.tensor([it["key"] for it in items], dtype=torch.int64)
+    out["category"] = [it.get("category", "") for it in items]
+    return out
+
+
+def build_mixture(data: DataConfig, seed: int) -> MixtureDataset:
+    """The configured sources as one :class:`MixtureDataset` (weights = source weights)."""
+    sources = [build_source(s, data, seed) for s in data.sources]
+    for src, ds in zip(data.sources, sources):
+        n = ds[0]["latents"].shape[0]
+        if n != data.num_frames:
+            raise UserInputError(f"data source {src.name!r} has {n}-frame clips but data.num_frames={data.num_frames}")
+    return MixtureDataset(sources, [s.weight for s in data.sources], seed, data.samples_per_epoch)
+
+
+def steps_to_positions(step: int, batch_size: int, accumulation: int, num_processes: int) -> int:
+    """Samples consumed by ``step`` optimizer steps over all processes."""
+    return int(step) * batch_size * accumulation * num_processes
+
+
+def ceil_div(a: int, b: int) -> int:
+    return int(math.ceil(a / b))
