@@ -8,6 +8,7 @@ import typer
 
 from ..errors import UserInputError
 from .animate import animate
+from .demo import demo
 from .evaluate import evaluate
 from .random_model import random_model
 from .train import cache_latents, train
@@ -25,6 +26,7 @@ app.command("random-model")(random_model)
 app.command("evaluate")(evaluate)
 app.command("train")(train)
 app.command("cache-latents")(cache_latents)
+app.command("demo")(demo)
 
 
 def _quiet_libraries() -> None:

@@ -1,0 +1,1 @@
+"""The interactive Gradio demo (``puppet-master demo``)."""
