@@ -8,6 +8,7 @@ import typer
 
 from ..errors import UserInputError
 from .animate import animate
+from .data import data_app
 from .demo import demo
 from .evaluate import evaluate
 from .random_model import random_model
@@ -27,6 +28,7 @@ app.command("evaluate")(evaluate)
 app.command("train")(train)
 app.command("cache-latents")(cache_latents)
 app.command("demo")(demo)
+app.add_typer(data_app, name="data")
 
 
 def _quiet_libraries() -> None:

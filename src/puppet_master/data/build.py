@@ -1,0 +1,243 @@
+"""The dataset build: assets → Blender renders → curation → drag samples, per asset, resumable.
+
+Output folder layout::
+
+    OUT/assets/ID.glb, ID.json          asset + its task and generator info (kind, category, label, parts)
+    OUT/renders/ID/                     meta.json, tracks.npz, view_VV/{rgba,index}_FFF.png
+    OUT/curation/ID.json                motion features, decision and reason
+    OUT/samples/ID_vVV_sKK.{json,gif}   drag samples (+ _tracks.gif); evaluation split format
+    OUT/status/ID.json                  per-asset record once the asset is finished (done / rejected / failed)
+    OUT/manifest.json                   every asset's record (status, reason, error, counts)
+
+Every file is written under a temporary name and renamed, and a finished asset is
+marked by ``status/ID.json`` last: a crash or Ctrl-C never leaves a half-written asset
+that a later run takes as complete; re-running skips finished assets and redoes the
+rest. A broken asset (corrupt file, Blender error) is recorded as ``failed`` with its
+error and never stops the build. Per-asset work runs in a local process pool or on a
+Ray cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..errors import UserInputError
+from .blender_env import BlenderError, find_blender_python, run_worker
+from .sources import AssetTask, fetch_objaverse
+
+STAGES = ("asset", "render", "curate", "sample")
+
+
+@dataclass
+class BuildConfig:
+    """Settings of a build (saved in the manifest)."""
+
+    out: str
+    views: int = 12
+    frames: int = 32
+    resolution: int = 256
+    cycles_samples: int = 16
+    masks: bool = True
+    num_frames: int = 14
+    samples_per_view: int = 2
+    seed: int = 0
+    curation_model: str | None = None
+    vlm_url: str | None = None
+    vlm_model: str = "gpt-4o"
+    tracks_gif: bool = False
+    stages: tuple[str, ...] = STAGES
+    blender_python: str | None = None
+    timeout: float = 3600.0
+
+
+def _atomic_json(path: Path, data) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+_CLASSIFIER = {}
+
+
+def _classifier(path):
+    from .curation import MotionClassifier
+
+    if path not in _CLASSIFIER:
+        _CLASSIFIER[path] = MotionClassifier.load(path)
+    return _CLASSIFIER[path]
+
+
+def process_asset(task: dict, cfg: dict) -> dict:
+    """Run the configured stages for one asset; returns its record. Never raises for a bad asset."""
+    t = AssetTask(**task)
+    c = BuildConfig(**{**cfg, "stages": tuple(cfg.get("stages", STAGES))})
+    out = Path(c.out)
+    status_file = out / "status" / f"{t.asset_id}.json"
+    if status_file.exists():
+        return {**json.loads(status_file.read_text()), "skipped": True}
+    record = {"asset": t.asset_id, "source": t.source, "status": "running", "reason": "", "error": "",
+              "category": "", "label": None, "num_samples": 0}
+    start = time.perf_counter()
+    try:
+        glb = out / "assets" / f"{t.asset_id}.glb"
+        info_file = out / "assets" / f"{t.asset_id}.json"
+        if "asset" in c.stages and not info_file.exists():
+            glb.parent.mkdir(parents=True, exist_ok=True)
+            tmp = glb.with_name(f".{glb.name}.partial.glb")
+            info = {"task": t.to_dict()}
+            if t.source == "procedural":
+                info.update(run_worker("generate", {"kind": t.kind, "seed": t.seed, "num_frames": c.frames,
+                                                    "out_glb": str(tmp)}, c.timeout, c.blender_python))
+                info.pop("ok", None)
+            elif t.source == "folder":
+                shutil.copyfile(t.path, tmp)
+            else:
+                fetch_objaverse(t.uid, tmp)
+            os.replace(tmp, glb)
+            _atomic_json(info_file, info)
+        info = json.loads(info_file.read_text()) if info_file.exists() else {"task": t.to_dict()}
+        record["category"], record["label"] = info.get("category", ""), info.get("label")
+        if not glb.exists():
+            record.update(status="pending", reason="asset stage not run yet")
+            return record
+
+        render_dir = out / "renders" / t.asset_id
+        if "render" in c.stages and not (render_dir / "meta.json").exists():
+            tmp_dir = out / "renders" / f".tmp-{t.asset_id}"
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+            run_worker("render", {"glb": str(glb), "out_dir": str(tmp_dir), "views": c.views, "frames": c.frames,
+                                  "resolution": c.resolution, "seed": c.seed, "samples": c.cycles_samples,
+                                  "images": True, "masks": c.masks}, c.timeout, c.blender_python)
+            shutil.rmtree(render_dir, ignore_errors=True)
+            os.replace(tmp_dir, render_dir)
+        if not (render_dir / "meta.json").exists():
+            record.update(status="pending", reason="render stage not run yet")
+            return record
+
+        from .curation import VLMFilter, curate
+        from .renders import RenderedAsset
+
+        render = RenderedAsset.load(render_dir)
+        cur_file = out / "curation" / f"{t.asset_id}.json"
+        if "curate" in c.stages and not cur_file.exists():
+            decision = curate(render.positions, _classifier(c.curation_model))
+            result = asdict(decision)
+            if decision.keep and c.vlm_url:
+                frames = [render.rgb_on_white(0, f) for f in range(render.num_frames)]
+                vlm = VLMFilter(c.vlm_url, c.vlm_model)(frames)
+                result["vlm"] = asdict(vlm)
+                if not vlm.keep:
+                    result.update(keep=False, reason=vlm.reason)
+            _atomic_json(cur_file, result)
+        if not cur_file.exists():
+            record.update(status="pending", reason="curation stage not run yet")
+            return record
+        cur = json.loads(cur_file.read_text())
+        record["reason"] = cur["reason"]
+        if not cur["keep"]:
+            record["status"] = "rejected"
+        elif "sample" in c.stages:
+            from .drag_sampling import sample_drags, write_sample
+
+            n = min(c.num_frames, render.num_frames)
+            samples = sample_drags(render, num_frames=n, samples_per_view=c.samples_per_view, seed=c.seed,
+                                   asset_id=t.asset_id)
+            for k, s in enumerate(samples):
+                write_sample(s, render, out / "samples", f"{t.asset_id}_v{s.view:02d}_s{k:02d}", record["category"],
+                             tracks_gif=c.tracks_gif)
+            record.update(status="done", num_samples=len(samples))
+        else:
+            record.update(status="pending", reason="sample stage not run yet")
+            return record
+    except (BlenderError, OSError, ValueError, RuntimeError, UserInputError, KeyError) as exc:
+        record.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+    record["seconds"] = round(time.perf_counter() - start, 2)
+    _atomic_json(status_file, record)
+    return record
+
+
+def _write_manifest(out: Path, cfg: BuildConfig, records: dict) -> None:
+    _atomic_json(out / "manifest.json", {"config": asdict(cfg), "assets": dict(sorted(records.items()))})
+
+
+def build(tasks: list[AssetTask], cfg: BuildConfig, workers: int = 2, executor: str = "local",
+          ray_address: str | None = None, progress: bool = True) -> dict:
+    """Process ``tasks`` (skipping finished ones) and write ``OUT/manifest.json``.
+
+    Args:
+        executor: ``local`` (process pool of ``workers``) or ``ray`` (``ray_address`` of a
+            running cluster, or a local Ray instance with ``workers`` CPUs when ``None``).
+
+    Returns:
+        ``{asset_id: record}`` for every task.
+
+    Raises:
+        UserInputError: no Blender Python, unknown executor.
+    """
+    from tqdm.auto import tqdm
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.blender_python is None and any(s in cfg.stages for s in ("asset", "render")):
+        cfg.blender_python = find_blender_python()
+    manifest_file = out / "manifest.json"
+    records = json.loads(manifest_file.read_text())["assets"] if manifest_file.exists() else {}
+    cfg_dict = {**asdict(cfg), "stages": list(cfg.stages)}
+    bar = tqdm(total=len(tasks), desc="assets", disable=not progress)
+
+    def finish(rec):
+        rec.pop("skipped", None)
+        records[rec["asset"]] = rec
+        _write_manifest(out, cfg, records)
+        bar.set_postfix(last=f"{rec['asset'][:24]}:{rec['status']}")
+        bar.update()
+
+    if executor == "local":
+        if workers <= 1:
+            for t in tasks:
+                finish(process_asset(t.to_dict(), cfg_dict))
+        else:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor, as_completed
+
+            with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+                futures = [pool.submit(process_asset, t.to_dict(), cfg_dict) for t in tasks]
+                for fut in as_completed(futures):
+                    finish(fut.result())
+    elif executor == "ray":
+        try:
+            import ray
+        except ImportError:
+            raise UserInputError("--executor ray needs the ray package: pip install 'ray[default]'") from None
+        started_here = not ray.is_initialized()
+        if started_here:
+            if ray_address:
+                ray.init(address=ray_address, ignore_reinit_error=True, log_to_driver=False)
+            else:
+                ray.init(num_cpus=workers, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
+        remote = ray.remote(num_cpus=1)(process_asset)
+        pending = [remote.remote(t.to_dict(), cfg_dict) for t in tasks]
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            finish(ray.get(ready[0]))
+        if started_here and not ray_address:
+            ray.shutdown()
+    else:
+        raise UserInputError(f"unknown executor {executor!r}: use local or ray")
+    bar.close()
+    _write_manifest(out, cfg, records)
+    return {t.asset_id: records[t.asset_id] for t in tasks}
+
+
+def tasks_from_assets(out: str | Path) -> list[AssetTask]:
+    """Tasks of the assets already present in ``OUT/assets`` (for the stage commands)."""
+    files = sorted(Path(out, "assets").glob("*.json"))
+    if not files:
+        raise UserInputError(f"{str(Path(out, 'assets'))!r} holds no assets: run `puppet-master data generate-assets` first")
+    return [AssetTask(**json.loads(f.read_text())["task"]) for f in files]

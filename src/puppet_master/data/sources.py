@@ -1,0 +1,97 @@
+"""Where animated assets come from: procedural generation, a folder of GLB files, Objaverse."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ..errors import UserInputError
+from .blender.kinds import BAD_KINDS, GOOD_KINDS
+
+OBJAVERSE_LISTS = {
+    "hq": Path(__file__).resolve().parent.parent / "assets" / "objaverse" / "objaverse-animation-HQ.json",
+    "all": Path(__file__).resolve().parent.parent / "assets" / "objaverse" / "objaverse-animation.json",
+}
+
+
+@dataclass(frozen=True)
+class AssetTask:
+    """One asset to process. ``source`` is ``procedural`` (``kind``, ``seed``), ``folder`` (``path``)
+    or ``objaverse`` (``uid``)."""
+
+    asset_id: str
+    source: str
+    kind: str = ""
+    seed: int = 0
+    path: str = ""
+    uid: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def procedural_tasks(num_assets: int, seed: int = 0, bad_fraction: float = 0.2, kinds: list[str] | None = None) -> list[AssetTask]:
+    """A reproducible list of procedural assets: good kinds in turn (shuffled per seed), a share of bad ones."""
+    rng = random.Random(seed)
+    good = list(kinds or GOOD_KINDS)
+    unknown = [k for k in good if k not in GOOD_KINDS + BAD_KINDS]
+    if unknown:
+        raise UserInputError(f"unknown asset kind {unknown[0]!r}: choose from {', '.join(GOOD_KINDS + BAD_KINDS)}")
+    rng.shuffle(good)
+    tasks = []
+    for i in range(num_assets):
+        if kinds is None and rng.random() < bad_fraction:
+            kind = BAD_KINDS[i % len(BAD_KINDS)]
+        else:
+            kind = good[i % len(good)]
+        tasks.append(AssetTask(f"proc-{seed:04d}-{i:05d}-{kind}", "procedural", kind=kind, seed=seed * 100_003 + i))
+    return tasks
+
+
+def folder_tasks(folder: str | Path) -> list[AssetTask]:
+    """Every ``*.glb`` / ``*.gltf`` in ``folder`` (sorted); ids are the sanitised file stems.
+
+    Raises:
+        UserInputError: missing folder or no glTF files.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserInputError(f"asset folder {str(folder)!r} does not exist")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".glb", ".gltf"))
+    if not files:
+        raise UserInputError(f"asset folder {str(folder)!r} holds no .glb/.gltf files")
+    return [AssetTask(re.sub(r"[^A-Za-z0-9_.-]", "_", p.stem), "folder", path=str(p.resolve())) for p in files]
+
+
+def objaverse_uids(which: str = "hq") -> list[str]:
+    """The published Objaverse-Animation (``all``, 13,227) or -HQ (``hq``, 8,069) UID list, shipped with the package."""
+    if which not in OBJAVERSE_LISTS:
+        raise UserInputError(f"Objaverse list must be 'hq' or 'all', got {which!r}")
+    return json.loads(OBJAVERSE_LISTS[which].read_text())
+
+
+def objaverse_tasks(which: str = "hq", limit: int | None = None, uids_file: str | Path | None = None) -> list[AssetTask]:
+    uids = json.loads(Path(uids_file).read_text()) if uids_file else objaverse_uids(which)
+    return [AssetTask(uid, "objaverse", uid=uid) for uid in uids[:limit]]
+
+
+def fetch_objaverse(uid: str, out_file: Path) -> Path:
+    """Download one Objaverse object with the ``objaverse`` package (needs internet) to ``out_file``.
+
+    Raises:
+        UserInputError: the package is missing. Network errors propagate (recorded per asset).
+    """
+    try:
+        import objaverse
+    except ImportError:
+        raise UserInputError("the Objaverse source needs the objaverse package: pip install objaverse") from None
+    paths = objaverse.load_objects(uids=[uid], download_processes=1)
+    if uid not in paths:
+        raise RuntimeError(f"Objaverse did not return object {uid}")
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(paths[uid], out_file)
+    return out_file
