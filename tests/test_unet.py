@@ -7,15 +7,9 @@ from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
 from puppet_master.models import AllToFirstAttnProcessor, UNetDragSpatioTemporalConditionModel
 from puppet_master.models.attention import naive_all_to_first_attention
+from puppet_master.pipelines.components import SIZES
 
-TINY = dict(
-    block_out_channels=(32, 64, 64, 64),
-    layers_per_block=1,
-    cross_attention_dim=32,
-    num_attention_heads=(1, 2, 2, 2),
-    pos_embed_dim=16,
-    drag_embedder_out_channels=(16, 32, 32),
-)
+TINY = SIZES["tiny"]["unet"]
 
 
 def _inputs(b=1, n=5, h=16, w=16, k=5, d=32, seed=0):

@@ -23,6 +23,17 @@ from diffusers.models.transformers.transformer_temporal import TransformerSpatio
 from .drag_modules import DragConditioning, DragEmbedding, make_drag_token_mlp, sample_at_points, sincos_pos_embed_2d
 
 
+def _spatio_temporal_transformers(num_layers, channels, heads, cross_attention_dim, layers_per_transformer) -> nn.ModuleList:
+    """One diffusers ``TransformerSpatioTemporalModel`` per layer, as in SVD's blocks."""
+    if isinstance(layers_per_transformer, int):
+        layers_per_transformer = [layers_per_transformer] * num_layers
+    return nn.ModuleList(
+        TransformerSpatioTemporalModel(heads, channels // heads, in_channels=channels,
+                                       num_layers=layers_per_transformer[i], cross_attention_dim=cross_attention_dim)
+        for i in range(num_layers)
+    )
+
+
 class _DragConditionedLayers(nn.Module):
     """Shared drag logic of the down and up blocks (one modulation net / token MLP per layer)."""
 
@@ -140,17 +151,8 @@ class CrossAttnDownBlockSpatioTemporalWithDrags(_DragConditionedLayers):
         drag_embedder_out_channels: Sequence[int] = (256, 320, 320),
     ) -> None:
         super().__init__()
-        if isinstance(transformer_layers_per_block, int):
-            transformer_layers_per_block = [transformer_layers_per_block] * num_layers
-        self.attentions = nn.ModuleList(
-            TransformerSpatioTemporalModel(
-                num_attention_heads,
-                out_channels // num_attention_heads,
-                in_channels=out_channels,
-                num_layers=transformer_layers_per_block[i],
-                cross_attention_dim=cross_attention_dim,
-            )
-            for i in range(num_layers)
+        self.attentions = _spatio_temporal_transformers(
+            num_layers, out_channels, num_attention_heads, cross_attention_dim, transformer_layers_per_block
         )
         self.resnets = nn.ModuleList(
             SpatioTemporalResBlock(
@@ -223,8 +225,6 @@ class CrossAttnUpBlockSpatioTemporalWithDrags(_DragConditionedLayers):
         drag_embedder_out_channels: Sequence[int] = (256, 320, 320),
     ) -> None:
         super().__init__()
-        if isinstance(transformer_layers_per_block, int):
-            transformer_layers_per_block = [transformer_layers_per_block] * num_layers
         resnets = []
         for i in range(num_layers):
             res_skip_channels = in_channels if (i == num_layers - 1) else out_channels
@@ -237,15 +237,8 @@ class CrossAttnUpBlockSpatioTemporalWithDrags(_DragConditionedLayers):
                     eps=resnet_eps,
                 )
             )
-        self.attentions = nn.ModuleList(
-            TransformerSpatioTemporalModel(
-                num_attention_heads,
-                out_channels // num_attention_heads,
-                in_channels=out_channels,
-                num_layers=transformer_layers_per_block[i],
-                cross_attention_dim=cross_attention_dim,
-            )
-            for i in range(num_layers)
+        self.attentions = _spatio_temporal_transformers(
+            num_layers, out_channels, num_attention_heads, cross_attention_dim, transformer_layers_per_block
         )
         self.resnets = nn.ModuleList(resnets)
         self._init_drag_layers(
