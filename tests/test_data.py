@@ -105,6 +105,17 @@ def test_drag_samples_visible_origins_dedup_and_format(built):
         assert f.with_suffix(".gif").is_file()
 
 
+def test_samples_folder_is_an_evaluation_split(built):
+    from puppet_master.evaluation.datasets import load_eval_dataset
+
+    out, _ = built
+    fmt, examples = load_eval_dataset(out / "samples")
+    assert fmt == "split" and len(examples) == len(list((out / "samples").glob("*.json")))
+    for ex in examples:
+        assert ex.frames.shape == (14, 256, 256, 3) and ex.category
+        assert ex.trajectories().shape[1:] == (14, 2)
+
+
 def test_dataset_yields_normalised_samples(built):
     out, _ = built
     ds = DragVideoDataset(out)

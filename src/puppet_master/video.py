@@ -130,7 +130,24 @@ def write_video(frames, path: str | Path, fps: float = 7.0, overwrite: bool = Fa
 
 
 def read_video(path: str | Path) -> np.ndarray:
-    """Read all frames of a video/GIF as ``uint8 (N, H, W, 3)``."""
+    """Read all frames of a video as ``uint8 (N, H, W, 3)``.
+
+    GIF and WebP writers (Pillow, libwebp) merge identical consecutive frames into one
+    frame shown longer; those frames are expanded again by their duration relative to
+    the shortest one, so a constant-rate clip keeps its frame count.
+    """
+    path = Path(path)
+    if path.suffix.lower() in (".gif", ".webp"):
+        from PIL import ImageSequence
+
+        with PIL.Image.open(path) as im:
+            frames, durations = [], []
+            for frame in ImageSequence.Iterator(im):
+                frames.append(np.asarray(frame.convert("RGB")))
+                durations.append(frame.info.get("duration") or 0)
+        base = min((d for d in durations if d > 0), default=0)
+        repeats = [max(1, int(round(d / base))) if base else 1 for d in durations]
+        return np.stack([f for f, r in zip(frames, repeats) for _ in range(r)])
     import imageio.v3 as iio
 
     frames = iio.imread(path, index=None)
