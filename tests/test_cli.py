@@ -120,3 +120,14 @@ def test_random_model_command(tmp_path, capsys):
 def test_help_says_pixel_coordinates(capsys):
     assert _cli("animate", "--help") == 0
     assert "PIXELS" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", ["cabinet", "laptop", "bucket"])
+def test_shipped_examples_are_valid(name):
+    from puppet_master.app.demo import EXAMPLES_DIR
+    from puppet_master.drags import DragSet
+    from puppet_master.preprocessing import load_image
+
+    image = load_image(EXAMPLES_DIR / f"{name}.png")
+    drags = DragSet.from_json(EXAMPLES_DIR / f"{name}-drags.json", width=image.width, height=image.height)
+    assert image.size == (256, 256) and 1 <= drags.num_drags <= 5 and drags.num_frames == 14
