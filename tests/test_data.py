@@ -2,13 +2,11 @@
 
 import hashlib
 import json
-import os
 import subprocess
 import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
-from pathlib import Path
 
 import numpy as np
 import pytest

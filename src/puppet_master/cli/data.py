@@ -83,7 +83,7 @@ def generate_assets(out: Path = OUT, num_assets: int = typer.Option(8, "--num-as
         recs = build(procedural_tasks(num_assets, seed, bad_fraction), cfg, workers=workers, progress=not quiet)
     except UserInputError as exc:
         _fail(exc)
-    print(f"assets in {out / 'assets'}", file=sys.stderr)
+    print(f"assets in {out / 'assets'}: {_summary(recs)}", file=sys.stderr)
 
 
 @data_app.command("render")
