@@ -45,6 +45,11 @@ def preconditioning(sigma: torch.Tensor) -> Preconditioning:
     return Preconditioning(c_in=s2.rsqrt(), c_skip=1 / s2, c_out=-sigma * s2.rsqrt(), c_noise=0.25 * sigma.log())
 
 
+def sigma_from_normal(normal: torch.Tensor, p_mean: float = P_MEAN, p_std: float = P_STD) -> torch.Tensor:
+    """Map standard-normal draws to training noise levels: ``σ = exp(p_mean + p_std·z)``."""
+    return (normal * p_std + p_mean).exp()
+
+
 def sample_sigmas(
     batch_size: int,
     generator: torch.Generator | None = None,
@@ -54,7 +59,7 @@ def sample_sigmas(
 ) -> torch.Tensor:
     """Training noise levels: ``log σ ~ N(p_mean, p_std²)``. Returns float32 ``(batch_size,)``."""
     normal = torch.randn(batch_size, generator=generator, device=generator.device if generator is not None else device)
-    return (normal * p_std + p_mean).exp().to(device)
+    return sigma_from_normal(normal, p_mean, p_std).to(device)
 
 
 def loss_weight(sigma: torch.Tensor) -> torch.Tensor:

@@ -115,8 +115,7 @@ class _DragConditionedLayers(nn.Module):
                 dim=-1,
             )  # (B·N, K, 2C + 2P)
             tokens = self.drag_token_mlps[layer](token_in)
-            used = cond.used.repeat_interleave(cond.num_frames, dim=0)  # (B·N, K)
-            tokens = tokens * used[..., None].to(tokens.dtype)
+            tokens = tokens * cond.used_flat[..., None].to(tokens.dtype)
             context = torch.cat([context, tokens], dim=1)
         return hidden_states, context
 

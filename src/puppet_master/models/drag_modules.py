@@ -108,6 +108,7 @@ class DragConditioning:
         drags: float ``(B, N, K, 4)`` (DESIGN §2).
         flat: ``(B·N, K, 4)``: the same, frames folded into the batch.
         used: bool ``(B, K)``: slots that hold a drag in some frame.
+        used_flat: ``(B·N, K)`` float mask of the same, one row per frame (for drag tokens).
         encodings: ``{(h, w): (B·N, 6·K, h, w)}`` for each resolution requested.
     """
 
@@ -115,10 +116,14 @@ class DragConditioning:
     flat: torch.Tensor
     used: torch.Tensor
     encodings: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
+    used_flat: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.used_flat is None:
+            self.used_flat = self.used.repeat_interleave(self.drags.shape[1], dim=0).to(self.drags.dtype)
 
     @classmethod
     def prepare(cls, drags: torch.Tensor, sizes: Sequence[tuple[int, int]]) -> "DragConditioning":
-        b, n = drags.shape[:2]
         enc = {tuple(s): encode_drags(drags, tuple(s)).flatten(0, 1) for s in dict.fromkeys(map(tuple, sizes))}
         return cls(drags=drags, flat=drags.flatten(0, 1), used=used_drag_slots(drags), encodings=enc)
 

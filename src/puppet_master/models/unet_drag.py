@@ -227,6 +227,7 @@ class UNetDragSpatioTemporalConditionModel(ModelMixin, AttentionMixin, ConfigMix
         self.conv_act = nn.SiLU()
         self.conv_out = nn.Conv2d(block_out_channels[0], out_channels, kernel_size=3, padding=1)
 
+        self._has_drag_layers = any(isinstance(b, _DragConditionedLayers) for b in [*self.down_blocks, *self.up_blocks])
         self._all_to_first: list[AllToFirstAttnProcessor] = []
         self.set_all_to_first_attention(all_to_first_attention)
 
@@ -338,9 +339,8 @@ class UNetDragSpatioTemporalConditionModel(ModelMixin, AttentionMixin, ConfigMix
         if image_latents.ndim != 4 or image_latents.shape[0] != batch_size or image_latents.shape[-2:] != (height, width):
             raise ValueError(f"image_latents must be (B, C, h, w) matching sample, got {tuple(image_latents.shape)}")
 
-        has_drag_layers = any(isinstance(b, _DragConditionedLayers) for b in [*self.down_blocks, *self.up_blocks])
         cond = None
-        if has_drag_layers and (self.config.drag_modulation or self.config.drag_token_cross_attn):
+        if self._has_drag_layers and (self.config.drag_modulation or self.config.drag_token_cross_attn):
             if drag_conditioning is None:
                 if drags is None:
                     drags = sample.new_zeros(batch_size, num_frames, self.config.num_drags, 4)

@@ -17,7 +17,6 @@ that sample's noise in the trainer).
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -193,6 +192,3 @@ def steps_to_positions(step: int, batch_size: int, accumulation: int, num_proces
     """Samples consumed by ``step`` optimizer steps over all processes."""
     return int(step) * batch_size * accumulation * num_processes
 
-
-def ceil_div(a: int, b: int) -> int:
-    return int(math.ceil(a / b))

@@ -63,7 +63,7 @@ def sample_noise(keys: torch.Tensor, seed: int, shape: tuple[int, ...], p_mean: 
     sig, eps, dd, di = [], [], [], []
     for key in keys.tolist():
         g = torch.Generator().manual_seed(int(seed) * 1_000_000_007 + int(key))
-        sig.append((torch.randn(1, generator=g) * p_std + p_mean).exp())
+        sig.append(edm.sigma_from_normal(torch.randn(1, generator=g), p_mean, p_std))
         eps.append(torch.randn(shape, generator=g))
         u = torch.rand(2, generator=g)
         dd.append(u[0] < cond_dropout)
@@ -330,6 +330,14 @@ class Trainer:
         return result
 
     # ------------------------------------------------------------------ outputs
+    def _components(self, unet) -> dict | None:
+        """VAE / image encoder / scheduler, loaded once per run, with ``unet`` as the UNet."""
+        if not hasattr(self, "_loaded_components"):
+            self._loaded_components = load_components(self.config, None)
+        if self._loaded_components is None:
+            return None
+        return {**self._loaded_components, "unet": unet}
+
     @staticmethod
     @contextlib.contextmanager
     def _with_ema(unet, ema):
@@ -349,7 +357,7 @@ class Trainer:
         if not acc.is_main_process:
             return None
         model = acc.unwrap_model(unet)
-        comps = load_components(self.config, model)
+        comps = self._components(model)
         if comps is None:
             return None
         from ..pipelines import PuppetMasterPipeline
@@ -383,7 +391,7 @@ class Trainer:
             ema.save_pretrained(out / "unet-ema")
         if not self.config.export_pipeline:
             return None
-        comps = load_components(self.config, unet)
+        comps = self._components(unet)
         if comps is None:
             return None
         from ..pipelines import PuppetMasterPipeline
