@@ -1,6 +1,7 @@
-"""Seconds per video and peak memory of PuppetMasterPipeline (random weights).
+"""Seconds per video and peak memory of PuppetMasterPipeline.
 
-    python benchmarks/bench_pipeline.py                       # tiny config on CPU
+    python benchmarks/bench_pipeline.py                       # tiny config on CPU (random weights)
+    python benchmarks/bench_pipeline.py --config default      # the embedded default model (trained)
     python benchmarks/bench_pipeline.py --config full --device cuda --dtype bf16   # needs a GPU
 
 Prints one line per configuration. The full-size configuration (SVD-img2vid sizes,
@@ -27,7 +28,8 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", choices=["tiny", "full"], default="tiny")
+    ap.add_argument("--config", choices=["tiny", "small", "full", "default"], default="tiny",
+                    help="random-weight sizes, or 'default': the shipped default model")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     ap.add_argument("--size", type=int, default=256)
@@ -39,9 +41,14 @@ def main() -> None:
     device = torch.device(args.device)
     dtype = DTYPES[args.dtype]
     t0 = time.perf_counter()
-    with torch.device(device):
-        comps = build_components(args.config, seed=0)
-    pipe = PuppetMasterPipeline(**comps).to(device, dtype)
+    if args.config == "default":
+        from puppet_master.pipelines.loading import load_pipeline
+
+        pipe = load_pipeline("default", device=device, torch_dtype=dtype)
+    else:
+        with torch.device(device):
+            comps = build_components(args.config, seed=0)
+        pipe = PuppetMasterPipeline(**comps).to(device, dtype)
     pipe.set_progress_bar_config(disable=True)
     build_s = time.perf_counter() - t0
 

@@ -4,30 +4,43 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Optional
 
 import typer
 
 
 def random_model(
     out_dir: Path = typer.Argument(..., help="Folder to create (must not exist)."),
-    size: str = typer.Option("tiny", "--size", help="tiny (seconds on CPU) or full (SVD-img2vid sizes, ~7 GB)."),
+    size: str = typer.Option("tiny", "--size", help="tiny (seconds on CPU), small (the default model's architecture) or full (SVD-img2vid sizes, ~7 GB)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random weights."),
     no_image_encoder: bool = typer.Option(False, "--no-image-encoder", help="Leave out the CLIP image encoder."),
+    vae: Optional[Path] = typer.Option(None, "--vae", help="A trained VAE folder (e.g. from train-vae) instead of a random one."),
 ) -> None:
     """Save a PuppetMasterPipeline with RANDOM weights to OUT_DIR.
 
     Its videos are noise: it exists to test installs, the command line and speed
-    without downloading real weights.
+    without downloading real weights, and (with --vae) as the starting point of training
+    a model from scratch (docs/default-model.md).
     """
     if out_dir.exists():
         print(f"error: {str(out_dir)!r} already exists: choose a new folder", file=sys.stderr)
         raise typer.Exit(code=2)
-    if size not in ("tiny", "full"):
-        print(f"error: --size must be tiny or full, got {size!r}", file=sys.stderr)
+    if size not in ("tiny", "small", "full"):
+        print(f"error: --size must be tiny, small or full, got {size!r}", file=sys.stderr)
         raise typer.Exit(code=2)
     from ..pipelines import PuppetMasterPipeline, build_components
 
-    pipe = PuppetMasterPipeline(**build_components(size, seed=seed, with_image_encoder=not no_image_encoder))
+    trained_vae = None
+    if vae is not None:
+        from diffusers import AutoencoderKL, AutoencoderKLTemporalDecoder
+
+        config_file = vae / "config.json"
+        if not config_file.is_file():
+            print(f"error: VAE folder {str(vae)!r} has no config.json (save it with save_pretrained)", file=sys.stderr)
+            raise typer.Exit(code=2)
+        cls = AutoencoderKLTemporalDecoder if "Temporal" in config_file.read_text() else AutoencoderKL
+        trained_vae = cls.from_pretrained(vae)
+    pipe = PuppetMasterPipeline(**build_components(size, seed=seed, with_image_encoder=not no_image_encoder, vae=trained_vae))
     tmp = out_dir.with_name(f".{out_dir.name}.partial")
     pipe.save_pretrained(tmp)
     tmp.rename(out_dir)

@@ -43,14 +43,48 @@ def cache_latents(
     size: int = typer.Option(256, "--size", help="Frame size in pixels."),
     device: str = typer.Option("cpu", "--device"),
     limit: Optional[int] = typer.Option(None, "--limit", min=1),
+    flip: bool = typer.Option(False, "--flip", help="Also cache every clip mirrored left-right (NAME_flip)."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Encode clips once (VAE latents, first-frame latent and image embedding) for training."""
     from ..training.cache import build_cache
 
     try:
-        n = build_cache(data, model, out, size=size, device=device, limit=limit, progress=not quiet)
+        n = build_cache(data, model, out, size=size, device=device, limit=limit, progress=not quiet, flip=flip)
     except UserInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise typer.Exit(code=2)
     print(f"cached {n} new clips in {out}", file=sys.stderr)
+
+
+def train_vae(
+    data: list[Path] = typer.Option(..., "--data", help="Split folder(s) of clips (NAME.json + NAME.gif); repeat for several."),
+    out: Path = typer.Option(..., "--out", help="Run folder: checkpoint/, vae/, vae-report.json (re-running resumes)."),
+    steps: int = typer.Option(3000, "--steps", min=1, help="Optimizer steps."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1),
+    crop: int = typer.Option(128, "--crop", min=16, help="Training crop size in pixels."),
+    lr: float = typer.Option(1e-3, "--lr", min=0.0),
+    channels: str = typer.Option("32,64,128,128,128", "--channels", help="block_out_channels; n blocks = 2^(n-1)x down."),
+    latent_channels: int = typer.Option(8, "--latent-channels", min=1),
+    no_photos: bool = typer.Option(False, "--no-photos", help="Do not mix in scikit-image's sample photographs."),
+    seed: int = typer.Option(0, "--seed"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Train a small image VAE from scratch (the default model's autoencoder)."""
+    from ..training.vae import VAETrainConfig, train_vae as run
+
+    try:
+        block_out = tuple(int(c) for c in channels.split(","))
+    except ValueError:
+        print(f"error: --channels must be integers separated by commas, got {channels!r}", file=sys.stderr)
+        raise typer.Exit(code=2)
+    cfg = VAETrainConfig(data=[str(d) for d in data], output_dir=str(out), block_out_channels=block_out,
+                         latent_channels=latent_channels, crop=crop, batch_size=batch_size, max_steps=steps, lr=lr,
+                         use_photos=not no_photos, seed=seed)
+    try:
+        report = run(cfg, progress=not quiet)
+    except UserInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise typer.Exit(code=2)
+    print(f"VAE saved to {out / 'vae'}: held-out PSNR {report['held_out_psnr_db']:.2f} dB, "
+          f"scaling factor {report['scaling_factor']:.4f}", file=sys.stderr)

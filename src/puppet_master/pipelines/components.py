@@ -52,6 +52,23 @@ SIZES: dict[str, dict[str, Any]] = {
             drag_embedder_out_channels=(16, 32, 32),
         ),
     ),
+    # the embedded default model (``assets/default-model``): an image VAE with 16x down-sampling to
+    # 8 channels (256x256 -> 16x16x8), no image encoder, and a drag UNet sized to run 14 frames at
+    # 256x256 in under a minute on 2 CPU cores (docs/default-model.md)
+    "small": dict(
+        vae=dict(kind="image", block_out_channels=(32, 64, 128, 128, 128), layers_per_block=1, latent_channels=8),
+        clip=None,
+        unet=dict(
+            in_channels=16,
+            out_channels=8,
+            block_out_channels=(32, 64, 64, 64),
+            layers_per_block=1,
+            cross_attention_dim=64,
+            num_attention_heads=(1, 2, 2, 2),
+            pos_embed_dim=16,
+            drag_embedder_out_channels=(16, 32, 32),
+        ),
+    ),
 }
 
 
@@ -89,15 +106,20 @@ def make_image_encoder(**clip_kwargs):
     return encoder, processor
 
 
-def build_components(size: str = "tiny", seed: int = 0, with_image_encoder: bool = True, **unet_overrides) -> dict:
+def build_components(size: str = "tiny", seed: int = 0, with_image_encoder: bool = True, vae=None,
+                     **unet_overrides) -> dict:
     """Random-weight components for :class:`~puppet_master.pipelines.PuppetMasterPipeline`.
 
     Args:
-        size: ``"tiny"`` (seconds on CPU) or ``"full"`` (SVD-img2vid's sizes, 1.68 B UNet
-            parameters; build it on a GPU or the ``meta`` device).
+        size: ``"tiny"`` (seconds on CPU), ``"small"`` (the embedded default model's
+            architecture: 16x image VAE with 8 latent channels, no image encoder) or
+            ``"full"`` (SVD-img2vid's sizes, 1.68 B UNet parameters; build it on a GPU or
+            the ``meta`` device).
         seed: seed of the random weights.
         with_image_encoder: include a CLIP image encoder (else the UNet sees zero
-            image embeddings).
+            image embeddings); ignored for sizes without one.
+        vae: a (trained) VAE to use instead of a random one; the UNet's latent channels
+            follow its ``latent_channels``.
         **unet_overrides: constructor arguments of the UNet to change.
 
     Returns:
@@ -110,10 +132,19 @@ def build_components(size: str = "tiny", seed: int = 0, with_image_encoder: bool
         raise ValueError(f"size must be one of {sorted(SIZES)}, got {size!r}")
     spec = SIZES[size]
     torch.manual_seed(seed)
-    vae = make_vae(**spec["vae"])
+    if vae is None:
+        vae_spec = dict(spec["vae"])
+        if vae_spec.pop("kind", "temporal") == "image":
+            from ..training.vae import make_image_vae
+
+            vae = make_image_vae(**vae_spec)
+        else:
+            vae = make_vae(**vae_spec)
     encoder = processor = None
     unet_kwargs = dict(spec["unet"])
-    if with_image_encoder:
+    latent_channels = vae.config.latent_channels
+    unet_kwargs.update(in_channels=2 * latent_channels, out_channels=latent_channels)
+    if with_image_encoder and spec["clip"] is not None:
         encoder, processor = make_image_encoder(**spec["clip"])
         unet_kwargs.setdefault("cross_attention_dim", spec["clip"]["projection_dim"])
     unet_kwargs.update(unet_overrides)

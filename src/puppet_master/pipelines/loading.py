@@ -48,7 +48,7 @@ def load_pipeline(model: str | os.PathLike | None = None, device: str | torch.de
         model: a ``save_pretrained`` folder, a hub id, or ``None`` / ``"default"`` for the
             embedded default model.
         device: where to run (``"cpu"``, ``"cuda"``, ``"cuda:1"``…).
-        torch_dtype: weights dtype (default: as saved, float32 on CPU).
+        torch_dtype: weights dtype (default: float32 on CPU, as saved elsewhere).
 
     Raises:
         ModelLoadError: missing or broken model, unavailable device.
@@ -62,7 +62,9 @@ def load_pipeline(model: str | os.PathLike | None = None, device: str | torch.de
         raise ModelLoadError(f"unknown device {device!r}: {exc}") from exc
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ModelLoadError("--device cuda was asked for but no CUDA GPU is available: use --device cpu")
-    kwargs = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
+    if torch_dtype is None and dev.type == "cpu":
+        torch_dtype = torch.float32  # weights may be stored in float16 (the default model is); CPUs compute in float32
+    kwargs = {"dtype": torch_dtype} if torch_dtype is not None else {}
     try:
         pipe = PuppetMasterPipeline.from_pretrained(source, **kwargs)
     except Exception as exc:  # noqa: BLE001 - hub/network/format errors all mean "cannot load this model"

@@ -10,7 +10,7 @@ from typing import Any, Callable
 import numpy as np
 import PIL.Image
 import torch
-from diffusers import AutoencoderKLTemporalDecoder, DiffusionPipeline, EulerDiscreteScheduler
+from diffusers import AutoencoderKL, AutoencoderKLTemporalDecoder, DiffusionPipeline, EulerDiscreteScheduler
 from diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion import _resize_with_antialiasing
 from diffusers.utils import BaseOutput
 from diffusers.video_processor import VideoProcessor
@@ -42,7 +42,8 @@ class PuppetMasterPipeline(DiffusionPipeline):
     """Generate a video of an object's parts moving as the drags say (Puppet-Master).
 
     Components:
-        vae: ``AutoencoderKLTemporalDecoder`` (SVD's VAE) or any diffusers VAE with
+        vae: ``AutoencoderKLTemporalDecoder`` (SVD's VAE), or ``AutoencoderKL`` (the
+            embedded default model's 16x image VAE), or any diffusers VAE with
             ``encode``/``decode`` and ``config.scaling_factor``.
         image_encoder: ``CLIPVisionModelWithProjection`` (optional; without it the UNet
             gets a zero image embedding).
@@ -63,7 +64,7 @@ class PuppetMasterPipeline(DiffusionPipeline):
 
     def __init__(
         self,
-        vae: AutoencoderKLTemporalDecoder,
+        vae: AutoencoderKLTemporalDecoder | AutoencoderKL,
         unet: UNetDragSpatioTemporalConditionModel,
         scheduler: EulerDiscreteScheduler,
         image_encoder=None,
@@ -77,6 +78,25 @@ class PuppetMasterPipeline(DiffusionPipeline):
         self.video_processor = VideoProcessor(do_resize=True, vae_scale_factor=self.vae_scale_factor)
 
     # ------------------------------------------------------------------ assembly
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "PuppetMasterPipeline":
+        """``DiffusionPipeline.from_pretrained`` that also accepts ``"default"``: the embedded default model.
+
+        ``"default"`` (when no local folder has that name) loads the small model shipped in
+        the package (``puppet_master/assets/default-model``, fp16 weights; pass
+        ``dtype=torch.float32`` to compute on a CPU, or use
+        :func:`puppet_master.pipelines.load_pipeline`, which does). Everything else is
+        diffusers' ``from_pretrained`` (a folder or a hub id).
+
+        Raises:
+            ModelLoadError: ``"default"`` asked for but no default model is installed.
+        """
+        if str(pretrained_model_name_or_path) == "default" and not Path("default").exists():
+            from .loading import resolve_model
+
+            pretrained_model_name_or_path = resolve_model("default")
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
     @classmethod
     def from_svd(
         cls,
@@ -151,7 +171,7 @@ class PuppetMasterPipeline(DiffusionPipeline):
 
     @torch.no_grad()
     def encode_first_frame(self, image: torch.Tensor) -> torch.Tensor:
-        """Clean first-frame latent ``(B, 4, H/8, W/8)``: the VAE posterior mean, *not* scaled.
+        """Clean first-frame latent ``(B, C, H/f, W/f)`` (f = VAE down-sampling): the VAE posterior mean, *not* scaled.
 
         Args:
             image: ``(B, 3, H, W)`` in [−1, 1].

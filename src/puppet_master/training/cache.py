@@ -42,9 +42,27 @@ def cache_example(pipe, frames: np.ndarray, drags: torch.Tensor, category: str, 
     os.replace(tmp, out_file)
 
 
+def flip_example(frames: np.ndarray, drags: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
+    """Mirror a clip left-right: frames ``(N, H, W, 3)`` and normalised drags ``(N, K, 4)``.
+
+    x becomes 1 − x in both the start and the current point of every *used* slot; unused
+    slots stay all zeros (DESIGN §2), so they still mean "no drag".
+    """
+    from ..drags.encoding import used_drag_slots
+
+    flipped = drags.clone()
+    used = used_drag_slots(drags[None])[0]  # (K,)
+    flipped[:, used, 0] = 1.0 - drags[:, used, 0]
+    flipped[:, used, 2] = 1.0 - drags[:, used, 2]
+    return np.ascontiguousarray(frames[:, :, ::-1]), flipped
+
+
 def build_cache(data: str | Path, model: str | None, out: str | Path, size: int = 256, device: str = "cpu",
-                limit: int | None = None, progress: bool = True) -> int:
+                limit: int | None = None, progress: bool = True, flip: bool = False) -> int:
     """Encode every example of a split / Drag-a-Move folder into ``out``; existing files are skipped.
+
+    With ``flip`` every clip is also stored mirrored left-right (``NAME_flip.safetensors``,
+    see :func:`flip_example`): twice the training clips for the price of encoding.
 
     Returns:
         Number of files written in this call.
@@ -71,9 +89,14 @@ def build_cache(data: str | Path, model: str | None, out: str | Path, size: int 
     written = 0
     for f in tqdm(files, desc="caching latents", disable=not progress):
         target = out / f"{f.stem}.safetensors"
-        if target.exists():
+        flipped = out / f"{f.stem}_flip.safetensors"
+        if target.exists() and (flipped.exists() or not flip):
             continue
         ex = loader(f, size=size)
-        cache_example(pipe, ex.frames, ex.drags, ex.category, target)
-        written += 1
+        if not target.exists():
+            cache_example(pipe, ex.frames, ex.drags, ex.category, target)
+            written += 1
+        if flip and not flipped.exists():
+            cache_example(pipe, *flip_example(ex.frames, ex.drags), ex.category, flipped)
+            written += 1
     return written

@@ -124,13 +124,25 @@ class TrainConfig(_Strict):
 
 
 def _set(tree: dict, dotted: str, value: Any) -> None:
+    """Set ``a.b.c`` in ``tree``; a numeric key indexes a list (``data.sources.0.path``)."""
     keys = dotted.split(".")
-    node = tree
-    for k in keys[:-1]:
-        node = node.setdefault(k, {})
-        if not isinstance(node, dict):
-            raise UserInputError(f"override {dotted!r}: {k!r} is not a section")
-    node[keys[-1]] = value
+    node: Any = tree
+    for depth, k in enumerate(keys):
+        last = depth == len(keys) - 1
+        if isinstance(node, list):
+            if not k.isdigit() or int(k) >= len(node):
+                raise UserInputError(f"override {dotted!r}: {k!r} is not an index of a list of {len(node)} entries")
+            if last:
+                node[int(k)] = value
+            else:
+                node = node[int(k)]
+        elif isinstance(node, dict):
+            if last:
+                node[k] = value
+            else:
+                node = node.setdefault(k, {})
+        else:
+            raise UserInputError(f"override {dotted!r}: {keys[depth - 1]!r} is not a section")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:

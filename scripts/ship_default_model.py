@@ -1,0 +1,51 @@
+"""Copy a trained pipeline into the package as the embedded default model (fp16 safetensors).
+
+    python scripts/ship_default_model.py runs/default-model/unet/pipeline
+
+writes ``src/puppet_master/assets/default-model/`` (replacing it atomically) with the
+UNet and VAE stored in float16; ``load_pipeline`` upcasts to float32 on CPU. Prints the
+size on disk, which must stay within 40 MB (issue #7).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+
+from puppet_master.pipelines import PuppetMasterPipeline
+from puppet_master.pipelines.loading import DEFAULT_MODEL_DIR
+
+LIMIT_BYTES = 40 * 1000 * 1000
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("pipeline", type=Path, help="pipeline folder written by `puppet-master train` (OUTPUT_DIR/pipeline)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_MODEL_DIR)
+    args = parser.parse_args()
+    pipe = PuppetMasterPipeline.from_pretrained(args.pipeline)
+    pipe.unet.to(torch.float16)
+    pipe.vae.to(torch.float16)
+    tmp = args.out.with_name(f".{args.out.name}.partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    pipe.save_pretrained(tmp, safe_serialization=True)
+    # keep the model card and figures that live beside the weights
+    if args.out.exists():
+        for keep in ("README.md", "evaluation"):
+            if (args.out / keep).exists():
+                src = args.out / keep
+                (shutil.copytree if src.is_dir() else shutil.copy2)(src, tmp / keep)
+        shutil.rmtree(args.out)
+    tmp.rename(args.out)
+    size = sum(f.stat().st_size for f in args.out.rglob("*") if f.is_file())
+    print(f"shipped {args.pipeline} -> {args.out}: {size / 1e6:.1f} MB on disk")
+    return 0 if size <= LIMIT_BYTES else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

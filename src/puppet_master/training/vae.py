@@ -1,0 +1,306 @@
+"""Train a small image VAE from scratch (the embedded default model's autoencoder).
+
+The released Puppet-Master uses SVD's VAE; the embedded default model cannot (its
+weights are not downloadable everywhere), so it ships its own small
+``diffusers.AutoencoderKL``: 16× down-sampling to 8 latent channels, so that a
+256×256 frame becomes a 16×16×8 latent and the drag UNet stays cheap on a CPU.
+
+Training data are frames of split folders (``NAME.json`` + ``NAME.gif`` clips, as
+``puppet-master data build`` writes them) and, for variety beyond flat-shaded renders,
+the natural photographs bundled with scikit-image. Each step sees random square crops
+(random scale and flips); the loss is L1 on pixels plus L1 on image gradients (keeps
+edges sharp without a GAN or LPIPS network) plus a small KL term (as in Stable
+Diffusion's autoencoder, Rombach et al. 2022 §3). At the end the latent scaling factor
+is set to 1 / std of the posterior means over the training frames, so scaled latents
+have unit variance as EDM assumes (DESIGN §5).
+
+Resumable: ``OUT/checkpoint/`` (accelerate state, written atomically) is picked up by
+the next run with the same ``OUT``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from ..errors import UserInputError
+
+#: scikit-image sample photographs shipped inside its wheel (no download).
+SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "cat", "camera", "coins", "moon", "brick", "grass", "gravel")
+
+
+@dataclass
+class VAETrainConfig:
+    """Options of :func:`train_vae` (sizes in pixels)."""
+
+    data: list[str] = field(default_factory=list)
+    output_dir: str = "runs/vae"
+    block_out_channels: tuple[int, ...] = (32, 64, 128, 128, 128)
+    layers_per_block: int = 1
+    latent_channels: int = 8
+    crop: int = 128
+    batch_size: int = 8
+    max_steps: int = 3000
+    lr: float = 1e-3
+    kl_weight: float = 1e-6
+    grad_weight: float = 0.5
+    frames_per_clip: int = 3
+    use_photos: bool = True
+    photo_share: float = 0.1
+    checkpoint_every: int = 250
+    seed: int = 0
+
+
+def make_image_vae(block_out_channels=(32, 64, 128, 128, 128), layers_per_block: int = 1, latent_channels: int = 8,
+                   scaling_factor: float = 1.0):
+    """A ``diffusers.AutoencoderKL`` with ``2**(len(block_out_channels)-1)``× down-sampling."""
+    from diffusers import AutoencoderKL
+
+    n = len(block_out_channels)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * n,
+        up_block_types=("UpDecoderBlock2D",) * n,
+        block_out_channels=tuple(block_out_channels),
+        layers_per_block=layers_per_block,
+        latent_channels=latent_channels,
+        # >= 4 channels per GroupNorm group (SD: 128 / 32): one channel per group normalises away each
+        # channel's mean over the image, i.e. the colour of flat regions (measured: grey reconstructions)
+        norm_num_groups=max(1, min(32, min(block_out_channels) // 4)),
+        scaling_factor=scaling_factor,
+        sample_size=256,
+    )
+
+
+def collect_frames(folders: list[str | Path], frames_per_clip: int = 3) -> list[np.ndarray]:
+    """``frames_per_clip`` evenly spaced frames (uint8 ``(H, W, 3)``) of every clip in ``folders``.
+
+    Raises:
+        UserInputError: a missing folder, or no clips at all.
+    """
+    from ..video import read_video
+
+    frames: list[np.ndarray] = []
+    for folder in folders:
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise UserInputError(f"VAE data folder {str(folder)!r} does not exist")
+        for meta in sorted(folder.glob("*.json")):
+            video = next((meta.with_suffix(s) for s in (".gif", ".mp4", ".webp") if meta.with_suffix(s).is_file()), None)
+            if video is None:
+                continue
+            clip = read_video(video)
+            for i in np.linspace(0, len(clip) - 1, frames_per_clip).round().astype(int):
+                frames.append(clip[i])
+    if not frames:
+        raise UserInputError(f"no clips (NAME.json + NAME.gif) found in {', '.join(map(str, folders))}")
+    return frames
+
+
+def skimage_photos() -> list[np.ndarray]:
+    """scikit-image's bundled sample photographs as RGB uint8 (grey ones repeated to 3 channels)."""
+    import skimage.data
+
+    photos = []
+    for name in SKIMAGE_PHOTOS:
+        img = np.asarray(getattr(skimage.data, name)())
+        if img.ndim == 2:
+            img = np.repeat(img[..., None], 3, axis=2)
+        photos.append(np.ascontiguousarray(img[..., :3]).astype(np.uint8))
+    return photos
+
+
+class CropDataset(Dataset):
+    """Random square crops in [−1, 1], ``(3, crop, crop)`` float32; deterministic per index.
+
+    A share ``photo_share`` of the items comes from ``photos`` (crops of 1–2.5× the crop
+    size resized down), the rest from ``frames`` (whole frame or a crop of ≥ half its
+    size, resized to ``crop``). Horizontal flips at random.
+    """
+
+    def __init__(self, frames: list[np.ndarray], photos: list[np.ndarray], crop: int, length: int, photo_share: float,
+                 seed: int = 0) -> None:
+        self.frames, self.photos, self.crop = frames, photos, crop
+        self.length, self.photo_share, self.seed = length, photo_share if photos else 0.0, seed
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        rng = np.random.default_rng((self.seed, index))
+        if rng.random() < self.photo_share:
+            img = self.photos[rng.integers(len(self.photos))]
+            side = int(min(img.shape[:2], key=int) * rng.uniform(0.3, 1.0))
+        else:
+            img = self.frames[rng.integers(len(self.frames))]
+            side = int(min(img.shape[:2]) * rng.uniform(0.5, 1.0))
+        y = rng.integers(img.shape[0] - side + 1)
+        x = rng.integers(img.shape[1] - side + 1)
+        patch = torch.from_numpy(np.ascontiguousarray(img[y : y + side, x : x + side])).permute(2, 0, 1).float()[None] / 127.5 - 1
+        patch = F.interpolate(patch, size=(self.crop, self.crop), mode="bilinear", antialias=True, align_corners=False)[0]
+        if rng.random() < 0.5:
+            patch = patch.flip(-1)
+        return patch.clamp(-1, 1)
+
+
+def image_gradients(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward differences along x and y of ``(B, C, H, W)``."""
+    return x[..., :, 1:] - x[..., :, :-1], x[..., 1:, :] - x[..., :-1, :]
+
+
+def vae_loss(vae, x: torch.Tensor, cfg: VAETrainConfig, generator: torch.Generator | None = None,
+             sample_posterior: bool = False) -> tuple[torch.Tensor, dict]:
+    """L1 + ``grad_weight``·L1(gradients) + ``kl_weight``·KL for a batch ``x`` in [−1, 1].
+
+    The KL term (per pixel) keeps the latents' scale in check; the decoder sees the
+    posterior mean unless ``sample_posterior``.
+    """
+    posterior = vae.encode(x).latent_dist
+    # the posterior mean is decoded: the pipeline only ever uses the mean (first-frame latent, cached
+    # latents), and sampling with the initial unit variance drowns the means for thousands of steps
+    z = posterior.sample(generator) if sample_posterior else posterior.mode()
+    recon = vae.decode(z).sample
+    l1 = (recon - x).abs().mean()
+    gx, gy = image_gradients(recon)
+    tx, ty = image_gradients(x)
+    grad = (gx - tx).abs().mean() + (gy - ty).abs().mean()
+    # KL summed over latent elements, per pixel: the same ratio to the pixel loss as SD's
+    # summed losses with weight 1e-6
+    kl = posterior.kl().mean() / x[0].numel()
+    loss = l1 + cfg.grad_weight * grad + cfg.kl_weight * kl
+    return loss, {"l1": l1.item(), "grad": grad.item(), "kl": kl.item()}
+
+
+@torch.no_grad()
+def latent_std(vae, frames: list[np.ndarray], max_frames: int = 64) -> float:
+    """Standard deviation of the posterior means of up to ``max_frames`` whole frames."""
+    idx = np.linspace(0, len(frames) - 1, min(max_frames, len(frames))).round().astype(int)
+    stds = []
+    for i in idx:
+        x = torch.from_numpy(frames[i]).permute(2, 0, 1).float()[None] / 127.5 - 1
+        stds.append(vae.encode(x).latent_dist.mode().flatten())
+    return torch.cat(stds).std().item()
+
+
+@torch.no_grad()
+def reconstruction_psnr(vae, frames: list[np.ndarray]) -> float:
+    """Mean PSNR (dB, 8-bit scale) of encode→decode (posterior mean) over ``frames``."""
+    values = []
+    for f in frames:
+        x = torch.from_numpy(f).permute(2, 0, 1).float()[None] / 127.5 - 1
+        y = vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
+        mse = ((y - x) / 2).pow(2).mean().item()
+        values.append(10 * math.log10(1.0 / max(mse, 1e-10)))
+    return float(np.mean(values))
+
+
+def _save_checkpoint(acc, out: Path, step: int) -> None:
+    tmp = out / ".checkpoint-partial"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    acc.save_state(str(tmp))
+    (tmp / "step.json").write_text(json.dumps({"step": step}))
+    final = out / "checkpoint"
+    old = out / ".checkpoint-old"
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def train_vae(cfg: VAETrainConfig, progress: bool = True, held_out: int = 32) -> dict:
+    """Train (or resume) the VAE; write ``OUT/vae/`` (``save_pretrained``) and ``OUT/vae-report.json``.
+
+    ``held_out`` frames (the last clips of the data) are kept out of training and give
+    the reported reconstruction PSNR.
+
+    Returns:
+        the report: steps, final losses, latent std / scaling factor, held-out PSNR.
+
+    Raises:
+        UserInputError: missing or empty data folders, bad sizes.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+
+    if cfg.crop % 2 ** (len(cfg.block_out_channels) - 1):
+        raise UserInputError(f"crop {cfg.crop} must be a multiple of the VAE stride {2 ** (len(cfg.block_out_channels) - 1)}")
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    frames = collect_frames(cfg.data, cfg.frames_per_clip)
+    held_out = min(held_out, len(frames) // 10)
+    train_frames, test_frames = frames[: len(frames) - held_out], frames[len(frames) - held_out :]
+    photos = skimage_photos() if cfg.use_photos else []
+    set_seed(cfg.seed)
+    acc = Accelerator()
+    vae = make_image_vae(cfg.block_out_channels, cfg.layers_per_block, cfg.latent_channels)
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / 100) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, cfg.max_steps) / cfg.max_steps)))
+    )
+    vae, opt, sched = acc.prepare(vae, opt, sched)
+    start = 0
+    if (out / "checkpoint" / "step.json").is_file():
+        acc.load_state(str(out / "checkpoint"))
+        start = json.loads((out / "checkpoint" / "step.json").read_text())["step"]
+    dataset = CropDataset(train_frames, photos, cfg.crop, cfg.max_steps * cfg.batch_size, cfg.photo_share, cfg.seed)
+    # stateless dataset: resuming at step s starts at item s·batch
+    indices = list(range(start * cfg.batch_size, cfg.max_steps * cfg.batch_size))
+    loader = DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=cfg.batch_size, shuffle=False)
+    gen = torch.Generator(device=acc.device).manual_seed(cfg.seed + start)
+    vae.train()
+    stats: dict = {}
+    bar = tqdm(total=cfg.max_steps, initial=start, desc="training VAE", disable=not progress)
+    step = start
+    for batch in loader:
+        loss, stats = vae_loss(vae, batch.to(acc.device), cfg, gen)
+        if not torch.isfinite(loss):
+            raise RuntimeError(f"VAE loss became {loss.item()} at step {step}; resume from {out / 'checkpoint'} with a lower lr")
+        opt.zero_grad(set_to_none=True)
+        acc.backward(loss)
+        acc.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        step += 1
+        bar.update()
+        bar.set_postfix(l1=f"{stats['l1']:.4f}", grad=f"{stats['grad']:.4f}")
+        if step % cfg.checkpoint_every == 0 and step < cfg.max_steps:
+            _save_checkpoint(acc, out, step)
+    bar.close()
+    _save_checkpoint(acc, out, step)
+    model = acc.unwrap_model(vae).eval()
+    std = latent_std(model, train_frames)
+    model.register_to_config(scaling_factor=1.0 / std)
+    tmp = out / ".vae-partial"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(tmp)
+    if (out / "vae").exists():
+        shutil.rmtree(out / "vae")
+    tmp.rename(out / "vae")
+    report = {
+        "steps": step,
+        "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()},
+        "last_losses": stats,
+        "latent_std": std,
+        "scaling_factor": 1.0 / std,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "held_out_frames": len(test_frames),
+        "held_out_psnr_db": reconstruction_psnr(model, test_frames) if test_frames else None,
+    }
+    tmp_report = out / ".vae-report.json.partial"
+    tmp_report.write_text(json.dumps(report, indent=2))
+    os.replace(tmp_report, out / "vae-report.json")
+    return report

@@ -1,0 +1,95 @@
+"""Pieces of the default model's recipe: VAE training, mirrored latents, the small assembly."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from puppet_master.training.cache import flip_example
+from puppet_master.training.config import load_config
+from puppet_master.training.vae import CropDataset, VAETrainConfig, train_vae
+from puppet_master.video import write_video
+
+
+def _split(folder, n=3, size=64, frames=4):
+    """A split folder of moving coloured squares on white (NAME.json + NAME.gif)."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        video = np.full((frames, size, size, 3), 255, np.uint8)
+        colour = rng.integers(0, 200, 3)
+        for f in range(frames):
+            video[f, 16 + 2 * f : 40 + 2 * f, 12:36] = colour
+        write_video(video, folder / f"c{i}.gif")
+        (folder / f"c{i}.json").write_text(json.dumps({"category": "Box", "drags": [{"start": [20, 20], "end": [20, 26]}]}))
+    return folder
+
+
+def test_crop_dataset_is_deterministic_and_in_range(tmp_path):
+    frames = [np.random.default_rng(i).integers(0, 255, (64, 64, 3), dtype=np.uint8) for i in range(3)]
+    ds = CropDataset(frames, [], crop=32, length=10, photo_share=0.5, seed=3)
+    a, b = ds[4], ds[4]
+    assert a.shape == (3, 32, 32) and a.dtype == torch.float32
+    assert torch.equal(a, b) and not torch.equal(ds[4], ds[5])
+    assert a.min() >= -1 and a.max() <= 1
+
+
+def test_train_vae_learns_resumes_and_sets_the_scaling_factor(tmp_path):
+    data = _split(tmp_path / "split", n=12)
+    cfg = VAETrainConfig(data=[str(data)], output_dir=str(tmp_path / "run"), block_out_channels=(8, 16, 16),
+                         latent_channels=4, crop=32, batch_size=4, max_steps=40, lr=2e-3, checkpoint_every=20,
+                         use_photos=False)
+    short = VAETrainConfig(**{**cfg.__dict__, "max_steps": 20, "output_dir": str(tmp_path / "run")})
+    train_vae(short, progress=False)
+    first = json.loads((tmp_path / "run" / "vae-report.json").read_text())
+    report = train_vae(cfg, progress=False)  # resumes from step 20 of the same folder
+    assert report["steps"] == 40 and first["steps"] == 20
+    assert report["held_out_psnr_db"] > first["held_out_psnr_db"]
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(tmp_path / "run" / "vae")
+    assert vae.config.latent_channels == 4 and vae.config.scaling_factor == pytest.approx(1 / report["latent_std"])
+    x = torch.zeros(1, 3, 64, 64)
+    assert vae.encode(x).latent_dist.mode().shape == (1, 4, 16, 16)
+
+
+def test_flip_example_mirrors_used_slots_only():
+    frames = np.arange(2 * 4 * 6 * 3, dtype=np.uint8).reshape(2, 4, 6, 3)
+    drags = torch.zeros(2, 3, 4)
+    drags[:, 0] = torch.tensor([[0.25, 0.5, 0.25, 0.5], [0.25, 0.5, 0.4, 0.6]])
+    out_frames, out = flip_example(frames, drags)
+    np.testing.assert_array_equal(out_frames[:, :, 0], frames[:, :, -1])
+    torch.testing.assert_close(out[:, 0], torch.tensor([[0.75, 0.5, 0.75, 0.5], [0.75, 0.5, 0.6, 0.6]]))
+    assert out[:, 1:].eq(0).all(), "unused slots stay all zeros"
+    back_frames, back = flip_example(out_frames, out)
+    np.testing.assert_array_equal(back_frames, frames)
+    torch.testing.assert_close(back, drags)
+
+
+def test_list_overrides_index_sources():
+    cfg = load_config(None, ["data.sources=[{type: synthetic}, {type: synthetic}]", "data.sources.1.num_clips=7"])
+    assert [s.num_clips for s in cfg.data.sources] == [64, 7]
+
+
+def test_random_model_small_with_a_trained_vae(tmp_path):
+    from puppet_master.pipelines import PuppetMasterPipeline
+    from puppet_master.training.vae import make_image_vae
+
+    make_image_vae((8, 16, 16, 16, 16), latent_channels=8, scaling_factor=0.5).save_pretrained(tmp_path / "vae")
+    run = subprocess.run([sys.executable, "-m", "puppet_master.cli", "random-model", str(tmp_path / "m"), "--size", "small",
+                          "--vae", str(tmp_path / "vae")], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    pipe = PuppetMasterPipeline.from_pretrained(tmp_path / "m")
+    assert pipe.image_encoder is None and pipe.vae_scale_factor == 16 and pipe.vae.config.scaling_factor == 0.5
+    assert pipe.unet.config.in_channels == 16 and pipe.unet.config.out_channels == 8
+    frames = pipe(torch.rand(3, 128, 128), torch.zeros(1, 3, 5, 4), num_frames=3, height=128, width=128,
+                  num_inference_steps=2, output_type="np").frames
+    assert frames.shape == (1, 3, 128, 128, 3)
+    bad = subprocess.run([sys.executable, "-m", "puppet_master.cli", "random-model", str(tmp_path / "m2"), "--vae",
+                          str(tmp_path / "nothing")], capture_output=True, text=True)
+    assert bad.returncode == 2 and "error:" in bad.stderr and not (tmp_path / "m2").exists()
