@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Rebuild the embedded default model (src/puppet_master/assets/default-model) from scratch.
 # Every stage is resumable: re-run the script after an interruption and it goes on.
-# Measured on 2 CPU cores (docs/default-model.md): data ~18 min, VAE ~14 min, latents ~3 min,
-# UNet ~70 min. On a GPU add `--device cuda` to cache-latents and run train under accelerate.
+# Status and measured times: docs/default-model.md (on 2 CPU cores: data 13 min, VAE 1.1 s/step,
+# latents 7 min, UNet 1 step/s). The step counts below are what a GPU run should use; a CPU-only
+# session did not get a shippable model (see the doc). On a GPU add `--device cuda` to
+# cache-latents and run train under accelerate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 W=runs/default-model
@@ -14,7 +16,7 @@ puppet-master data build --out $W/data-test --num-assets 24 --views 1 --frames 1
     --cycles-samples 8 --num-frames 14 --samples-per-view 1 --seed 1 -q
 
 # 2. the image VAE (16x down, 8 latent channels), on training frames + scikit-image photos
-puppet-master train-vae --data $W/data-train/samples --out $W/vae --steps 700 --batch-size 8 --crop 128
+puppet-master train-vae --data $W/data-train/samples --out $W/vae --steps 5000 --batch-size 8 --crop 128 --fg-weight 5
 
 # 3. random drag UNet of SIZES["small"] + the trained VAE = the starting pipeline
 [ -d $W/init ] || puppet-master random-model $W/init --size small --vae $W/vae/vae
@@ -28,7 +30,5 @@ puppet-master train --config configs/default-model.yaml "${RESUME[@]}"
 
 # 6. ship as fp16 safetensors (<= 40 MB) and evaluate against the static baseline
 python scripts/ship_default_model.py $W/unet/pipeline
-puppet-master evaluate --data $W/data-test/samples --method model --model default --out $W/eval-procedural
-puppet-master evaluate --data $W/data-test/samples --method static --out $W/eval-procedural-static
-puppet-master evaluate --data ../shared/data/dragamove-test-dev --method model --model default --out $W/eval-dev
-puppet-master evaluate --data ../shared/data/dragamove-test-dev --method static --out $W/eval-dev-static
+puppet-master evaluate --data $W/data-test/samples --method model --method static --model default --out $W/eval-procedural
+puppet-master evaluate --data ../shared/data/dragamove-test-dev --method model --method static --model default --out $W/eval-dev

@@ -93,3 +93,18 @@ def test_random_model_small_with_a_trained_vae(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "puppet_master.cli", "random-model", str(tmp_path / "m2"), "--vae",
                           str(tmp_path / "nothing")], capture_output=True, text=True)
     assert bad.returncode == 2 and "error:" in bad.stderr and not (tmp_path / "m2").exists()
+
+
+def test_foreground_mask_and_object_psnr():
+    from puppet_master.training.vae import foreground_mask, make_image_vae, reconstruction_psnr
+
+    x = torch.ones(1, 3, 8, 8)
+    x[:, 0, 2:4, 2:4] = -1.0  # a cyan square on white
+    mask = foreground_mask(x)
+    assert mask.shape == (1, 1, 8, 8) and mask.sum() == 4 and mask[0, 0, 2, 2] == 1
+    vae = make_image_vae((8, 16), latent_channels=4)
+    frame = np.full((32, 32, 3), 255, np.uint8)
+    frame[8:20, 8:20] = (200, 30, 30)
+    whole, obj = reconstruction_psnr(vae, [frame]), reconstruction_psnr(vae, [frame], foreground=True)
+    assert np.isfinite(whole) and np.isfinite(obj) and whole != obj
+    assert np.isnan(reconstruction_psnr(vae, [np.full((32, 32, 3), 255, np.uint8)], foreground=True))
