@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -44,7 +45,7 @@ def test_train_vae_learns_resumes_and_sets_the_scaling_factor(tmp_path):
     cfg = VAETrainConfig(data=[str(data)], output_dir=str(tmp_path / "run"), block_out_channels=(8, 16, 16),
                          latent_channels=4, crop=32, batch_size=4, max_steps=40, lr=2e-3, checkpoint_every=20,
                          use_photos=False)
-    short = VAETrainConfig(**{**cfg.__dict__, "max_steps": 20, "output_dir": str(tmp_path / "run")})
+    short = dataclasses.replace(cfg, max_steps=20)
     train_vae(short, progress=False)
     first = json.loads((tmp_path / "run" / "vae-report.json").read_text())
     report = train_vae(cfg, progress=False)  # resumes from step 20 of the same folder

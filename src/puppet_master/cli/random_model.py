@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Optional
@@ -38,7 +39,12 @@ def random_model(
         if not config_file.is_file():
             print(f"error: VAE folder {str(vae)!r} has no config.json (save it with save_pretrained)", file=sys.stderr)
             raise typer.Exit(code=2)
-        cls = AutoencoderKLTemporalDecoder if "Temporal" in config_file.read_text() else AutoencoderKL
+        try:
+            class_name = json.loads(config_file.read_text()).get("_class_name")
+        except (json.JSONDecodeError, AttributeError):
+            print(f"error: {str(config_file)!r} is not a diffusers VAE config (JSON object)", file=sys.stderr)
+            raise typer.Exit(code=2)
+        cls = AutoencoderKLTemporalDecoder if class_name == AutoencoderKLTemporalDecoder.__name__ else AutoencoderKL
         trained_vae = cls.from_pretrained(vae)
     pipe = PuppetMasterPipeline(**build_components(size, seed=seed, with_image_encoder=not no_image_encoder, vae=trained_vae))
     tmp = out_dir.with_name(f".{out_dir.name}.partial")

@@ -83,6 +83,16 @@ def load_dragamove_example(pkl: str | Path, size: int = EVAL_SIZE) -> EvalExampl
     return EvalExample(pkl.stem, frames, drags, category)
 
 
+#: Video formats a split folder may hold beside ``NAME.json``, in order of preference.
+SPLIT_VIDEO_SUFFIXES = (".gif", ".mp4", ".webp")
+
+
+def split_video_path(meta: str | Path) -> Path | None:
+    """The clip beside a split example's ``NAME.json`` (``NAME.gif``, ``.mp4`` or ``.webp``), or ``None``."""
+    meta = Path(meta)
+    return next((meta.with_suffix(s) for s in SPLIT_VIDEO_SUFFIXES if meta.with_suffix(s).is_file()), None)
+
+
 def load_split_example(meta: str | Path, size: int = EVAL_SIZE, num_drags: int = 5) -> EvalExample:
     """Read one example of a split folder (``NAME.json`` + ``NAME.{gif,mp4,webp}``).
 
@@ -90,7 +100,7 @@ def load_split_example(meta: str | Path, size: int = EVAL_SIZE, num_drags: int =
         UserInputError: missing video or invalid drags.
     """
     meta = Path(meta)
-    video = next((meta.with_suffix(s) for s in (".gif", ".mp4", ".webp") if meta.with_suffix(s).is_file()), None)
+    video = split_video_path(meta)
     if video is None:
         raise UserInputError(f"{meta.name} has no video (NAME.gif, .mp4 or .webp) beside it")
     frames = read_video(video)

@@ -63,7 +63,12 @@ class VAETrainConfig:
 
 def make_image_vae(block_out_channels=(32, 64, 128, 128, 128), layers_per_block: int = 1, latent_channels: int = 8,
                    scaling_factor: float = 1.0):
-    """A ``diffusers.AutoencoderKL`` with ``2**(len(block_out_channels)-1)``× down-sampling."""
+    """A ``diffusers.AutoencoderKL`` with ``f = 2**(len(block_out_channels)-1)``× down-sampling.
+
+    Images ``(B, 3, H, W)`` in [−1, 1] (H, W multiples of f) encode to latents
+    ``(B, latent_channels, H/f, W/f)``; ``scaling_factor`` multiplies latents before the
+    UNet (set to 1/std by :func:`train_vae`).
+    """
     from diffusers import AutoencoderKL
 
     n = len(block_out_channels)
@@ -89,6 +94,7 @@ def collect_frames(folders: list[str | Path], frames_per_clip: int = 3) -> list[
     Raises:
         UserInputError: a missing folder, or no clips at all.
     """
+    from ..evaluation.datasets import split_video_path
     from ..video import read_video
 
     frames: list[np.ndarray] = []
@@ -97,7 +103,7 @@ def collect_frames(folders: list[str | Path], frames_per_clip: int = 3) -> list[
         if not folder.is_dir():
             raise UserInputError(f"VAE data folder {str(folder)!r} does not exist")
         for meta in sorted(folder.glob("*.json")):
-            video = next((meta.with_suffix(s) for s in (".gif", ".mp4", ".webp") if meta.with_suffix(s).is_file()), None)
+            video = split_video_path(meta)
             if video is None:
                 continue
             clip = read_video(video)
@@ -276,13 +282,12 @@ def train_vae(cfg: VAETrainConfig, progress: bool = True, held_out: int = 32) ->
     # stateless dataset: resuming at step s starts at item s·batch
     indices = list(range(start * cfg.batch_size, cfg.max_steps * cfg.batch_size))
     loader = DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=cfg.batch_size, shuffle=False)
-    gen = torch.Generator(device=acc.device).manual_seed(cfg.seed + start)
     vae.train()
     stats: dict = {}
     bar = tqdm(total=cfg.max_steps, initial=start, desc="training VAE", disable=not progress)
     step = start
     for batch in loader:
-        loss, stats = vae_loss(vae, batch.to(acc.device), cfg, gen)
+        loss, stats = vae_loss(vae, batch.to(acc.device), cfg)
         if not torch.isfinite(loss):
             raise RuntimeError(f"VAE loss became {loss.item()} at step {step}; resume from {out / 'checkpoint'} with a lower lr")
         opt.zero_grad(set_to_none=True)
