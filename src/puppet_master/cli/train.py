@@ -67,6 +67,8 @@ def train_vae(
     channels: str = typer.Option("32,64,128,128,128", "--channels", help="block_out_channels; n blocks = 2^(n-1)x down."),
     latent_channels: int = typer.Option(8, "--latent-channels", min=1),
     fg_weight: float = typer.Option(1.0, "--fg-weight", min=1.0, help="L1 weight of non-white (object) pixels."),
+    chroma_weight: float = typer.Option(4.0, "--chroma-weight", min=0.0,
+                                        help="L1 weight of colour (each pixel's deviation from its grey level)."),
     no_photos: bool = typer.Option(False, "--no-photos", help="Do not mix in scikit-image's sample photographs."),
     seed: int = typer.Option(0, "--seed"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
@@ -81,7 +83,7 @@ def train_vae(
         raise typer.Exit(code=2)
     cfg = VAETrainConfig(data=[str(d) for d in data], output_dir=str(out), block_out_channels=block_out,
                          latent_channels=latent_channels, crop=crop, batch_size=batch_size, max_steps=steps, lr=lr,
-                         use_photos=not no_photos, fg_weight=fg_weight, seed=seed)
+                         use_photos=not no_photos, fg_weight=fg_weight, chroma_weight=chroma_weight, seed=seed)
     try:
         report = run(cfg, progress=not quiet)
     except UserInputError as exc:

@@ -54,6 +54,7 @@ class VAETrainConfig:
     kl_weight: float = 1e-6
     grad_weight: float = 0.5
     fg_weight: float = 1.0
+    chroma_weight: float = 4.0
     frames_per_clip: int = 3
     use_photos: bool = True
     photo_share: float = 0.1
@@ -185,14 +186,17 @@ def vae_loss(vae, x: torch.Tensor, cfg: VAETrainConfig, generator: torch.Generat
     # renders are mostly white background: weight object pixels so their colour is not averaged away
     weight = 1.0 + (cfg.fg_weight - 1.0) * foreground_mask(x)
     l1 = (weight * (recon - x).abs()).mean() / weight.mean()
+    # colour: L1 on each pixel's deviation from its grey level. Without it the encoder learns a
+    # luminance-only code first and stays there for thousands of steps (docs/default-model.md)
+    chroma = (weight * ((recon - recon.mean(1, keepdim=True)) - (x - x.mean(1, keepdim=True))).abs()).mean() / weight.mean()
     gx, gy = image_gradients(recon)
     tx, ty = image_gradients(x)
     grad = (gx - tx).abs().mean() + (gy - ty).abs().mean()
     # KL summed over latent elements, per pixel: the same ratio to the pixel loss as SD's
     # summed losses with weight 1e-6
     kl = posterior.kl().mean() / x[0].numel()
-    loss = l1 + cfg.grad_weight * grad + cfg.kl_weight * kl
-    return loss, {"l1": l1.item(), "grad": grad.item(), "kl": kl.item()}
+    loss = l1 + cfg.chroma_weight * chroma + cfg.grad_weight * grad + cfg.kl_weight * kl
+    return loss, {"l1": l1.item(), "chroma": chroma.item(), "grad": grad.item(), "kl": kl.item()}
 
 
 @torch.no_grad()
