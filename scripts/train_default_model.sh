@@ -16,7 +16,7 @@ puppet-master data build --out $W/data-test --num-assets 24 --views 1 --frames 1
     --cycles-samples 8 --num-frames 14 --samples-per-view 1 --seed 1 -q
 
 # 2. the image VAE (16x down, 8 latent channels), on training frames + scikit-image photos
-puppet-master train-vae --data $W/data-train/samples --out $W/vae --steps 5000 --batch-size 8 --crop 128 --fg-weight 5
+puppet-master train-vae --data $W/data-train/samples --out $W/vae --steps 1000 --batch-size 8 --crop 128 --fg-weight 5 --chroma-weight 4
 
 # 3. random drag UNet of SIZES["small"] + the trained VAE = the starting pipeline
 [ -d $W/init ] || puppet-master random-model $W/init --size small --vae $W/vae/vae

@@ -109,3 +109,19 @@ def test_foreground_mask_and_object_psnr():
     whole, obj = reconstruction_psnr(vae, [frame]), reconstruction_psnr(vae, [frame], foreground=True)
     assert np.isfinite(whole) and np.isfinite(obj) and whole != obj
     assert np.isnan(reconstruction_psnr(vae, [np.full((32, 32, 3), 255, np.uint8)], foreground=True))
+
+
+def test_chroma_l1_sees_colour_but_not_brightness():
+    from puppet_master.training.vae import chroma_l1
+
+    x = torch.zeros(1, 3, 8, 8)
+    x[:, 0] = 0.8  # a red-ish image
+    grey = x.mean(1, keepdim=True).expand_as(x)
+    assert chroma_l1(x, x).item() == 0.0
+    assert chroma_l1(x + 0.3, x).item() == pytest.approx(0.0, abs=1e-7)  # brightness change only
+    assert chroma_l1(grey, x).item() == pytest.approx((0.8 * 2 / 3 + 0.8 / 3 * 2) / 3)
+    weight = torch.ones(1, 1, 8, 8)
+    weight[..., :4] = 5.0
+    half = x.clone()
+    half[..., 4:] = grey[..., 4:]  # colour lost only where the weight is 1
+    assert chroma_l1(half, x, weight).item() < chroma_l1(half, x).item()

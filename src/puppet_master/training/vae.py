@@ -8,8 +8,9 @@ weights are not downloadable everywhere), so it ships its own small
 Training data are frames of split folders (``NAME.json`` + ``NAME.gif`` clips, as
 ``puppet-master data build`` writes them) and, for variety beyond flat-shaded renders,
 the natural photographs bundled with scikit-image. Each step sees random square crops
-(random scale and flips); the loss is L1 on pixels plus L1 on image gradients (keeps
-edges sharp without a GAN or LPIPS network) plus a small KL term (as in Stable
+(random scale and flips); the loss is L1 on pixels plus L1 on chroma (colour apart from
+brightness, see :func:`chroma_l1`) plus L1 on image gradients (keeps edges sharp without
+a GAN or LPIPS network) plus a small KL term (as in Stable
 Diffusion's autoencoder, Rombach et al. 2022 §3). At the end the latent scaling factor
 is set to 1 / std of the posterior means over the training frames, so scaled latents
 have unit variance as EDM assumes (DESIGN §5).
@@ -171,9 +172,24 @@ def image_gradients(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return x[..., :, 1:] - x[..., :, :-1], x[..., 1:, :] - x[..., :-1, :]
 
 
+def chroma_l1(recon: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Weighted mean L1 between the chroma of ``recon`` and ``x`` (both ``(B, 3, H, W)``).
+
+    Chroma is each pixel's deviation from its own grey level (``x − mean over RGB``), so
+    the term ignores brightness and is zero for a perfect or an equally re-brightened
+    reconstruction. Without it the encoder learns a luminance-only code and stays there
+    for thousands of steps (objects come back grey; docs/default-model.md).
+    ``weight``: ``(B, 1, H, W)`` per-pixel weights (default: all ones).
+    """
+    diff = ((recon - recon.mean(1, keepdim=True)) - (x - x.mean(1, keepdim=True))).abs()
+    if weight is None:
+        return diff.mean()
+    return (weight * diff).mean() / weight.mean()
+
+
 def vae_loss(vae, x: torch.Tensor, cfg: VAETrainConfig, generator: torch.Generator | None = None,
              sample_posterior: bool = False) -> tuple[torch.Tensor, dict]:
-    """L1 + ``grad_weight``·L1(gradients) + ``kl_weight``·KL for a batch ``x`` in [−1, 1].
+    """L1 + ``chroma_weight``·chroma L1 + ``grad_weight``·L1(gradients) + ``kl_weight``·KL for ``x`` in [−1, 1].
 
     The KL term (per pixel) keeps the latents' scale in check; the decoder sees the
     posterior mean unless ``sample_posterior``.
@@ -186,9 +202,7 @@ def vae_loss(vae, x: torch.Tensor, cfg: VAETrainConfig, generator: torch.Generat
     # renders are mostly white background: weight object pixels so their colour is not averaged away
     weight = 1.0 + (cfg.fg_weight - 1.0) * foreground_mask(x)
     l1 = (weight * (recon - x).abs()).mean() / weight.mean()
-    # colour: L1 on each pixel's deviation from its grey level. Without it the encoder learns a
-    # luminance-only code first and stays there for thousands of steps (docs/default-model.md)
-    chroma = (weight * ((recon - recon.mean(1, keepdim=True)) - (x - x.mean(1, keepdim=True))).abs()).mean() / weight.mean()
+    chroma = chroma_l1(recon, x, weight)
     gx, gy = image_gradients(recon)
     tx, ty = image_gradients(x)
     grad = (gx - tx).abs().mean() + (gy - ty).abs().mean()
