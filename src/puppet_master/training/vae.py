@@ -129,6 +129,11 @@ def skimage_photos() -> list[np.ndarray]:
     return photos
 
 
+def image_tensor(image: np.ndarray) -> torch.Tensor:
+    """uint8 ``(H, W, 3)`` → float32 ``(1, 3, H, W)`` in [−1, 1] (the VAE's input range)."""
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()[None] / 127.5 - 1
+
+
 class CropDataset(Dataset):
     """Random square crops in [−1, 1], ``(3, crop, crop)`` float32; deterministic per index.
 
@@ -155,7 +160,7 @@ class CropDataset(Dataset):
             side = int(min(img.shape[:2]) * rng.uniform(0.5, 1.0))
         y = rng.integers(img.shape[0] - side + 1)
         x = rng.integers(img.shape[1] - side + 1)
-        patch = torch.from_numpy(np.ascontiguousarray(img[y : y + side, x : x + side])).permute(2, 0, 1).float()[None] / 127.5 - 1
+        patch = image_tensor(img[y : y + side, x : x + side])
         patch = F.interpolate(patch, size=(self.crop, self.crop), mode="bilinear", antialias=True, align_corners=False)[0]
         if rng.random() < 0.5:
             patch = patch.flip(-1)
@@ -219,7 +224,7 @@ def latent_std(vae, frames: list[np.ndarray], max_frames: int = 64) -> float:
     idx = np.linspace(0, len(frames) - 1, min(max_frames, len(frames))).round().astype(int)
     stds = []
     for i in idx:
-        x = torch.from_numpy(frames[i]).permute(2, 0, 1).float()[None] / 127.5 - 1
+        x = image_tensor(frames[i])
         stds.append(vae.encode(x).latent_dist.mode().flatten())
     return torch.cat(stds).std().item()
 
@@ -233,7 +238,7 @@ def reconstruction_psnr(vae, frames: list[np.ndarray], foreground: bool = False)
     """
     values = []
     for f in frames:
-        x = torch.from_numpy(f).permute(2, 0, 1).float()[None] / 127.5 - 1
+        x = image_tensor(f)
         y = vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
         err = ((y - x) / 2).pow(2)
         if foreground:
