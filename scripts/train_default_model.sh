@@ -25,10 +25,14 @@ puppet-master train-vae --data $W/data-train/samples --out $W/vae --steps 1000 -
 puppet-master cache-latents --data $W/data-train/samples --model $W/init --out $W/latents-train --flip -q
 
 # 5. the drag UNet (EDM, CFG dropout, EMA); resume=latest picks up the last checkpoint
+#    stage 1: all clips, plain loss (learns the image); stage 2: from stage 1, clips that move,
+#    motion-weighted loss (learns to follow the drags)
 if [ -d $W/unet/checkpoints ]; then RESUME=(resume=latest); else RESUME=(); fi
-puppet-master train --config configs/default-model.yaml "${RESUME[@]}"
+[ -f $W/unet/pipeline/model_index.json ] || puppet-master train --config configs/default-model.yaml "${RESUME[@]}"
+if [ -d $W/unet-stage2/checkpoints ]; then RESUME=(resume=latest); else RESUME=(); fi
+puppet-master train --config configs/default-model-stage2.yaml "${RESUME[@]}"
 
 # 6. ship as fp16 safetensors (<= 40 MB) and evaluate against the static baseline
-python scripts/ship_default_model.py $W/unet/pipeline
+python scripts/ship_default_model.py $W/unet-stage2/pipeline
 puppet-master evaluate --data $W/data-test/samples --method model --method static --model default --out $W/eval-procedural
 puppet-master evaluate --data ../shared/data/dragamove-test-dev --method model --method static --model default --out $W/eval-dev

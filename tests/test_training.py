@@ -10,8 +10,9 @@ from diffusers.training_utils import EMAModel
 from puppet_master.errors import UserInputError
 from puppet_master.training import Trainer, TrainingDiverged, edm_loss, load_config
 from puppet_master.training import trainer as trainer_module
-from puppet_master.training.data import MixtureDataset, SyntheticDragDataset, collate
-from puppet_master.training.trainer import sample_noise
+from puppet_master.training.data import (LatentCacheDataset, MixtureDataset, SyntheticDragDataset, collate,
+                                         largest_drag_motion)
+from puppet_master.training.trainer import motion_weights, sample_noise
 
 HELPER = Path(__file__).parent / "helpers" / "train_and_dump.py"
 sys.path.insert(0, str(HELPER.parent))
@@ -29,9 +30,14 @@ def _cfg(tmp_path, *extra):
 
 
 def test_configs_in_repo_validate():
-    for name in ("tiny.yaml", "puppet-master-paper.yaml"):
+    for name in ("tiny.yaml", "puppet-master-paper.yaml", "default-model.yaml", "default-model-stage2.yaml"):
         cfg = load_config(REPO / "configs" / name)
         assert cfg.max_steps > 0
+    stage1 = load_config(REPO / "configs" / "default-model.yaml")
+    stage2 = load_config(REPO / "configs" / "default-model-stage2.yaml")
+    assert stage2.model.init == "checkpoint" and stage2.model.pretrained == f"{stage1.output_dir}/pipeline"
+    assert stage2.motion_weight > 0 and stage1.motion_weight == 0
+    assert [s.min_drag_motion > 0 for s in stage2.data.sources] == [True, False]
     paper = load_config(REPO / "configs" / "puppet-master-paper.yaml")
     assert paper.optim.lr == 1e-5 and paper.max_steps == 12500 and paper.data.num_frames == 14
     assert paper.data.batch_size * paper.gradient_accumulation_steps == 64
@@ -94,6 +100,60 @@ def test_mixture_is_stateless_and_weighted():
     batch = collate([mix[0], mix[1]])
     assert batch["latents"].shape == (2, 3, 4, 8, 8) and batch["drags"].shape == (2, 3, 5, 4)
     assert batch["key"].tolist() == [0, 1]
+
+
+def test_motion_weights_mark_moving_cells_only():
+    x = torch.randn(2, 4, 3, 8, 8)
+    x[:] = x[:, :1]  # every frame equals frame 0 ...
+    x[0, 2:, :, 4, 4] += 1.0  # ... except one cell of clip 0 from frame 2 on (mean |diff| 1.0)
+    x[0, 3, :, 0, 7] += 0.1  # and a small change of 0.1 in frame 3's corner cell
+    w = motion_weights(x, weight=4.0, scale=0.25)
+    assert w.shape == (2, 4, 1, 8, 8)
+    assert torch.equal(w[1], torch.ones_like(w[1]))  # a static clip keeps the plain loss
+    assert torch.equal(w[0, :2], torch.ones_like(w[0, :2]))  # frame 0 and frame 1 did not move
+    # the moved cell and its 3x3 neighbourhood get 1 + 4 * min(1 / 0.25, 1) = 5
+    torch.testing.assert_close(w[0, 2, 0, 3:6, 3:6], torch.full((3, 3), 5.0))
+    assert w[0, 2, 0, 1, 1] == 1 and w[0, 2, 0, 6, 6] == 1
+    # the corner's 0.1 counts 0.4 of "fully moving": 1 + 4 * 0.4, on its 2x2 pooled neighbourhood
+    torch.testing.assert_close(w[0, 3, 0, 0:2, 6:8], torch.full((2, 2), 2.6))
+    assert torch.equal(motion_weights(x, 0.0, 0.25), torch.ones(2, 4, 1, 8, 8))
+
+
+def test_motion_weight_raises_the_loss_only_where_the_clip_moves(tmp_path):
+    plain = _cfg(tmp_path, "data.num_frames=4")
+    weighted = _cfg(tmp_path, "data.num_frames=4", "motion_weight=4.0")
+    torch.manual_seed(0)
+    unet = trainer_module.build_unet(plain).eval()
+    item = SyntheticDragDataset(1, 4, 8, 32, seed=3)[0]
+    moving = collate([dict(item, key=5)])
+    static = collate([dict(item, latents=item["latents"][:1].expand(4, -1, -1, -1).clone(), key=5)])
+    with torch.no_grad():
+        ones = torch.ones(4)
+        assert edm_loss(unet, static, weighted, ones).item() == pytest.approx(edm_loss(unet, static, plain, ones).item())
+        assert edm_loss(unet, moving, weighted, ones).item() > 1.05 * edm_loss(unet, moving, plain, ones).item()
+
+
+def test_latent_cache_filter_keeps_clips_whose_drags_move(tmp_path):
+    from safetensors.torch import save_file
+
+    def clip(name, dx):
+        drags = torch.zeros(3, 5, 4)
+        drags[:, 0, :2] = 0.5
+        drags[:, 0, 2] = 0.5 + torch.tensor([0.0, dx / 2, dx])
+        drags[:, 0, 3] = 0.5
+        save_file({"latents": torch.zeros(3, 4, 2, 2), "image_latents": torch.zeros(4, 2, 2),
+                   "embedding": torch.zeros(1, 8), "drags": drags}, str(tmp_path / f"{name}.safetensors"))
+        return drags
+
+    drags = clip("still", 0.0)
+    clip("small", 0.02)
+    clip("large", 0.1)
+    assert largest_drag_motion(drags) == 0.0
+    assert largest_drag_motion(torch.zeros(3, 5, 4)) == 0.0
+    assert len(LatentCacheDataset(tmp_path)) == 3
+    assert [f.stem for f in LatentCacheDataset(tmp_path, min_drag_motion=0.04).files] == ["large"]
+    with pytest.raises(UserInputError, match="min_drag_motion"):
+        LatentCacheDataset(tmp_path, min_drag_motion=0.5)
 
 
 def _eval_loss(unet, dataset, cfg, keys=range(1000, 1016)):

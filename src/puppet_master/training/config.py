@@ -32,6 +32,9 @@ class SourceConfig(_Strict):
     type: Literal["synthetic", "latent_cache", "dragamove"] = "synthetic"
     path: str | None = None
     weight: float = Field(1.0, gt=0)
+    min_drag_motion: float = Field(0.0, ge=0, description=(
+        "latent_cache only: keep clips whose largest drag moves at least this far from start to last frame "
+        "(normalised image units, e.g. 0.04 = 10 px at 256x256)"))
     num_clips: int = Field(64, ge=1, description="synthetic only")
     latent_size: int = Field(8, ge=1, description="synthetic only")
     embedding_dim: int = Field(32, ge=1, description="synthetic only")
@@ -101,6 +104,8 @@ class TrainConfig(_Strict):
     p_mean: float = 0.7
     p_std: float = Field(1.6, gt=0)
     frame_weight_ramp: bool = False
+    motion_weight: float = Field(0.0, ge=0, description="extra loss weight on moving latent cells (trainer.motion_weights)")
+    motion_scale: float = Field(0.25, gt=0, description="latent difference from frame 0 counted as fully moving")
     use_ema: bool = True
     ema_decay: float = Field(0.9999, gt=0, lt=1)
     checkpoint_every: int = Field(500, ge=1)

@@ -69,16 +69,55 @@ class SyntheticDragDataset(Dataset):
         }
 
 
-class LatentCacheDataset(Dataset):
-    """A folder of ``*.safetensors`` written by ``puppet-master cache-latents`` (keys as the module docstring)."""
+def largest_drag_motion(drags: torch.Tensor) -> float:
+    """Largest start-to-last-frame displacement of a clip's used drags, normalised image units.
 
-    def __init__(self, root: str | Path):
+    Args:
+        drags: ``(N, K, 4)`` normalised (DESIGN §2); unused slots are all zeros.
+
+    Returns:
+        ``max_k ‖p_k^{N−1} − p_k^0‖₂`` over used slots, 0.0 if no slot is used.
+    """
+    from ..drags.encoding import used_drag_slots
+
+    used = used_drag_slots(drags[None])[0]
+    if not bool(used.any()):
+        return 0.0
+    last = drags[-1, used]
+    return float((last[:, 2:4] - last[:, 0:2]).norm(dim=-1).max())
+
+
+class LatentCacheDataset(Dataset):
+    """A folder of ``*.safetensors`` written by ``puppet-master cache-latents`` (keys as the module docstring).
+
+    Args:
+        root: the folder.
+        min_drag_motion: keep only clips whose :func:`largest_drag_motion` is at least this
+            (normalised units); 0 keeps all.
+
+    Raises:
+        UserInputError: missing or empty folder, or no clip passes the filter.
+    """
+
+    def __init__(self, root: str | Path, min_drag_motion: float = 0.0):
         self.root = Path(root)
         if not self.root.is_dir():
             raise UserInputError(f"latent cache folder {str(self.root)!r} does not exist")
         self.files = sorted(self.root.glob("*.safetensors"))
         if not self.files:
             raise UserInputError(f"latent cache folder {str(self.root)!r} holds no .safetensors files")
+        if min_drag_motion > 0:
+            from safetensors import safe_open
+
+            kept = []
+            for f in self.files:
+                with safe_open(str(f), framework="pt") as fh:
+                    if largest_drag_motion(fh.get_tensor("drags").float()) >= min_drag_motion:
+                        kept.append(f)
+            if not kept:
+                raise UserInputError(f"no clip in {str(self.root)!r} has a drag moving at least "
+                                     f"min_drag_motion={min_drag_motion}; lower it")
+            self.files = kept
 
     def __len__(self) -> int:
         return len(self.files)
@@ -122,7 +161,7 @@ def build_source(src: SourceConfig, data: DataConfig, seed: int) -> Dataset:
     if src.type == "synthetic":
         return SyntheticDragDataset(src.num_clips, data.num_frames, src.latent_size, src.embedding_dim, data.num_drags, seed)
     if src.type == "latent_cache":
-        return LatentCacheDataset(src.path)
+        return LatentCacheDataset(src.path, src.min_drag_motion)
     return DragAMoveLatentDataset(src.path)
 
 

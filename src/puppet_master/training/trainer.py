@@ -71,11 +71,39 @@ def sample_noise(keys: torch.Tensor, seed: int, shape: tuple[int, ...], p_mean: 
     return torch.cat(sig), torch.stack(eps), torch.stack(dd), torch.stack(di)
 
 
+def motion_weights(latents: torch.Tensor, weight: float, scale: float) -> torch.Tensor:
+    """Per-pixel loss weights that emphasise where the clip moves.
+
+    ``m_n = max-pool₃ₓ₃( mean_c |x_n − x_0| )`` is how much frame ``n``'s latent differs
+    from the first frame's around each cell; the weight is
+    ``1 + weight · min(m_n / scale, 1)``: 1 where nothing moves (and on frame 0), up to
+    ``1 + weight`` on moving parts. Most pixels of a part-level clip are static, so the
+    plain loss is dominated by copying frame 0; this term makes the small moving region
+    count (a training choice of ours, not in the paper).
+
+    Args:
+        latents: ``(B, N, C, h, w)`` clean latents (any float dtype).
+        weight: extra weight on moving cells (``≥ 0``; 0 gives all ones).
+        scale: latent difference (mean over channels) counted as fully moving (``> 0``).
+
+    Returns:
+        ``(B, N, 1, h, w)`` weights of ``latents.dtype``.
+    """
+    b, n, _, h, w = latents.shape
+    if weight <= 0:
+        return torch.ones(b, n, 1, h, w, dtype=latents.dtype, device=latents.device)
+    diff = (latents - latents[:, :1]).abs().mean(dim=2)  # (B, N, h, w)
+    diff = torch.nn.functional.max_pool2d(diff.reshape(b * n, 1, h, w), 3, stride=1, padding=1)
+    return 1 + weight * (diff.reshape(b, n, 1, h, w) / scale).clamp(max=1)
+
+
 def edm_loss(unet, batch: dict, config: TrainConfig, frame_weights: torch.Tensor) -> torch.Tensor:
     """EDM training loss of a batch (mean over samples), DESIGN §5.
 
     ``D = c_skip·(x+σε) + c_out·F(c_in·(x+σε), c_noise)``, loss ``λ(σ)·‖D − x‖²`` averaged
-    over frames (with ``frame_weights``), channels and pixels.
+    over frames (with ``frame_weights``), channels and pixels; with
+    ``config.motion_weight > 0`` each pixel's squared error is first multiplied by
+    :func:`motion_weights`.
     """
     x = batch["latents"]
     b = x.shape[0]
@@ -97,7 +125,8 @@ def edm_loss(unet, batch: dict, config: TrainConfig, frame_weights: torch.Tensor
         force_drop_ids=torch.zeros(b, device=x.device),
     ).sample.float()
     denoised = pc.c_skip * noisy + pc.c_out * out
-    per_frame = ((denoised - x) ** 2).mean(dim=(2, 3, 4))  # (B, N)
+    pixel_w = motion_weights(x, config.motion_weight, config.motion_scale)
+    per_frame = (pixel_w * (denoised - x) ** 2).mean(dim=(2, 3, 4))  # (B, N)
     per_sample = (per_frame * frame_weights).mean(dim=1) * edm.loss_weight(sigma)
     return per_sample.mean()
 
