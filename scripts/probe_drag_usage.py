@@ -1,0 +1,44 @@
+"""Print the drag-usage probe (puppet_master.evaluation.drag_usage) of a drag UNet.
+
+    python scripts/probe_drag_usage.py RUN/unet-stage2/pipeline RUN/latents-test
+    python scripts/probe_drag_usage.py RUN/unet/pipeline RUN/latents-test --checkpoint RUN/unet-stage2/checkpoints/step-00005000
+
+The UNet comes from a pipeline folder (its ``unet/``) or a UNet folder; with
+``--checkpoint`` the EMA weights of a training checkpoint replace its weights (same
+architecture). The latent folder is written by ``puppet-master cache-latents`` on a
+held-out split with the pipeline's VAE.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from puppet_master.evaluation.drag_usage import drag_usage, load_latent_clips
+from puppet_master.models import UNetDragSpatioTemporalConditionModel
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("model", type=Path, help="pipeline folder or UNet folder")
+    ap.add_argument("latents", type=Path, help="latent-cache folder of held-out clips")
+    ap.add_argument("--checkpoint", type=Path, help="training checkpoint whose EMA weights to probe")
+    ap.add_argument("--sigma", type=float, action="append", help="noise levels (default 0.5, 1.5, 4)")
+    args = ap.parse_args()
+    sub = "unet" if (args.model / "unet" / "config.json").is_file() else None
+    unet = UNetDragSpatioTemporalConditionModel.from_pretrained(args.model, subfolder=sub).float().eval()
+    if args.checkpoint:
+        # the EMA state accelerate saved with torch.save; weights_only=True refuses anything but tensors/containers
+        state = torch.load(args.checkpoint / "custom_checkpoint_0.pkl", weights_only=True)
+        for param, shadow in zip(unet.parameters(), state["shadow_params"]):
+            param.data.copy_(shadow)
+    for r in drag_usage(unet, load_latent_clips(args.latents), tuple(args.sigma or (0.5, 1.5, 4.0))):
+        print(f"sigma {r.sigma:g}: moving-cell error with drags {r.error_with_drags:.4f}, without "
+              f"{r.error_without_drags:.4f} (gain {100 * r.gain:.1f} %), copy frame 0 {r.error_copy_first_frame:.4f}, "
+              f"{r.num_clips} clips")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""Drag-usage probe: does a drag UNet use its drags? (a training diagnostic of ours).
+
+Full evaluation samples whole videos and tracks points (minutes per clip set on a CPU).
+This probe needs one UNet call per clip, σ and condition: it noises the clean latents of
+held-out clips at fixed σ, denoises them once with the clip's drags and once with the
+drags dropped (all zeros, the CFG null condition), and compares the squared error on the
+latent cells that move. A model that ignores its drags scores the same both ways; the
+relative gain grows as it learns to follow them (docs/default-model.md, session 4).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .. import edm
+
+
+@dataclass
+class DragUsage:
+    """Probe result at one σ: mean squared error on moving cells (summed over channels)."""
+
+    sigma: float
+    error_with_drags: float
+    error_without_drags: float
+    error_copy_first_frame: float  # the error of predicting frame 0 everywhere
+    num_clips: int
+
+    @property
+    def gain(self) -> float:
+        """``1 − with / without``: the share of the moving-cell error the drags remove."""
+        return 1.0 - self.error_with_drags / self.error_without_drags
+
+
+@torch.no_grad()
+def drag_usage(unet, clips: list[dict], sigmas: tuple[float, ...] = (0.5, 1.5, 4.0), threshold: float = 0.1,
+               seed: int = 0) -> list[DragUsage]:
+    """Run the probe on latent clips.
+
+    Args:
+        unet: a :class:`~puppet_master.models.UNetDragSpatioTemporalConditionModel` (eval mode).
+        clips: dicts with ``latents (N, C, h, w)`` (scaled), ``image_latents (C, h, w)``,
+            ``embedding (1, D)`` and ``drags (N, K, 4)`` normalised — the latent-cache
+            layout of :mod:`puppet_master.training.data`.
+        sigmas: EDM noise levels to probe.
+        threshold: a cell moves when ``mean_c |x_n − x_0|`` exceeds this; clips with fewer
+            than 4 moving cells are skipped.
+        seed: the noise of clip ``i`` is drawn from ``Generator().manual_seed(seed + i)``
+            (the same noise for both conditions and every σ).
+
+    Returns:
+        One :class:`DragUsage` per σ.
+
+    Raises:
+        ValueError: no clip has 4 moving cells.
+    """
+    p = next(unet.parameters())
+    sums = {s: [0.0, 0.0, 0.0] for s in sigmas}
+    used = 0
+    for i, clip in enumerate(clips):
+        x = clip["latents"][None].to(p.device, p.dtype)
+        mask = ((x - x[:, :1]).abs().mean(2, keepdim=True) > threshold).to(x.dtype)
+        if mask.sum() < 4:
+            continue
+        used += 1
+        eps = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed + i)).to(x.device, x.dtype)
+        drags = clip["drags"][None].to(x.device, x.dtype)
+        copy = float(((x[:, :1] - x) ** 2 * mask).sum() / mask.sum())
+        for s in sigmas:
+            sigma = torch.full((1,), float(s), device=x.device, dtype=x.dtype)
+            pc = edm.preconditioning(edm.append_dims(sigma, x.ndim))
+            noisy = x + s * eps
+            errors = []
+            for d in (drags, torch.zeros_like(drags)):
+                out = unet(pc.c_in * noisy, pc.c_noise.reshape(1),
+                           image_latents=clip["image_latents"][None].to(x.device, x.dtype),
+                           encoder_hidden_states=clip["embedding"][None].to(x.device, x.dtype), drags=d,
+                           force_drop_ids=torch.zeros(1, device=x.device)).sample
+                denoised = pc.c_skip * noisy + pc.c_out * out
+                errors.append(float(((denoised - x) ** 2 * mask).sum() / mask.sum()))
+            sums[s][0] += errors[0]
+            sums[s][1] += errors[1]
+            sums[s][2] += copy
+    if not used:
+        raise ValueError(f"no clip has 4 latent cells moving more than threshold={threshold}")
+    return [DragUsage(s, sums[s][0] / used, sums[s][1] / used, sums[s][2] / used, used) for s in sigmas]
+
+
+def load_latent_clips(folder: str | Path) -> list[dict]:
+    """Every clip of a latent-cache folder (``*.safetensors`` from ``puppet-master cache-latents``)."""
+    from ..training.data import LatentCacheDataset
+
+    ds = LatentCacheDataset(folder)
+    return [ds[i] for i in range(len(ds))]
