@@ -53,6 +53,7 @@ def test_configs_in_repo_validate():
         (["no_such_key=1"], "no_such_key"),
         (["model.init=svd"], "model.pretrained"),
         (["data.sources=[{type: latent_cache}]"], "path"),
+        (["data.sources=[{type: synthetic, min_drag_motion: 0.1}]"], "min_drag_motion"),
         (["mixed_precision=fp8"], "mixed_precision"),
         (["lr1e-3"], "key.sub=value"),
     ],

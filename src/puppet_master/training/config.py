@@ -43,6 +43,9 @@ class SourceConfig(_Strict):
     def _path_needed(self):
         if self.type != "synthetic" and not self.path:
             raise ValueError(f"data source {self.name!r} of type {self.type} needs a 'path'")
+        if self.min_drag_motion > 0 and self.type != "latent_cache":
+            raise ValueError(f"data source {self.name!r}: min_drag_motion filters latent_cache sources only, "
+                             f"not {self.type}")
         return self
 
 
