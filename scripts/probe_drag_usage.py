@@ -12,21 +12,37 @@ held-out split with the pipeline's VAE.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import torch
 
+from puppet_master.errors import UserInputError
 from puppet_master.evaluation.drag_usage import drag_usage, load_latent_clips
 from puppet_master.models import UNetDragSpatioTemporalConditionModel
 
 
-def main() -> None:
+def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model", type=Path, help="pipeline folder or UNet folder")
     ap.add_argument("latents", type=Path, help="latent-cache folder of held-out clips")
     ap.add_argument("--checkpoint", type=Path, help="training checkpoint whose EMA weights to probe")
     ap.add_argument("--sigma", type=float, action="append", help="noise levels (default 0.5, 1.5, 4)")
     args = ap.parse_args()
+    try:
+        results = probe(args)
+    except (UserInputError, OSError, ValueError, KeyError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for r in results:
+        print(f"sigma {r.sigma:g}: moving-cell error with drags {r.error_with_drags:.4f}, without "
+              f"{r.error_without_drags:.4f} (gain {100 * r.gain:.1f} %), copy frame 0 {r.error_copy_first_frame:.4f}, "
+              f"{r.num_clips} clips")
+    return 0
+
+
+def probe(args):
+    """Load the UNet (and EMA weights) and run the probe; user mistakes raise, the caller reports them."""
     sub = "unet" if (args.model / "unet" / "config.json").is_file() else None
     unet = UNetDragSpatioTemporalConditionModel.from_pretrained(args.model, subfolder=sub).float().eval()
     if args.checkpoint:
@@ -34,11 +50,8 @@ def main() -> None:
         state = torch.load(args.checkpoint / "custom_checkpoint_0.pkl", weights_only=True)
         for param, shadow in zip(unet.parameters(), state["shadow_params"]):
             param.data.copy_(shadow)
-    for r in drag_usage(unet, load_latent_clips(args.latents), tuple(args.sigma or (0.5, 1.5, 4.0))):
-        print(f"sigma {r.sigma:g}: moving-cell error with drags {r.error_with_drags:.4f}, without "
-              f"{r.error_without_drags:.4f} (gain {100 * r.gain:.1f} %), copy frame 0 {r.error_copy_first_frame:.4f}, "
-              f"{r.num_clips} clips")
+    return drag_usage(unet, load_latent_clips(args.latents), tuple(args.sigma or (0.5, 1.5, 4.0)))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -81,3 +81,11 @@ def test_probe_script_runs_on_a_saved_unet_and_latent_folder(tmp_path):
     out = subprocess.run([sys.executable, str(REPO / "scripts" / "probe_drag_usage.py"), str(tmp_path / "pipe"),
                           str(tmp_path / "lat"), "--sigma", "1.0"], capture_output=True, text=True, check=True)
     assert "sigma 1: moving-cell error with drags" in out.stdout and "2 clips" in out.stdout
+
+
+def test_probe_script_reports_a_missing_folder_in_one_line(tmp_path):
+    _unet().save_pretrained(tmp_path / "unet")
+    out = subprocess.run([sys.executable, str(REPO / "scripts" / "probe_drag_usage.py"), str(tmp_path / "unet"),
+                          str(tmp_path / "no-latents")], capture_output=True, text=True)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "error: latent cache folder" in out.stderr and "does not exist" in out.stderr

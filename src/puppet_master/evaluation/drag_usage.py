@@ -57,7 +57,8 @@ def drag_usage(unet, clips: list[dict], sigmas: tuple[float, ...] = (0.5, 1.5, 4
         ValueError: no clip has 4 moving cells.
     """
     p = next(unet.parameters())
-    sums = {s: [0.0, 0.0, 0.0] for s in sigmas}
+    errors = {s: [0.0, 0.0] for s in sigmas}  # σ -> [with drags, without]
+    copy_error = 0.0
     used = 0
     for i, clip in enumerate(clips):
         x = clip["latents"][None].to(p.device, p.dtype)
@@ -65,27 +66,24 @@ def drag_usage(unet, clips: list[dict], sigmas: tuple[float, ...] = (0.5, 1.5, 4
         if mask.sum() < 4:
             continue
         used += 1
+        copy_error += float(((x[:, :1] - x) ** 2 * mask).sum() / mask.sum())
         eps = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed + i)).to(x.device, x.dtype)
         drags = clip["drags"][None].to(x.device, x.dtype)
-        copy = float(((x[:, :1] - x) ** 2 * mask).sum() / mask.sum())
+        image_latents = clip["image_latents"][None].to(x.device, x.dtype)
+        embedding = clip["embedding"][None].to(x.device, x.dtype)
         for s in sigmas:
             sigma = torch.full((1,), float(s), device=x.device, dtype=x.dtype)
             pc = edm.preconditioning(edm.append_dims(sigma, x.ndim))
             noisy = x + s * eps
-            errors = []
-            for d in (drags, torch.zeros_like(drags)):
-                out = unet(pc.c_in * noisy, pc.c_noise.reshape(1),
-                           image_latents=clip["image_latents"][None].to(x.device, x.dtype),
-                           encoder_hidden_states=clip["embedding"][None].to(x.device, x.dtype), drags=d,
+            for slot, d in enumerate((drags, torch.zeros_like(drags))):
+                out = unet(pc.c_in * noisy, pc.c_noise.reshape(1), image_latents=image_latents,
+                           encoder_hidden_states=embedding, drags=d,
                            force_drop_ids=torch.zeros(1, device=x.device)).sample
-                denoised = pc.c_skip * noisy + pc.c_out * out
-                errors.append(float(((denoised - x) ** 2 * mask).sum() / mask.sum()))
-            sums[s][0] += errors[0]
-            sums[s][1] += errors[1]
-            sums[s][2] += copy
+                denoised = edm.denoise(out, noisy, sigma)
+                errors[s][slot] += float(((denoised - x) ** 2 * mask).sum() / mask.sum())
     if not used:
         raise ValueError(f"no clip has 4 latent cells moving more than threshold={threshold}")
-    return [DragUsage(s, sums[s][0] / used, sums[s][1] / used, sums[s][2] / used, used) for s in sigmas]
+    return [DragUsage(s, errors[s][0] / used, errors[s][1] / used, copy_error / used, used) for s in sigmas]
 
 
 def load_latent_clips(folder: str | Path) -> list[dict]:
