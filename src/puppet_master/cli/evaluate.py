@@ -10,14 +10,14 @@ import typer
 
 from ..errors import UserInputError
 
-METHODS = ("model", "static", "warp")
+METHODS = ("model", "static", "warp", "autoencoder")
 
 
 def evaluate(
     data: Path = typer.Option(..., "--data", help="Folder of NNNNN.pkl + NNNNN.gif (Drag-a-Move) or NAME.json + video."),
-    method: list[str] = typer.Option(["static"], "--method", help="model, static or warp; repeat for several."),
+    method: list[str] = typer.Option(["static"], "--method", help="model, static, warp or autoencoder (the ground truth through the model's VAE: the floor any model with that VAE can reach); repeat for several."),
     out: Path = typer.Option(..., "--out", help="Output folder for report.json, report.md and videos/."),
-    model: Optional[str] = typer.Option(None, "--model", help="Pipeline folder / hub id / 'default' for --method model."),
+    model: Optional[str] = typer.Option(None, "--model", help="Pipeline folder / hub id / 'default' for --method model or autoencoder."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N examples."),
     seed: int = typer.Option(0, "--seed", help="Seed of the model's initial noise."),
     steps: int = typer.Option(50, "--steps", min=1, help="Sampling steps of the model."),
@@ -43,7 +43,7 @@ def _run(data, method, out, model, limit, seed, steps, guidance, tracker, cotrac
          no_videos, overwrite, quiet) -> None:
     from ..evaluation.metrics import FVDMetric, LPIPSMetric
     from ..evaluation.runner import evaluate as run_evaluation
-    from ..evaluation.runner import model_method, static_method, warp_method
+    from ..evaluation.runner import autoencoder_method, model_method, static_method, warp_method
     from ..evaluation.tracking import make_tracker
 
     unknown = [m for m in method if m not in METHODS]
@@ -56,16 +56,21 @@ def _run(data, method, out, model, limit, seed, steps, guidance, tracker, cotrac
     trk = make_tracker(tracker, cotracker_checkpoint, device)
     fvd = FVDMetric(i3d, device) if i3d is not None else None
     methods = {}
+    pipe = None
     for m in dict.fromkeys(method):
         if m == "static":
             methods[m] = static_method
         elif m == "warp":
             methods[m] = warp_method
         else:
-            from ..pipelines.loading import load_pipeline
+            if pipe is None:
+                from ..pipelines.loading import load_pipeline
 
-            pipe = load_pipeline(model, device=device)
-            methods[m] = model_method(pipe, steps=steps, seed=seed, max_guidance=guidance)
+                pipe = load_pipeline(model, device=device)
+            if m == "model":
+                methods[m] = model_method(pipe, steps=steps, seed=seed, max_guidance=guidance)
+            else:
+                methods[m] = autoencoder_method(pipe)
     report = run_evaluation(data, methods, trk, out, limit=limit, lpips=LPIPSMetric(device=device), fvd=fvd,
                             write_gifs=not no_videos, progress=not quiet)
     if not quiet:

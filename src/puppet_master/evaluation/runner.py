@@ -82,6 +82,29 @@ def model_method(pipe, steps: int = 50, seed: int = 0, max_guidance: float = 5.0
     return run
 
 
+def autoencoder_method(pipe) -> Generator:
+    """A generator that round-trips the *ground-truth* video through the pipeline's VAE.
+
+    Every frame is encoded (posterior mean) and decoded exactly as the pipeline decodes
+    generated latents (:meth:`PuppetMasterPipeline.decode_latents`). This is not a
+    competitor: it is the best any UNet sharing that VAE can score, because a perfect
+    UNet would produce exactly these latents. Its flow errors are the floor that the
+    VAE's down-sampling and blur impose on the model's (the tracker follows blurred
+    parts imperfectly), so compare the model against both this and ``static``.
+
+    Returns uint8 ``(N, S, S, 3)`` like the other generators.
+    """
+    import torch
+
+    def run(example: EvalExample) -> np.ndarray:
+        frames = torch.from_numpy(example.frames).permute(0, 3, 1, 2).float() / 127.5 - 1
+        latents = pipe.encode_first_frame(frames) * pipe.vae.config.scaling_factor
+        out = pipe.decode_latents(latents[None])[0]
+        return ((out.clamp(-1, 1) + 1) * 127.5 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+    return run
+
+
 def _label(video: np.ndarray, text: str) -> np.ndarray:
     out = video.copy()
     for f in out:
