@@ -147,7 +147,16 @@ def test_evaluate_report_schema_and_files(shared_dir, tmp_path):
                       DISTracker(), tmp_path, limit=2, progress=False)
     data = json.loads((tmp_path / "report.json").read_text())
     Report.model_validate(data)  # the documented shape
-    assert set(data) == {"dataset", "num_examples", "tracker", "methods", "per_example"}
+    assert set(data) == {"dataset", "num_examples", "tracker", "tracker_noise_drag", "methods", "per_example"}
+    # the tracker's noise floor: its error on the ground truth itself, recomputed here
+    tracker = DISTracker()
+    floors = []
+    for ex in load_eval_dataset(shared_dir / "data" / "dragamove-test-dev", limit=2)[1]:
+        traj = ex.trajectories()
+        floors.append(np.sqrt(((tracker.track(ex.frames, traj[:, 0]) - traj) ** 2).sum(-1).mean(-1)).mean())
+    assert [r["tracker_error_drag"] for r in data["per_example"]] == pytest.approx(floors)
+    assert data["tracker_noise_drag"] == pytest.approx(np.mean(floors)) and data["tracker_noise_drag"] > 0
+    assert "Tracker noise floor" in (tmp_path / "report.md").read_text()
     assert data["num_examples"] == 2 and data["tracker"] == "opencv-dis"
     for scores in data["methods"].values():
         assert set(scores) == {"psnr", "ssim", "psnr_after_first", "ssim_after_first", "lpips", "fvd",

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict
 from ..video import draw_drags, write_video
 from .baselines import static_video, warp_video
 from .datasets import EvalExample, load_eval_dataset
-from .metrics import FVDMetric, LPIPSMetric, flow_errors, psnr_per_frame, ssim_per_frame
+from .metrics import FVDMetric, LPIPSMetric, flow_errors, psnr_per_frame, ssim_per_frame, trajectory_rmse
 from .tracking import PointTracker
 
 #: Per-frame PSNR cap in dB (identical frames, e.g. a baseline's frame 0, would be +inf).
@@ -48,6 +48,10 @@ class Report(BaseModel):
     dataset: str
     num_examples: int
     tracker: str
+    #: Mean over examples of the RMSE (px) between the drag origins tracked through the
+    #: ground-truth video and the ground-truth drags: the tracker's own error, i.e. the
+    #: noise floor of ``flow_error_drag`` (None in reports written before it was added).
+    tracker_noise_drag: float | None = None
     methods: dict[str, MethodScores]
     per_example: list[dict]
 
@@ -130,7 +134,9 @@ def evaluate(
 ) -> Report:
     """Score ``methods`` on the examples of ``data`` and write the report to ``out_dir``.
 
-    Per example and method: PSNR / SSIM averaged over all frames and over frames
+    Per example: the tracker's own error at the drag origins on the ground truth
+    (``tracker_error_drag``; its mean is the report's ``tracker_noise_drag``). Per
+    example and method: PSNR / SSIM averaged over all frames and over frames
     1..N−1 (per-frame PSNR capped at :data:`PSNR_CAP` dB), LPIPS (if available), flow
     errors and the direction test (:func:`~puppet_master.evaluation.metrics.flow_errors`),
     generation time. FVD is computed over the whole set when a detector is given.
@@ -150,7 +156,9 @@ def evaluate(
     videos: dict[str, list[np.ndarray]] = {m: [] for m in methods}
     for ex in tqdm(examples, desc="evaluating", disable=not progress):
         traj = ex.trajectories()
-        row = {"name": ex.name, "category": ex.category, "methods": {}}
+        tracked = tracker.track(ex.frames, traj[:, 0])
+        row = {"name": ex.name, "category": ex.category,
+               "tracker_error_drag": float(trajectory_rmse(tracked, traj).mean()), "methods": {}}
         columns = [_label(draw_drags(static_video(ex.frames[0], len(ex.frames)), traj, upto_current=False), "input"),
                    _label(ex.frames, "ground truth")]
         for name, generate in methods.items():
@@ -197,6 +205,7 @@ def evaluate(
         dataset=f"{fmt}:{Path(data).resolve().name}",
         num_examples=len(examples),
         tracker=tracker.name,
+        tracker_noise_drag=_finite_mean(r["tracker_error_drag"] for r in per_example),
         methods=scores,
         per_example=per_example,
     )
@@ -226,6 +235,10 @@ def report_markdown(report: Report, lpips: LPIPSMetric | None = None) -> str:
             f"{_fmt(s.lpips, 3)} | {_fmt(s.fvd)} | {_fmt(s.flow_error_drag)} | {_fmt(s.flow_error_fg)} | "
             f"{_fmt(s.wrong_direction_rate)} | {_fmt(s.seconds_per_video)} |"
         )
+    if report.tracker_noise_drag is not None:
+        lines += ["", f"Tracker noise floor: the drag origins tracked through the ground-truth videos miss the "
+                  f"ground-truth drags by {_fmt(report.tracker_noise_drag)} px on average; flow-error differences "
+                  "well below that are not meaningful."]
     if lpips is not None and not lpips.available:
         lines += ["", f"LPIPS unavailable: {lpips.reason}"]
     return "\n".join(lines) + "\n"
