@@ -270,3 +270,34 @@ def test_vlm_filter_prompt_and_answers():
     finally:
         server.shutdown()
     assert VLMFilter("http://127.0.0.1:9/v1", timeout=2)(frames).reason.startswith("vlm: request failed")
+
+
+def test_textured_assets_keep_geometry_motion_and_colour(tmp_path, blender_python):
+    import cv2
+
+    renders = {}
+    for textured in (False, True):
+        out = tmp_path / ("textured" if textured else "flat")
+        cfg = BuildConfig(out=str(out), views=1, frames=4, resolution=128, cycles_samples=2, textures=textured,
+                          stages=("asset", "render"), blender_python=blender_python)
+        records = build([AssetTask("tex-safe", "procedural", kind="safe", seed=11)], cfg, workers=1, progress=False)
+        assert records["tex-safe"]["error"] == "", records
+        renders[textured] = RenderedAsset.load(out / "renders" / "tex-safe")
+    flat, tex = renders[False], renders[True]
+    # same geometry and motion: the texture is drawn without touching the asset's random stream
+    for a, b in zip(flat.positions, tex.positions):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    assert np.array_equal(flat.part_index(0, 3), tex.part_index(0, 3))
+    img_flat, img_tex = flat.rgb_on_white(0, 0).astype(float), tex.rgb_on_white(0, 0).astype(float)
+    inside = cv2.erode((flat.part_index(0, 0) > 0).astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+    assert inside.sum() > 500
+    # the same mean colour (the texture is stored sRGB-encoded, as glTF reads it) ...
+    assert np.abs(img_flat[inside].mean(0) - img_tex[inside].mean(0)).max() < 8
+    # ... with detail inside the faces for an optical-flow tracker to follow (blurred first:
+    # at 2 Cycles samples a flat face is noisy pixel to pixel, not structured)
+    # local standard deviation in 7×7 windows; the median ignores the few pixels on face edges
+    def detail(img):
+        gray = cv2.GaussianBlur(img.mean(-1), (0, 0), 1.0)
+        var = cv2.boxFilter(gray**2, -1, (7, 7)) - cv2.boxFilter(gray, -1, (7, 7)) ** 2
+        return float(np.median(np.sqrt(np.maximum(var, 0))[inside]))
+    assert detail(img_tex) > 3 * detail(img_flat), (detail(img_tex), detail(img_flat))

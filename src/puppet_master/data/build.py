@@ -43,6 +43,7 @@ class BuildConfig:
     resolution: int = 256
     cycles_samples: int = 16
     masks: bool = True
+    textures: bool = False
     num_frames: int = 14
     samples_per_view: int = 2
     seed: int = 0
@@ -93,7 +94,8 @@ def process_asset(task: dict, cfg: dict) -> dict:
             info = {"task": t.to_dict()}
             if t.source == "procedural":
                 info.update(run_worker("generate", {"kind": t.kind, "seed": t.seed, "num_frames": c.frames,
-                                                    "out_glb": str(tmp)}, c.timeout, c.blender_python))
+                                                    "out_glb": str(tmp), "textured": c.textures},
+                                       c.timeout, c.blender_python))
                 info.pop("ok", None)
             elif t.source == "folder":
                 shutil.copyfile(t.path, tmp)

@@ -30,6 +30,12 @@ def reset_scene():
     return bpy.context.scene
 
 
+#: Set by :func:`build_asset`: give materials an image texture (see :func:`_texture_image`).
+_TEXTURED = False
+#: Texture repeats per metre of the box-projected UVs (:func:`_box_project_uvs`).
+UV_SCALE = 2.0
+
+
 def _material(name, rng):
     mat = bpy.data.materials.new(name)
     if getattr(mat, "node_tree", None) is None:
@@ -40,8 +46,63 @@ def _material(name, rng):
     if bsdf is not None:
         bsdf.inputs["Base Color"].default_value = (r, g, b, 1.0)
         bsdf.inputs["Roughness"].default_value = 0.3 + 0.6 * rng.random()
+        if _TEXTURED:
+            # seeded from the colour already drawn, so a textured asset has the same geometry,
+            # colours and motion as the flat one of the same seed
+            tex = mat.node_tree.nodes.new("ShaderNodeTexImage")
+            tex.image = _texture_image(f"{name}_texture", (r, g, b), int(h * 1e9) ^ int(v * 1e6))
+            mat.node_tree.links.new(tex.outputs["Color"], bsdf.inputs["Base Color"])
     mat.diffuse_color = (r, g, b, 1.0)
     return mat
+
+
+def _texture_image(name, rgb, seed, size=128):
+    """A tileable packed image: the base colour modulated by multi-scale value noise.
+
+    Flat-shaded parts give an optical-flow tracker nothing to follow inside a part (the
+    aperture problem), and real Objaverse assets are textured. The pattern is 2–4
+    octaves of smooth periodic noise plus a few stripes (grain), brightness ×(1 ± 0.35) per
+    standard deviation (clipped to 0.45–1.55), so
+    at ``UV_SCALE`` repeats per metre its features span roughly 3–15 cm.
+    """
+    import numpy as np
+
+    rs = np.random.default_rng(seed)
+    acc = np.zeros((size, size))
+    for cells, weight in ((4, 0.5), (8, 0.3), (16, 0.2)):
+        grid = rs.random((cells, cells))
+        # periodic bicubic-ish upsampling via FFT keeps the texture tileable
+        spec = np.fft.fft2(grid)
+        pad = np.zeros((size, size), complex)
+        k = cells // 2
+        pad[:k, :k], pad[:k, -k:], pad[-k:, :k], pad[-k:, -k:] = spec[:k, :k], spec[:k, -k:], spec[-k:, :k], spec[-k:, -k:]
+        up = np.real(np.fft.ifft2(pad)) * (size / cells) ** 2
+        acc += weight * (up - up.mean()) / (up.std() + 1e-8)
+    yy = np.arange(size)[:, None] * np.ones((1, size))
+    acc += 0.4 * np.sin(2 * np.pi * (rs.integers(2, 6) * yy / size + 0.3 * acc))
+    shade = np.clip(1.0 + 0.35 * (acc - acc.mean()) / (acc.std() + 1e-8), 0.45, 1.55)
+    rgba = np.ones((size, size, 4), np.float32)
+    for c in range(3):
+        lin = np.clip(rgb[c] * shade, 0.0, 1.0)  # linear, like the flat Base Color
+        # glTF stores base-colour textures as sRGB: encode, so the import decodes back to `lin`
+        rgba[..., c] = np.where(lin <= 0.0031308, 12.92 * lin, 1.055 * lin ** (1 / 2.4) - 0.055)
+    img = bpy.data.images.new(name, size, size, alpha=False)
+    img.pixels.foreach_set(rgba.ravel())
+    img.pack()
+    return img
+
+
+def _box_project_uvs(mesh):
+    """UVs by box projection: each face takes the two local coordinates across its normal's
+    dominant axis, × ``UV_SCALE`` (texture repeats per metre)."""
+    uv = mesh.uv_layers.new(name="UVMap")
+    for poly in mesh.polygons:
+        n = poly.normal
+        axis = max(range(3), key=lambda a: abs(n[a]))
+        u, w = [a for a in range(3) if a != axis]
+        for li in poly.loop_indices:
+            co = mesh.vertices[mesh.loops[li].vertex_index].co
+            uv.data[li].uv = (co[u] * UV_SCALE, co[w] * UV_SCALE)
 
 
 def _hsv(h, s, v):
@@ -95,6 +156,8 @@ def _mesh_object(name, verts, faces, mat, location=(0, 0, 0)):
     mesh = bpy.data.meshes.new(name)
     mesh.from_pydata([tuple(v) for v in verts], [], [tuple(f) for f in faces])
     mesh.update()
+    if _TEXTURED:
+        _box_project_uvs(mesh)
     obj = bpy.data.objects.new(name, mesh)
     obj.location = location
     obj.data.materials.append(mat)
@@ -424,8 +487,11 @@ def build_bad(kind, rng, n, parts):
     return base
 
 
-def build_asset(kind, seed, num_frames, out_glb):
+def build_asset(kind, seed, num_frames, out_glb, textured=False):
     """Build one asset of ``kind`` with ``seed``, animate it over ``num_frames`` frames, export GLB.
+
+    With ``textured`` every material gets a packed image texture (:func:`_texture_image`)
+    on box-projected UVs; geometry, colours and motion are those of the flat asset.
 
     Returns:
         dict with ``kind``, ``category``, ``label`` (1 good part-level motion, 0 bad),
@@ -433,6 +499,8 @@ def build_asset(kind, seed, num_frames, out_glb):
     """
     if kind not in KINDS:
         raise ValueError(f"unknown asset kind {kind!r}")
+    global _TEXTURED
+    _TEXTURED = bool(textured)
     rng = random.Random(f"{kind}:{seed}")
     scene = reset_scene()
     scene.frame_start, scene.frame_end = 1, num_frames

@@ -23,7 +23,8 @@ def main(argv):
         if argv[0] == "generate":
             import procedural
 
-            result = procedural.build_asset(spec["kind"], spec["seed"], spec["num_frames"], spec["out_glb"])
+            result = procedural.build_asset(spec["kind"], spec["seed"], spec["num_frames"], spec["out_glb"],
+                                           textured=spec.get("textured", False))
         else:
             import render
 
