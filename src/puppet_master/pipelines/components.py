@@ -52,15 +52,16 @@ SIZES: dict[str, dict[str, Any]] = {
             drag_embedder_out_channels=(16, 32, 32),
         ),
     ),
-    # the embedded default model (``assets/default-model``): an image VAE with 16x down-sampling to
-    # 8 channels (256x256 -> 16x16x8), no image encoder, and a drag UNet sized to run 14 frames at
-    # 256x256 in under a minute on 2 CPU cores (docs/default-model.md)
+    # the embedded default model (``assets/default-model``): an image VAE with 8x down-sampling to
+    # 4 channels (256x256 -> 32x32x4, SVD's latent shape; the earlier 16x / 8-channel VAE blurred
+    # objects too much for the flow error, docs/default-model.md), no image encoder, and a drag
+    # UNet sized to run 14 frames at 256x256 in under a minute on 2 CPU cores
     "small": dict(
-        vae=dict(kind="image", block_out_channels=(32, 64, 128, 128, 128), layers_per_block=1, latent_channels=8),
+        vae=dict(kind="image", block_out_channels=(32, 64, 128, 128), layers_per_block=1, latent_channels=4),
         clip=None,
         unet=dict(
-            in_channels=16,
-            out_channels=8,
+            in_channels=8,
+            out_channels=4,
             block_out_channels=(32, 64, 64, 64),
             layers_per_block=1,
             cross_attention_dim=64,
@@ -112,7 +113,7 @@ def build_components(size: str = "tiny", seed: int = 0, with_image_encoder: bool
 
     Args:
         size: ``"tiny"`` (seconds on CPU), ``"small"`` (the embedded default model's
-            architecture: 16x image VAE with 8 latent channels, no image encoder) or
+            architecture: 8x image VAE with 4 latent channels as in SD/SVD, no image encoder) or
             ``"full"`` (SVD-img2vid's sizes, 1.68 B UNet parameters; build it on a GPU or
             the ``meta`` device).
         seed: seed of the random weights.

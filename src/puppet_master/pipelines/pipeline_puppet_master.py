@@ -43,7 +43,7 @@ class PuppetMasterPipeline(DiffusionPipeline):
 
     Components:
         vae: ``AutoencoderKLTemporalDecoder`` (SVD's VAE), or ``AutoencoderKL`` (the
-            embedded default model's 16x image VAE), or any diffusers VAE with
+            embedded default model's small image VAE), or any diffusers VAE with
             ``encode``/``decode`` and ``config.scaling_factor``.
         image_encoder: ``CLIPVisionModelWithProjection`` (optional; without it the UNet
             gets a zero image embedding).

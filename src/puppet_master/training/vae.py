@@ -2,8 +2,10 @@
 
 The released Puppet-Master uses SVD's VAE; the embedded default model cannot (its
 weights are not downloadable everywhere), so it ships its own small
-``diffusers.AutoencoderKL``: 16× down-sampling to 8 latent channels, so that a
-256×256 frame becomes a 16×16×8 latent and the drag UNet stays cheap on a CPU.
+``diffusers.AutoencoderKL``: by default 8× down-sampling to 4 latent channels, so that a
+256×256 frame becomes a 32×32×4 latent, SVD's latent shape (a 16×-down, 8-channel
+variant was tried first: cheaper for the UNet, but too blurred for the flow error to
+see motion, docs/default-model.md).
 
 Training data are frames of split folders (``NAME.json`` + ``NAME.gif`` clips, as
 ``puppet-master data build`` writes them) and, for variety beyond flat-shaded renders,
@@ -45,9 +47,9 @@ class VAETrainConfig:
 
     data: list[str] = field(default_factory=list)
     output_dir: str = "runs/vae"
-    block_out_channels: tuple[int, ...] = (32, 64, 128, 128, 128)
+    block_out_channels: tuple[int, ...] = (32, 64, 128, 128)
     layers_per_block: int = 1
-    latent_channels: int = 8
+    latent_channels: int = 4
     crop: int = 128
     batch_size: int = 8
     max_steps: int = 3000
@@ -63,7 +65,7 @@ class VAETrainConfig:
     seed: int = 0
 
 
-def make_image_vae(block_out_channels=(32, 64, 128, 128, 128), layers_per_block: int = 1, latent_channels: int = 8,
+def make_image_vae(block_out_channels=(32, 64, 128, 128), layers_per_block: int = 1, latent_channels: int = 4,
                    scaling_factor: float = 1.0):
     """A ``diffusers.AutoencoderKL`` with ``f = 2**(len(block_out_channels)-1)``× down-sampling.
 
