@@ -1,22 +1,25 @@
 #!/usr/bin/env bash
 # Rebuild the embedded default model (src/puppet_master/assets/default-model) from scratch.
 # Every stage is resumable: re-run the script after an interruption and it goes on.
-# Status and measured times: docs/default-model.md (on 2 CPU cores: data 13 min, VAE 1.1 s/step,
-# latents 7 min, UNet 1 step/s). The step counts below are what a GPU run should use; a CPU-only
-# session did not get a shippable model (see the doc). On a GPU add `--device cuda` to
-# cache-latents and run train under accelerate.
+# Status and measured times: docs/default-model.md. Recipe v2 (session 5): textured procedural
+# assets (flat-shaded parts gave the optical-flow tracker, and so the flow error, nothing to
+# follow) and an 8x-down VAE (the 16x one blurred the motion away). The step counts below are
+# what a GPU run should use; on 2 CPU cores the UNet takes many sessions. On a GPU add
+# `--device cuda` to cache-latents and run train under accelerate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 W=runs/default-model
 
-# 1. procedural part-level assets -> Cycles renders -> curation -> drag samples (train / held-out test)
-puppet-master data build --out $W/data-train --num-assets 120 --views 2 --frames 16 --resolution 256 \
-    --cycles-samples 8 --num-frames 14 --samples-per-view 2 --seed 0 -q
-puppet-master data build --out $W/data-test --num-assets 24 --views 1 --frames 16 --resolution 256 \
-    --cycles-samples 8 --num-frames 14 --samples-per-view 1 --seed 1 -q
+# 1. textured procedural part-level assets -> Cycles renders -> curation -> drag samples
+#    (train: seed 0; held-out test: seed 2, other assets)
+puppet-master data build --out $W/data-train --num-assets 200 --views 2 --frames 16 --resolution 256 \
+    --cycles-samples 8 --num-frames 14 --samples-per-view 2 --seed 0 --textures -q
+puppet-master data build --out $W/data-test --num-assets 100 --views 1 --frames 16 --resolution 256 \
+    --cycles-samples 8 --num-frames 14 --samples-per-view 1 --seed 2 --textures -q
 
-# 2. the image VAE (16x down, 8 latent channels), on training frames + scikit-image photos
-puppet-master train-vae --data $W/data-train/samples --out $W/vae --steps 1000 --batch-size 8 --crop 128 --fg-weight 5 --chroma-weight 4
+# 2. the image VAE (8x down, 4 latent channels), on training frames + scikit-image photos
+puppet-master train-vae --data $W/data-train/samples --out $W/vae --steps 1000 --batch-size 8 --crop 128 \
+    --channels 32,64,128,128 --latent-channels 4 --fg-weight 5 --chroma-weight 4
 
 # 3. random drag UNet of SIZES["small"] + the trained VAE = the starting pipeline
 [ -d $W/init ] || puppet-master random-model $W/init --size small --vae $W/vae/vae
@@ -34,5 +37,6 @@ puppet-master train --config configs/default-model-stage2.yaml "${RESUME[@]}"
 
 # 6. ship as fp16 safetensors (<= 40 MB) and evaluate against the static baseline
 python scripts/ship_default_model.py $W/unet-stage2/pipeline
-puppet-master evaluate --data $W/data-test/samples --method model --method static --model default --out $W/eval-procedural
+#    (autoencoder = the test videos through the VAE: the best any UNet with this VAE can score)
+puppet-master evaluate --data $W/data-test/samples --method model --method static --method autoencoder --model default --out $W/eval-procedural
 puppet-master evaluate --data ../shared/data/dragamove-test-dev --method model --method static --model default --out $W/eval-dev
