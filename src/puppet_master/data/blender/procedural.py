@@ -60,10 +60,10 @@ def _texture_image(name, rgb, seed, size=128):
     """A tileable packed image: the base colour modulated by multi-scale value noise.
 
     Flat-shaded parts give an optical-flow tracker nothing to follow inside a part (the
-    aperture problem), and real Objaverse assets are textured. The pattern is 2–4
-    octaves of smooth periodic noise plus a few stripes (grain), brightness ×(1 ± 0.35) per
-    standard deviation (clipped to 0.45–1.55), so
-    at ``UV_SCALE`` repeats per metre its features span roughly 3–15 cm.
+    aperture problem), and real Objaverse assets are textured. The pattern is 3 octaves
+    (4, 8, 16 cells per tile) of smooth periodic noise plus a few stripes (grain); it scales
+    the linear colour by 1 + 0.35·z (z: the pattern standardised; clipped to 0.45–1.55).
+    At ``UV_SCALE`` repeats per metre its features span roughly 3–13 cm.
     """
     import numpy as np
 
