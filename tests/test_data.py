@@ -301,3 +301,91 @@ def test_textured_assets_keep_geometry_motion_and_colour(tmp_path, blender_pytho
         var = cv2.boxFilter(gray**2, -1, (7, 7)) - cv2.boxFilter(gray, -1, (7, 7)) ** 2
         return float(np.median(np.sqrt(np.maximum(var, 0))[inside]))
     assert detail(img_tex) > 3 * detail(img_flat), (detail(img_tex), detail(img_flat))
+
+
+def _part_moves(positions, start, length, eps=1e-3):
+    """Per part: does it move within frames [start, start + length)?"""
+    return [bool(np.linalg.norm(p[start : start + length] - p[start], axis=-1).max() > eps) for p in positions]
+
+
+def test_every_part_of_a_multi_part_asset_plays(tmp_path, blender_python):
+    # regression: the glTF export once wrote one animation per object and the importer plays
+    # only the first, so every other part of a multi-part asset stood still in the renders
+    cfg = BuildConfig(out=str(tmp_path), views=1, frames=8, resolution=32, cycles_samples=1, masks=False,
+                      stages=("asset", "render"), blender_python=blender_python)
+    records = build([AssetTask("multi", "procedural", kind="storage", seed=2)], cfg, workers=1, progress=False)
+    assert records["multi"]["error"] == "", records
+    info = json.loads((tmp_path / "assets" / "multi.json").read_text())
+    r = RenderedAsset.load(tmp_path / "renders" / "multi")
+    moving = dict(zip(r.part_names, _part_moves(r.positions, 0, r.num_frames)))
+    assert len(info["parts"]) == 4 and all(moving[p] for p in info["parts"]), moving
+    assert not any(v for k, v in moving.items() if k.startswith("body")), moving
+
+
+def test_motion_episodes_share_the_first_frame_and_differ_in_motion(tmp_path, blender_python):
+    n, episodes = 6, 3
+    cfg = BuildConfig(out=str(tmp_path), views=1, frames=32, resolution=64, cycles_samples=2, num_frames=n,
+                      motion_episodes=episodes, samples_per_view=episodes, seed=3, blender_python=blender_python)
+    tasks = [AssetTask("ep-storage", "procedural", kind="storage", seed=4),
+             AssetTask("ep-fish", "procedural", kind="fish", seed=4)]
+    records = build(tasks, cfg, workers=2, progress=False)
+    assert all(r["status"] == "done" for r in records.values()), records
+    starts = [0, n, 2 * n]
+    for asset in ("ep-storage", "ep-fish"):
+        info = json.loads((tmp_path / "assets" / f"{asset}.json").read_text())
+        assert info["episodes"] == episodes and info["clip_starts"] == starts
+        r = RenderedAsset.load(tmp_path / "renders" / asset)
+        assert r.num_frames == episodes * n  # --frames is not used for episodic assets
+        # every episode starts from the same rest pose: same geometry, same pixels
+        for s in starts[1:]:
+            for p in r.positions:
+                np.testing.assert_allclose(p[s], p[0], atol=1e-5)
+            assert np.array_equal(r.rgba(0, s), r.rgba(0, 0))
+        # ... and something moves in each, differently
+        # (largest displacement of each vertex from the episode's first frame)
+        paths = [np.concatenate([np.linalg.norm(p[s : s + n] - p[s], axis=-1).max(0) for p in r.positions])
+                 for s in starts]
+        assert all(path.max() > 1e-2 for path in paths)
+        assert min(np.abs(a - b).max() for i, a in enumerate(paths) for b in paths[i + 1:]) > 1e-2
+        # the drag samples of the view start at the three episode starts
+        samples = [json.loads(f.read_text()) for f in sorted((tmp_path / "samples").glob(f"{asset}_v00_s*.json"))]
+        assert sorted(s["start_frame"] for s in samples) == starts and all(s["num_frames"] == n for s in samples)
+    # storage (4 parts): a random non-empty subset moves per episode, not always all of them
+    r = RenderedAsset.load(tmp_path / "renders" / "ep-storage")
+    parts = [i for i, name in enumerate(r.part_names) if name.startswith("part_")]
+    subsets = [tuple(m for i, m in enumerate(_part_moves(r.positions, s, n)) if i in parts) for s in starts]
+    assert all(any(s) for s in subsets) and any(not all(s) for s in subsets), subsets
+
+
+def test_sample_drags_at_given_start_frames(built):
+    from puppet_master.data.drag_sampling import sample_drags
+
+    out, records = built
+    asset = next(a for a in records if a.endswith("storage"))
+    render = RenderedAsset.load(out / "renders" / asset)
+    samples = sample_drags(render, num_frames=4, samples_per_view=2, seed=1, start_frames=[0, 9])
+    assert samples and all(s.start_frame in (0, 9) for s in samples)
+    for view in range(render.num_views):  # two starts for two samples: no repeats
+        got = [s.start_frame for s in samples if s.view == view]
+        assert len(got) == len(set(got))
+    with pytest.raises(ValueError, match="no 14-frame window"):
+        sample_drags(render, num_frames=14, start_frames=[0, 5])
+
+
+def test_curation_of_motion_episodes_averages_their_probabilities():
+    from puppet_master.data.curation import curate
+    from puppet_master.data.motion import motion_features
+
+    rng = np.random.default_rng(0)
+    body = np.repeat(rng.uniform(-0.5, 0.5, (1, 50, 3)), 12, axis=0)
+    lid = np.repeat(rng.uniform(-0.5, 0.5, (1, 20, 3)), 12, axis=0)
+    lid[6:] += np.linspace(0, 0.4, 6)[:, None, None] * np.array([0, 0, 1.0])  # the lid moves in episode 2 only
+    clf = MotionClassifier.load()
+    windows = [(0, 6), (6, 6)]
+    d = curate([body, lid], clf, windows=windows)
+    per_episode = [clf.probability(motion_features([body[s : s + n], lid[s : s + n]]))[0] for s, n in windows]
+    assert d.probability == pytest.approx(np.mean(per_episode))
+    assert per_episode[0] < per_episode[1]  # a static episode is judged as static
+    assert d.features == pytest.approx(motion_features([body[:6], lid[:6]]).tolist())
+    still = curate([body[:6], body[:6, :20]], clf, windows=[(0, 3), (3, 3)])
+    assert not still.keep and still.reason.startswith("static")

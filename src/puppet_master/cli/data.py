@@ -28,14 +28,14 @@ def _summary(records: dict) -> str:
 
 
 def _config(out, views, frames, resolution, samples, num_frames, samples_per_view, seed, curation_model, vlm_url,
-            vlm_model, tracks_gif, stages, masks=True, textures=False):
+            vlm_model, tracks_gif, stages, masks=True, textures=False, motion_episodes=1):
     from ..data.build import BuildConfig
 
     return BuildConfig(out=str(out), views=views, frames=frames, resolution=resolution, cycles_samples=samples,
                        num_frames=num_frames, samples_per_view=samples_per_view, seed=seed,
                        curation_model=str(curation_model) if curation_model else None, vlm_url=vlm_url,
                        vlm_model=vlm_model, tracks_gif=tracks_gif, stages=stages, masks=masks,
-                       textures=textures)
+                       textures=textures, motion_episodes=motion_episodes)
 
 
 OUT = typer.Option(..., "--out", help="Dataset folder (created; re-running resumes).")
@@ -54,6 +54,10 @@ VLM = typer.Option(None, "--vlm-url", help="OpenAI-compatible endpoint for the v
 VLM_MODEL = typer.Option("gpt-4o", "--vlm-model")
 TRACKS = typer.Option(False, "--tracks-gif", help="Also write NAME_tracks.gif with the drags drawn.")
 QUIET = typer.Option(False, "--quiet", "-q")
+EPISODES = typer.Option(1, "--motion-episodes", min=1, help="Procedural assets: E motion episodes from the same rest "
+                        "pose (a random subset of parts moves in each; rendered as E × --num-frames frames, --frames "
+                        "is not used for them); drag samples start at episode starts, so a view's samples share "
+                        "their first frame and differ in motion.")
 TEXTURES = typer.Option(False, "--textures", help="Procedural assets get image textures (value noise + grain on their "
                         "colour) instead of flat colours: like real assets, and trackable inside a part.")
 
@@ -76,13 +80,15 @@ def setup_blender_cmd(
 @data_app.command("generate-assets")
 def generate_assets(out: Path = OUT, num_assets: int = typer.Option(8, "--num-assets", min=1), seed: int = SEED,
                     frames: int = FRAMES, bad_fraction: float = typer.Option(0.2, "--bad-fraction", min=0, max=1),
-                    textures: bool = TEXTURES, workers: int = WORKERS, quiet: bool = QUIET) -> None:
+                    textures: bool = TEXTURES, motion_episodes: int = EPISODES, num_frames: int = NUMF,
+                    workers: int = WORKERS, quiet: bool = QUIET) -> None:
     """Write procedural animated GLB assets (one named sub-model per moving part) to OUT/assets."""
     from ..data.build import build
     from ..data.sources import procedural_tasks
 
     try:
-        cfg = _config(out, 1, frames, 64, 1, 14, 1, seed, None, None, "", False, ("asset",), textures=textures)
+        cfg = _config(out, 1, frames, 64, 1, num_frames, 1, seed, None, None, "", False, ("asset",), textures=textures,
+                      motion_episodes=motion_episodes)
         recs = build(procedural_tasks(num_assets, seed, bad_fraction), cfg, workers=workers, progress=not quiet)
     except UserInputError as exc:
         _fail(exc)
@@ -145,7 +151,7 @@ def build_cmd(
     views: int = VIEWS, frames: int = FRAMES, resolution: int = RES, cycles_samples: int = SAMPLES,
     num_frames: int = NUMF, samples_per_view: int = SPV, seed: int = SEED, curation_model: Optional[Path] = MODEL,
     vlm_url: Optional[str] = VLM, vlm_model: str = VLM_MODEL, tracks_gif: bool = TRACKS, textures: bool = TEXTURES,
-    workers: int = WORKERS, executor: str = EXECUTOR, ray_address: Optional[str] = RAY, quiet: bool = QUIET,
+    motion_episodes: int = EPISODES, workers: int = WORKERS, executor: str = EXECUTOR, ray_address: Optional[str] = RAY, quiet: bool = QUIET,
 ) -> None:
     """All stages for a source: assets → renders → curation → drag samples (resumable)."""
     from ..data.build import build
@@ -162,10 +168,11 @@ def build_cmd(
             tasks = objaverse_tasks(objaverse_list, num_assets)
         else:
             raise UserInputError(f"unknown --source {source!r}: use procedural, folder or objaverse")
-        if num_frames > frames:
+        if num_frames > frames and (motion_episodes == 1 or source != "procedural"):
             raise UserInputError(f"--num-frames {num_frames} is more than the {frames} rendered --frames")
         cfg = _config(out, views, frames, resolution, cycles_samples, num_frames, samples_per_view, seed, curation_model,
-                      vlm_url, vlm_model, tracks_gif, ("asset", "render", "curate", "sample"), textures=textures)
+                      vlm_url, vlm_model, tracks_gif, ("asset", "render", "curate", "sample"), textures=textures,
+                      motion_episodes=motion_episodes)
         recs = build(tasks, cfg, workers=workers, executor=executor, ray_address=ray_address, progress=not quiet)
     except UserInputError as exc:
         _fail(exc)

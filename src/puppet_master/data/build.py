@@ -35,7 +35,13 @@ STAGES = ("asset", "render", "curate", "sample")
 
 @dataclass
 class BuildConfig:
-    """Settings of a build (saved in the manifest)."""
+    """Settings of a build (saved in the manifest).
+
+    ``motion_episodes`` E > 1 (procedural assets only): each asset's animation is E
+    episodes of ``num_frames`` frames from the same rest pose, rendered as E × ``num_frames``
+    frames (``frames`` applies to the other sources), and every drag sample is cut at an
+    episode start — so the samples of a view share their first frame and differ in motion.
+    """
 
     out: str
     views: int = 12
@@ -44,6 +50,7 @@ class BuildConfig:
     cycles_samples: int = 16
     masks: bool = True
     textures: bool = False
+    motion_episodes: int = 1
     num_frames: int = 14
     samples_per_view: int = 2
     seed: int = 0
@@ -93,8 +100,11 @@ def process_asset(task: dict, cfg: dict) -> dict:
             tmp = glb.with_name(f".{glb.name}.partial.glb")
             info = {"task": t.to_dict()}
             if t.source == "procedural":
-                info.update(run_worker("generate", {"kind": t.kind, "seed": t.seed, "num_frames": c.frames,
-                                                    "out_glb": str(tmp), "textured": c.textures},
+                episodic = c.motion_episodes > 1
+                info.update(run_worker("generate", {"kind": t.kind, "seed": t.seed,
+                                                    "num_frames": c.num_frames * c.motion_episodes if episodic else c.frames,
+                                                    "out_glb": str(tmp), "textured": c.textures,
+                                                    "episodes": c.motion_episodes},
                                        c.timeout, c.blender_python))
                 info.pop("ok", None)
             elif t.source == "folder":
@@ -113,7 +123,9 @@ def process_asset(task: dict, cfg: dict) -> dict:
         if "render" in c.stages and not (render_dir / "meta.json").exists():
             tmp_dir = out / "renders" / f".tmp-{t.asset_id}"
             shutil.rmtree(tmp_dir, ignore_errors=True)
-            run_worker("render", {"glb": str(glb), "out_dir": str(tmp_dir), "views": c.views, "frames": c.frames,
+            # an episodic asset is rendered at its own frames, so episodes start at whole frames
+            frames = info["num_frames"] if info.get("episodes", 1) > 1 else c.frames
+            run_worker("render", {"glb": str(glb), "out_dir": str(tmp_dir), "views": c.views, "frames": frames,
                                   "resolution": c.resolution, "seed": c.seed, "samples": c.cycles_samples,
                                   "images": True, "masks": c.masks}, c.timeout, c.blender_python)
             shutil.rmtree(render_dir, ignore_errors=True)
@@ -128,7 +140,7 @@ def process_asset(task: dict, cfg: dict) -> dict:
         render = RenderedAsset.load(render_dir)
         cur_file = out / "curation" / f"{t.asset_id}.json"
         if "curate" in c.stages and not cur_file.exists():
-            decision = curate(render.positions, _classifier(c.curation_model))
+            decision = curate(render.positions, _classifier(c.curation_model), windows=_episode_windows(info, render))
             result = asdict(decision)
             if decision.keep and c.vlm_url:
                 frames = [render.rgb_on_white(0, f) for f in range(render.num_frames)]
@@ -147,9 +159,13 @@ def process_asset(task: dict, cfg: dict) -> dict:
         elif "sample" in c.stages:
             from .drag_sampling import sample_drags, write_sample
 
+            windows = _episode_windows(info, render)
             n = min(c.num_frames, render.num_frames)
+            if windows and n > windows[0][1]:
+                raise UserInputError(f"drag samples of {n} frames do not fit the asset's {windows[0][1]}-frame motion "
+                                     "episodes: build with the --num-frames the assets were generated with")
             samples = sample_drags(render, num_frames=n, samples_per_view=c.samples_per_view, seed=c.seed,
-                                   asset_id=t.asset_id)
+                                   asset_id=t.asset_id, start_frames=[w[0] for w in windows] if windows else None)
             for k, s in enumerate(samples):
                 write_sample(s, render, out / "samples", f"{t.asset_id}_v{s.view:02d}_s{k:02d}", record["category"],
                              tracks_gif=c.tracks_gif)
@@ -162,6 +178,17 @@ def process_asset(task: dict, cfg: dict) -> dict:
     record["seconds"] = round(time.perf_counter() - start, 2)
     _atomic_json(status_file, record)
     return record
+
+
+def _episode_windows(info: dict, render) -> list[tuple[int, int]] | None:
+    """``[(first frame, length), ...]`` of an episodic procedural asset's motion episodes, else ``None``."""
+    if info.get("episodes", 1) <= 1:
+        return None
+    starts = [int(s) for s in info["clip_starts"]]
+    if render.num_frames != info["num_frames"]:
+        raise ValueError(f"render has {render.num_frames} frames but the episodic asset {info['num_frames']}: "
+                         "re-render it (delete its render folder) so episodes start at whole frames")
+    return [(s, e - s) for s, e in zip(starts, starts[1:] + [render.num_frames])]
 
 
 def _write_manifest(out: Path, cfg: BuildConfig, records: dict) -> None:

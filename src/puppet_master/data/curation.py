@@ -119,12 +119,23 @@ def read_labels(path: str | Path) -> dict[str, int]:
     return labels
 
 
-def curate(positions: list[np.ndarray], classifier: MotionClassifier) -> Decision:
-    """Motion-based decision for one asset's tracks (static assets are rejected outright)."""
-    feats = motion_features(positions)
-    if is_static(positions):
+def curate(positions: list[np.ndarray], classifier: MotionClassifier,
+           windows: list[tuple[int, int]] | None = None) -> Decision:
+    """Motion-based decision for one asset's tracks (static assets are rejected outright).
+
+    Args:
+        positions: per-part vertex tracks ``[(F, V_p, 3), ...]`` (normalised units).
+        windows: ``[(first frame, length), ...]`` of separate motion episodes (an
+            episodic procedural asset): each is judged on its own and the asset's
+            probability is their mean; ``None`` = the whole animation is one motion.
+            ``features`` then holds the first episode's.
+    """
+    spans = windows or [(0, len(positions[0]) if positions else 0)]
+    clips = [[p[s : s + n] for p in positions] for s, n in spans]
+    feats = motion_features(clips[0])
+    if all(is_static(c) for c in clips):
         return Decision(False, "static: nothing moves", 0.0, feats.tolist())
-    p = float(classifier.probability(feats)[0])
+    p = float(np.mean(classifier.probability(np.stack([motion_features(c) for c in clips]))))
     if p < classifier.threshold:
         return Decision(False, f"motion classifier: not part-level motion (p={p:.2f})", p, feats.tolist())
     return Decision(True, f"motion classifier: part-level motion (p={p:.2f})", p, feats.tolist())

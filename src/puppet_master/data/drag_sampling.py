@@ -49,6 +49,7 @@ def sample_drags(
     motion_threshold: float = 0.02,
     views: list[int] | None = None,
     asset_id: str = "",
+    start_frames: list[int] | None = None,
 ) -> list[DragSample]:
     """Drag samples of one rendered asset.
 
@@ -57,6 +58,9 @@ def sample_drags(
         num_frames: ``N``; the render needs at least ``N`` frames (the window starts at
             a random frame ``s ∈ [0, F − N]``).
         samples_per_view: random start frames (and drag draws) per view.
+        start_frames: the allowed start frames (an episodic asset's episode starts):
+            each view draws its ``samples_per_view`` starts from them, without
+            repetition while there are enough; ``None`` = any ``s ∈ [0, F − N]``.
         motion_threshold: a candidate moves when its 3D path length over the window
             exceeds this (normalised units: the clip's box has largest side 1).
 
@@ -64,19 +68,26 @@ def sample_drags(
         Samples with at least one drag (views where nothing visible moves give none).
 
     Raises:
-        ValueError: fewer rendered frames than ``num_frames``.
+        ValueError: fewer rendered frames than ``num_frames``; a start frame whose
+            window runs past the render.
     """
     f_total = render.num_frames
     if f_total < num_frames:
         raise ValueError(f"render has {f_total} frames, fewer than num_frames={num_frames}")
+    if start_frames is not None:
+        bad = [s for s in start_frames if not 0 <= s <= f_total - num_frames]
+        if bad or not start_frames:
+            raise ValueError(f"start frames {bad or start_frames} leave no {num_frames}-frame window in {f_total} frames")
     rng = np.random.default_rng(seed)
     w, h = render.resolution
     part_of = render.candidate_part
     n_parts = len(render.part_names)
     out = []
     for view in views if views is not None else range(render.num_views):
-        for _ in range(samples_per_view):
-            s = int(rng.integers(0, f_total - num_frames + 1))
+        if start_frames is not None:
+            starts = rng.choice(start_frames, size=samples_per_view, replace=samples_per_view > len(start_frames))
+        for k in range(samples_per_view):
+            s = int(rng.integers(0, f_total - num_frames + 1)) if start_frames is None else int(starts[k])
             window = render.candidate_positions[s : s + num_frames].astype(np.float64)  # (N, C, 3)
             path = np.linalg.norm(np.diff(window, axis=0), axis=-1).sum(0)  # (C,)
             eligible = render.visible[view, s] & (path > motion_threshold)

@@ -175,7 +175,7 @@ def box(name, lo, hi, mat, pivot=None, subdiv=2):
 
 
 class Timing:
-    """When the motion happens inside the clip: eased from ``start`` to ``end`` (frames)."""
+    """When one motion happens inside an episode of ``num_frames`` frames: eased from ``start`` to ``end``."""
 
     def __init__(self, rng, num_frames):
         self.n = num_frames
@@ -189,6 +189,84 @@ class Timing:
         if self.back_and_forth:
             t = 1 - abs(2 * t - 1)
         return t * t * (3 - 2 * t)
+
+
+class EpisodeTiming:
+    """One part's motion over an animation of ``episodes`` back-to-back episodes.
+
+    Every episode starts from the rest pose (amount 0 at its first frame); in an active
+    episode the part moves with its own :class:`Timing` and extent (fraction of the full
+    motion), in an inactive one it stays at rest. ``amount(f)`` is the motion fraction at
+    animation frame ``f`` (0-based); the pose jumps back to rest between episodes.
+    """
+
+    def __init__(self, rng, num_frames, episodes, active, extent_range=(0.35, 1.0)):
+        self.n, self.episodes = num_frames, episodes
+        self.length = num_frames // episodes
+        self.plan = []
+        for e in range(episodes):
+            if not active[e]:
+                self.plan.append(None)
+            else:
+                extent = 1.0 if episodes == 1 else rng.uniform(*extent_range)
+                self.plan.append((Timing(rng, self.length), extent))
+
+    def amount(self, frame):
+        e = min(int(frame) // self.length, self.episodes - 1)
+        if self.plan[e] is None:
+            return 0.0
+        timing, extent = self.plan[e]
+        return extent * timing.amount(frame - e * self.length)
+
+
+class MotionPlan:
+    """Collects an asset's part motions, then keyframes them (:meth:`apply`).
+
+    With one episode every part moves (one motion over the animation). With ``episodes``
+    E > 1 the animation is E episodes of ``num_frames // E`` frames, each starting from
+    the same rest pose; in each episode a random non-empty subset of the parts moves, by
+    a random extent with its own timing. Clips cut at the episode starts therefore share
+    their first frame but differ in motion, so only the drags tell them apart: what a
+    drag-conditioned model must learn (DESIGN §6).
+    """
+
+    def __init__(self, rng, num_frames, episodes=1, move_prob=0.5):
+        if episodes < 1 or num_frames // episodes < 2:
+            raise ValueError(f"{num_frames} frames cannot hold {episodes} motion episodes of at least 2 frames")
+        self.rng, self.n, self.episodes, self.move_prob = rng, num_frames, episodes, move_prob
+        self.moves = []
+
+    def timing(self, active=None):
+        """An :class:`EpisodeTiming` active in the given episodes (default: all)."""
+        return EpisodeTiming(self.rng, self.n, self.episodes, active or [True] * self.episodes)
+
+    def slide(self, obj, offset):
+        self.moves.append((obj, "slide", offset))
+
+    def hinge(self, obj, axis, angle):
+        self.moves.append((obj, "hinge", (axis, angle)))
+
+    def episode_of(self, frame):
+        """``(episode, frame within it)`` of animation frame ``frame`` (0-based)."""
+        length = self.n // self.episodes
+        e = min(int(frame) // length, self.episodes - 1)
+        return e, frame - e * length
+
+    def apply(self):
+        e_count = self.episodes
+        if e_count == 1:
+            active = [[True] for _ in self.moves]
+        else:
+            active = [[self.rng.random() < self.move_prob for _ in range(e_count)] for _ in self.moves]
+            for e in range(e_count):
+                if self.moves and not any(a[e] for a in active):
+                    active[self.rng.randrange(len(self.moves))][e] = True
+        for (obj, kind, params), act in zip(self.moves, active):
+            timing = self.timing(act)
+            if kind == "slide":
+                slide(obj, timing, params)
+            else:
+                hinge(obj, timing, *params)
 
 
 def _animate(obj, num_frames, fn, path):
@@ -214,7 +292,7 @@ def hinge(obj, timing, axis, angle):
 
 
 # ---------------------------------------------------------------------------- kinds
-def build_storage(rng, n, parts):
+def build_storage(rng, plan, parts):
     w, d, h = rng.uniform(0.5, 1.2), rng.uniform(0.4, 0.7), rng.uniform(0.6, 1.6)
     body_mat, front_mat = _material("body", rng), _material("front", rng)
     box("body", (-w / 2, -d / 2, 0), (w / 2, d / 2, h), body_mat)
@@ -230,15 +308,15 @@ def build_storage(rng, n, parts):
                 left = (k == 0) if two else rng.random() < 0.5
                 pivot = (x0 if left else x1, -d / 2 - 0.02, (z0 + z1) / 2)
                 door = box(f"part_door_{r}_{k}", (x0 + 0.01, -d / 2 - 0.03, z0), (x1 - 0.01, -d / 2 - 0.01, z1), front_mat, pivot)
-                hinge(door, Timing(rng, n), 2, (-1 if left else 1) * math.radians(rng.uniform(50, 110)))
+                plan.hinge(door, 2, (-1 if left else 1) * math.radians(rng.uniform(50, 110)))
                 parts.append(door.name)
         else:
             drawer = box(f"part_drawer_{r}", (-w / 2 + 0.02, -d / 2 - 0.03, z0), (w / 2 - 0.02, d / 2 - 0.05, z1), front_mat)
-            slide(drawer, Timing(rng, n), (0, -rng.uniform(0.3, 0.8) * d, 0))
+            plan.slide(drawer, (0, -rng.uniform(0.3, 0.8) * d, 0))
             parts.append(drawer.name)
 
 
-def build_table(rng, n, parts):
+def build_table(rng, plan, parts):
     w, d, h = rng.uniform(0.8, 1.6), rng.uniform(0.5, 0.9), rng.uniform(0.6, 0.9)
     mat, dmat = _material("wood", rng), _material("drawer", rng)
     box("body_top", (-w / 2, -d / 2, h - 0.05), (w / 2, d / 2, h), mat)
@@ -251,36 +329,36 @@ def build_table(rng, n, parts):
         x0 = -w / 2 + 0.08 + i * (w - 0.16) / k
         x1 = x0 + (w - 0.16) / k - 0.02
         drawer = box(f"part_drawer_{i}", (x0, -d / 2 - 0.02, h - 0.2), (x1, d / 2 - 0.1, h - 0.07), dmat)
-        slide(drawer, Timing(rng, n), (0, -rng.uniform(0.2, 0.6) * d, 0))
+        plan.slide(drawer, (0, -rng.uniform(0.2, 0.6) * d, 0))
         parts.append(drawer.name)
 
 
-def build_laptop(rng, n, parts):
+def build_laptop(rng, plan, parts):
     w, d = rng.uniform(0.6, 0.9), rng.uniform(0.4, 0.6)
     base_mat, lid_mat = _material("base", rng), _material("lid", rng)
     box("body_base", (-w / 2, -d / 2, 0), (w / 2, d / 2, 0.04), base_mat)
     lid = box("part_lid", (-w / 2, d / 2 - 0.02, 0.04), (w / 2, d / 2, 0.04 + d), lid_mat, (0, d / 2, 0.04))
     start_open = rng.random() < 0.5
     if start_open:
-        hinge(lid, Timing(rng, n), 0, -math.radians(rng.uniform(40, 90)))
+        plan.hinge(lid, 0, -math.radians(rng.uniform(40, 90)))
     else:
         lid.rotation_euler = (-math.radians(88), 0, 0)
-        hinge(lid, Timing(rng, n), 0, math.radians(rng.uniform(50, 100)))
+        plan.hinge(lid, 0, math.radians(rng.uniform(50, 100)))
     parts.append(lid.name)
 
 
-def build_bucket(rng, n, parts):
+def build_bucket(rng, plan, parts):
     r, h = rng.uniform(0.25, 0.45), rng.uniform(0.4, 0.7)
     mat, hmat = _material("bucket", rng), _material("handle", rng)
     verts, faces = _cylinder_geometry(r, h, 20)
     _mesh_object("body", verts, faces, mat)
     handle = box("part_handle", (-r, -0.02, h), (r, 0.02, h + r * 0.9), hmat, (0, 0, h))
     handle.rotation_euler = (math.radians(rng.uniform(-80, -40)), 0, 0)
-    hinge(handle, Timing(rng, n), 0, math.radians(rng.uniform(60, 140)))
+    plan.hinge(handle, 0, math.radians(rng.uniform(60, 140)))
     parts.append(handle.name)
 
 
-def build_tall_doors(rng, n, parts, name):
+def build_tall_doors(rng, plan, parts, name):
     w, d, h = rng.uniform(0.6, 0.9), rng.uniform(0.6, 0.8), rng.uniform(1.4, 1.9)
     mat, dmat = _material("body", rng), _material("door", rng)
     box("body", (-w / 2, -d / 2, 0), (w / 2, d / 2, h), mat)
@@ -290,50 +368,50 @@ def build_tall_doors(rng, n, parts, name):
         left = rng.random() < 0.5
         pivot = (-w / 2 if left else w / 2, -d / 2 - 0.02, 0)
         door = box(f"part_{name}_door_{i}", (-w / 2, -d / 2 - 0.05, z0 + 0.01), (w / 2, -d / 2 - 0.01, z1 - 0.01), dmat, pivot)
-        hinge(door, Timing(rng, n), 2, (-1 if left else 1) * math.radians(rng.uniform(45, 110)))
+        plan.hinge(door, 2, (-1 if left else 1) * math.radians(rng.uniform(45, 110)))
         parts.append(door.name)
 
 
-def build_dishwasher(rng, n, parts):
+def build_dishwasher(rng, plan, parts):
     w, d, h = rng.uniform(0.55, 0.7), rng.uniform(0.55, 0.7), rng.uniform(0.8, 0.9)
     mat, dmat = _material("body", rng), _material("door", rng)
     box("body", (-w / 2, -d / 2, 0), (w / 2, d / 2, h), mat)
     door = box("part_door", (-w / 2, -d / 2 - 0.05, 0.08), (w / 2, -d / 2 - 0.01, h - 0.02), dmat, (0, -d / 2 - 0.03, 0.08))
-    hinge(door, Timing(rng, n), 0, -math.radians(rng.uniform(50, 90)))
+    plan.hinge(door, 0, -math.radians(rng.uniform(50, 90)))
     parts.append(door.name)
     if rng.random() < 0.5:
         rack = box("part_rack", (-w / 2 + 0.05, -d / 2 + 0.02, 0.2), (w / 2 - 0.05, d / 2 - 0.05, 0.3), _material("rack", rng))
-        slide(rack, Timing(rng, n), (0, -rng.uniform(0.2, 0.5) * d, 0))
+        plan.slide(rack, (0, -rng.uniform(0.2, 0.5) * d, 0))
         parts.append(rack.name)
 
 
-def build_box(rng, n, parts, name="box"):
+def build_box(rng, plan, parts, name="box"):
     w, d, h = rng.uniform(0.4, 1.0), rng.uniform(0.3, 0.8), rng.uniform(0.2, 0.6)
     mat, lmat = _material("body", rng), _material("lid", rng)
     box("body", (-w / 2, -d / 2, 0), (w / 2, d / 2, h), mat)
     lid = box("part_lid", (-w / 2, -d / 2, h), (w / 2, d / 2, h + 0.04), lmat, (0, d / 2, h))
-    hinge(lid, Timing(rng, n), 0, -math.radians(rng.uniform(50, 110)))
+    plan.hinge(lid, 0, -math.radians(rng.uniform(50, 110)))
     parts.append(lid.name)
 
 
-def build_safe(rng, n, parts):
+def build_safe(rng, plan, parts):
     s = rng.uniform(0.4, 0.8)
     mat, dmat = _material("body", rng), _material("door", rng)
     box("body", (-s / 2, -s / 2, 0), (s / 2, s / 2, s), mat)
     left = rng.random() < 0.5
     door = box("part_door", (-s / 2 + 0.03, -s / 2 - 0.06, 0.03), (s / 2 - 0.03, -s / 2 - 0.01, s - 0.03), dmat,
                (-s / 2 + 0.03 if left else s / 2 - 0.03, -s / 2 - 0.03, 0))
-    hinge(door, Timing(rng, n), 2, (-1 if left else 1) * math.radians(rng.uniform(50, 120)))
+    plan.hinge(door, 2, (-1 if left else 1) * math.radians(rng.uniform(50, 120)))
     parts.append(door.name)
 
 
-def build_toilet(rng, n, parts):
+def build_toilet(rng, plan, parts):
     mat, smat = _material("ceramic", rng), _material("seat", rng)
     w, d = rng.uniform(0.35, 0.45), rng.uniform(0.5, 0.7)
     box("body_base", (-w / 2, -d / 2, 0), (w / 2, d / 2, 0.4), mat)
     box("body_tank", (-w / 2, d / 2 - 0.15, 0.4), (w / 2, d / 2, 0.8), mat)
     lid = box("part_lid", (-w / 2, -d / 2, 0.4), (w / 2, d / 2 - 0.16, 0.43), smat, (0, d / 2 - 0.16, 0.42))
-    hinge(lid, Timing(rng, n), 0, -math.radians(rng.uniform(60, 100)))
+    plan.hinge(lid, 0, -math.radians(rng.uniform(60, 100)))
     parts.append(lid.name)
 
 
@@ -367,7 +445,7 @@ def _skin(obj, arm, weights):
                 vg.add([idx], wt, "REPLACE")
 
 
-def build_fish(rng, n, parts):
+def build_fish(rng, plan, parts):
     length, height, width = rng.uniform(0.8, 1.4), rng.uniform(0.25, 0.45), rng.uniform(0.1, 0.2)
     verts, faces = _box_geometry((-length / 2, -width / 2, 0), (length / 2, width / 2, height), subdiv=8)
     verts = [(x, y * (1 - 0.7 * abs(x) / length * 2), z) for x, y, z in verts]  # taper
@@ -386,16 +464,29 @@ def build_fish(rng, n, parts):
     amp = math.radians(rng.uniform(15, 35))
     freq = rng.uniform(0.5, 1.5)
     phase = rng.uniform(0, 2 * math.pi)
+    if plan.episodes == 1:
+        waves = [(amp, freq, phase, False)]
+    else:  # every episode starts straight: a different bend direction, strength and speed each
+        waves = [(rng.choice([-1, 1]) * amp * rng.uniform(0.5, 1.2), rng.uniform(0.5, 1.5), rng.uniform(0, 2 * math.pi), True)
+                 for _ in range(plan.episodes)]
+
+    def bend(i, f):
+        e, t = plan.episode_of(f)
+        a, fr, ph, from_rest = waves[e]
+        length = plan.n // plan.episodes
+        value = a * (i / k) * math.sin(2 * math.pi * fr * t / length + ph - i * 0.6)
+        return value - (a * (i / k) * math.sin(ph - i * 0.6) if from_rest else 0.0)
+
     for i in range(1, k):
         pb = arm.pose.bones[f"spine_{i}"]
         pb.rotation_mode = "XYZ"
-        for f in range(n):
-            pb.rotation_euler = (0, 0, amp * (i / k) * math.sin(2 * math.pi * freq * f / n + phase - i * 0.6))
+        for f in range(plan.n):
+            pb.rotation_euler = (0, 0, bend(i, f))
             pb.keyframe_insert("rotation_euler", frame=f + 1)
     parts.append(body.name)
 
 
-def build_quadruped(rng, n, parts):
+def build_quadruped(rng, plan, parts):
     bl, bw, bh, leg = rng.uniform(0.6, 1.0), rng.uniform(0.25, 0.4), rng.uniform(0.2, 0.3), rng.uniform(0.3, 0.5)
     mat = _material("fur", rng)
     verts, faces = [], []
@@ -426,37 +517,47 @@ def build_quadruped(rng, n, parts):
     _skin(body, arm, weights)
     amp = math.radians(rng.uniform(20, 40))
     freq = rng.uniform(0.5, 1.2)
+    if plan.episodes == 1:
+        gaits = [(amp, freq, True, True)]
+    else:  # per episode: legs and/or head move (at least one), either leg pair first, own speed
+        gaits = []
+        for _ in range(plan.episodes):
+            legs_on = rng.random() < 0.75
+            head_on = rng.random() < 0.5 or not legs_on
+            gaits.append((rng.choice([-1, 1]) * amp * rng.uniform(0.6, 1.2), rng.uniform(0.5, 1.2), legs_on, head_on))
+    length = plan.n // plan.episodes
+
+    def swing(f, scale, which):
+        e, t = plan.episode_of(f)
+        a, fr, legs_on, head_on = gaits[e]
+        on = legs_on if which == "legs" else head_on
+        return scale * (a if which == "legs" else abs(a) / amp * math.radians(15)) * math.sin(2 * math.pi * fr * t / length) if on else 0.0
+
     for name in legs:
         pb = arm.pose.bones[name]
         pb.rotation_mode = "XYZ"
         sign = 1 if name in ("leg_fl", "leg_br") else -1
-        for f in range(n):
-            pb.rotation_euler = (0, sign * amp * math.sin(2 * math.pi * freq * f / n), 0)
+        for f in range(plan.n):
+            pb.rotation_euler = (0, swing(f, sign, "legs"), 0)
             pb.keyframe_insert("rotation_euler", frame=f + 1)
     pb = arm.pose.bones["head"]
     pb.rotation_mode = "XYZ"
-    for f in range(n):
-        pb.rotation_euler = (0, math.radians(15) * math.sin(2 * math.pi * freq * f / n), 0)
+    for f in range(plan.n):
+        pb.rotation_euler = (0, swing(f, 1, "head"), 0)
         pb.keyframe_insert("rotation_euler", frame=f + 1)
     parts.append(body.name)
 
 
 BUILDERS = {
     "storage": build_storage, "table": build_table, "laptop": build_laptop, "bucket": build_bucket,
-    "refrigerator": lambda r, n, p: build_tall_doors(r, n, p, "fridge"), "dishwasher": build_dishwasher,
+    "refrigerator": lambda r, plan, p: build_tall_doors(r, plan, p, "fridge"), "dishwasher": build_dishwasher,
     "box": build_box, "safe": build_safe, "toilet": build_toilet, "fish": build_fish, "quadruped": build_quadruped,
 }
 
 
-def _clear_animation():
-    for obj in bpy.data.objects:
-        obj.animation_data_clear()
-
-
-def build_bad(kind, rng, n, parts):
+def build_bad(kind, rng, plan, parts):
     base = rng.choice(["storage", "table", "box", "safe", "dishwasher"])
-    BUILDERS[base](rng, n, parts)
-    _clear_animation()  # every variant starts from a static object
+    BUILDERS[base](rng, MotionPlan(rng, plan.n, plan.episodes), parts)  # its part motions are never applied
     if kind == "bad_static":
         return base
     if kind == "bad_global":
@@ -465,17 +566,18 @@ def build_bad(kind, rng, n, parts):
         for obj in list(bpy.data.objects):
             if obj is not root and obj.parent is None:
                 obj.parent = root
-        t = Timing(rng, n)
+        t = plan.timing()
         mode = rng.choice(["translate", "rotate", "scale"])
         if mode == "translate":
             slide(root, t, (rng.uniform(-1, 1), rng.uniform(-1, 1), rng.uniform(0, 0.5)))
         elif mode == "rotate":
             hinge(root, t, 2, math.radians(rng.uniform(60, 180)) * rng.choice([-1, 1]))
         else:
-            _animate(root, n, lambda f: (1 + t.amount(f) * rng.uniform(0.5, 1.0),) * 3, "scale")
+            grow = rng.uniform(0.5, 1.0)
+            _animate(root, plan.n, lambda f: (1 + t.amount(f) * grow,) * 3, "scale")
         return base
     # exploding: every object (static ones too) flies off in its own direction
-    t = Timing(rng, n)
+    t = plan.timing()
     for obj in list(bpy.data.objects):
         if obj.type == "MESH":
             direction = [rng.uniform(-1, 1) for _ in range(3)]
@@ -487,15 +589,22 @@ def build_bad(kind, rng, n, parts):
     return base
 
 
-def build_asset(kind, seed, num_frames, out_glb, textured=False):
+def build_asset(kind, seed, num_frames, out_glb, textured=False, episodes=1):
     """Build one asset of ``kind`` with ``seed``, animate it over ``num_frames`` frames, export GLB.
 
     With ``textured`` every material gets a packed image texture (:func:`_texture_image`)
     on box-projected UVs; geometry, colours and motion are those of the flat asset.
+    With ``episodes`` E > 1 the animation is E motion episodes of ``num_frames // E``
+    frames that all start from the rest pose (:class:`MotionPlan`); clips cut at
+    ``clip_starts`` share their first frame and differ in motion.
 
     Returns:
         dict with ``kind``, ``category``, ``label`` (1 good part-level motion, 0 bad),
-        ``parts`` (names of the moving sub-models), ``seed``, ``num_frames``.
+        ``parts`` (names of the moving sub-models), ``seed``, ``num_frames``, ``episodes``
+        and ``clip_starts`` (0-based first frame of each episode).
+
+    Raises:
+        ValueError: unknown kind; fewer than 2 frames per episode.
     """
     if kind not in KINDS:
         raise ValueError(f"unknown asset kind {kind!r}")
@@ -505,16 +614,20 @@ def build_asset(kind, seed, num_frames, out_glb, textured=False):
     scene = reset_scene()
     scene.frame_start, scene.frame_end = 1, num_frames
     parts = []
+    plan = MotionPlan(rng, num_frames, episodes)
     if kind in BAD_KINDS:
-        base = build_bad(kind, rng, num_frames, parts)
+        base = build_bad(kind, rng, plan, parts)
         category = CATEGORY[base]
         parts = [o.name for o in bpy.data.objects if o.type == "MESH" and o.name.startswith("part_")]
     else:
-        BUILDERS[kind](rng, num_frames, parts)
+        BUILDERS[kind](rng, plan, parts)
+        plan.apply()
         category = CATEGORY[kind]
     bpy.ops.export_scene.gltf(
         filepath=str(out_glb), export_format="GLB", export_animations=True, export_animation_mode="SCENE",
         export_skins=True, export_yup=True, export_apply=False, export_force_sampling=True,
+        export_anim_scene_split_object=False,  # one glTF animation for the whole scene: every part plays
     )
     return {"kind": kind, "category": category, "label": int(kind in GOOD_KINDS), "parts": parts,
-            "seed": seed, "num_frames": num_frames}
+            "seed": seed, "num_frames": num_frames, "episodes": episodes,
+            "clip_starts": [e * (num_frames // episodes) for e in range(episodes)]}

@@ -24,7 +24,8 @@ def main(argv):
             import procedural
 
             result = procedural.build_asset(spec["kind"], spec["seed"], spec["num_frames"], spec["out_glb"],
-                                           textured=spec.get("textured", False))
+                                           textured=spec.get("textured", False),
+                                           episodes=spec.get("episodes", 1))
         else:
             import render
 
