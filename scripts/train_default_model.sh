@@ -3,7 +3,8 @@
 # Every stage is resumable: re-run the script after an interruption and it goes on.
 # Status and measured times: docs/default-model.md. Recipe v2 (session 5): textured procedural
 # assets (flat-shaded parts gave the optical-flow tracker, and so the flow error, nothing to
-# follow) and an 8x-down VAE (the 16x one blurred the motion away). The step counts below are
+# follow) and an 8x-down VAE (the 16x one blurred the motion away). v3 (session 7): motion
+# episodes in the training data. The step counts below are
 # what a GPU run should use; on 2 CPU cores the UNet takes many sessions. On a GPU add
 # `--device cuda` to cache-latents and run train under accelerate.
 set -euo pipefail
@@ -12,8 +13,11 @@ W=runs/default-model
 
 # 1. textured procedural part-level assets -> Cycles renders -> curation -> drag samples
 #    (train: seed 0; held-out test: seed 2, other assets)
-puppet-master data build --out $W/data-train --num-assets 200 --views 2 --frames 16 --resolution 256 \
-    --cycles-samples 8 --num-frames 14 --samples-per-view 2 --seed 0 --textures -q
+#    Training assets get 3 motion episodes from the same rest pose and 3 samples per view
+#    (one per episode): clips that share their first frame and differ in motion, so the
+#    drags, not the picture, say what moves (session 7; docs/default-model.md).
+puppet-master data build --out $W/data-train --num-assets 180 --views 1 --resolution 256 \
+    --cycles-samples 8 --num-frames 14 --motion-episodes 3 --samples-per-view 3 --seed 0 --textures -q
 puppet-master data build --out $W/data-test --num-assets 100 --views 1 --frames 16 --resolution 256 \
     --cycles-samples 8 --num-frames 14 --samples-per-view 1 --seed 2 --textures -q
 
