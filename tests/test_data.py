@@ -389,3 +389,14 @@ def test_curation_of_motion_episodes_averages_their_probabilities():
     assert d.features == pytest.approx(motion_features([body[:6], lid[:6]]).tolist())
     still = curate([body[:6], body[:6, :20]], clf, windows=[(0, 3), (3, 3)])
     assert not still.keep and still.reason.startswith("static")
+
+
+def test_episode_windows_of_an_asset_info(built):
+    from puppet_master.data.build import _episode_windows
+
+    out, records = built
+    render = RenderedAsset.load(out / "renders" / next(iter(records)))  # 16 frames
+    assert _episode_windows({"episodes": 1}, render) is None
+    assert _episode_windows({"episodes": 2, "num_frames": 16, "clip_starts": [0, 8]}, render) == [(0, 8), (8, 8)]
+    with pytest.raises(ValueError, match="re-render it"):
+        _episode_windows({"episodes": 3, "num_frames": 18, "clip_starts": [0, 6, 12]}, render)
