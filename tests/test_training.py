@@ -190,6 +190,35 @@ def test_resume_reproduces_the_next_losses_exactly(tmp_path):
         assert torch.equal(a, b), k
 
 
+def test_drag_lr_scale_multiplies_the_update_of_the_drag_modules_only(tmp_path):
+    from accelerate.utils import set_seed
+
+    # one plain SGD step: the update is -lr x gradient, and the gradient does not depend on the lr
+    common = ("max_steps=1", "use_ema=false", "optim.optimizer=sgd", "optim.lr=1e-2", "optim.grad_clip=1e9")
+    cfg = _cfg(tmp_path / "init", *common)
+    set_seed(cfg.seed)
+    initial = {k: v.clone() for k, v in trainer_module.build_unet(cfg).state_dict().items()}
+    plain = Trainer(_cfg(tmp_path / "a", *common), progress=False).train().unet.state_dict()
+    scaled = Trainer(_cfg(tmp_path / "b", *common, "optim.drag_lr_scale=10"), progress=False).train().unet.state_dict()
+    checked = {"drag": 0, "backbone": 0}
+    for k, before in initial.items():
+        da, db = plain[k] - before, scaled[k] - before
+        if da.abs().max() < 1e-7:
+            continue
+        is_drag = ".flow_convs." in f".{k}" or ".drag_token_mlps." in f".{k}"
+        torch.testing.assert_close(db, 10 * da if is_drag else da, rtol=1e-3, atol=1e-7, msg=k)
+        checked["drag" if is_drag else "backbone"] += 1
+    assert checked["drag"] >= 4 and checked["backbone"] >= 20, checked
+
+    groups = trainer_module.param_groups(trainer_module.build_unet(cfg), 1e-3, 5.0)
+    assert [g["name"] for g in groups] == ["backbone", "drag"]
+    assert groups[1]["lr"] == pytest.approx(5e-3)
+    # a checkpoint's optimizer state belongs to its parameter groups: resuming with another scale is refused
+    with pytest.raises(UserInputError, match="drag_lr_scale"):
+        Trainer(_cfg(tmp_path / "a", "max_steps=2", "use_ema=false", "optim.drag_lr_scale=10", "checkpoint_every=1",
+                     "resume=latest"), progress=False).train()
+
+
 def test_two_process_ddp_matches_one_process_with_doubled_batch(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     # float64: float32 reduction-order noise on parameters with ~zero true gradient (biases before

@@ -91,6 +91,11 @@ class OptimConfig(_Strict):
     grad_clip: float | None = Field(1.0, gt=0)
     lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine"] = "constant"
     warmup_steps: int = Field(0, ge=0)
+    drag_lr_scale: float = Field(
+        1.0, gt=0,
+        description="learning rate of the drag modules (modulation nets, drag-token MLPs) = lr × this; "
+                    "the zero-initialised drag path of a model trained from scratch learns slowly at the backbone's lr",
+    )
 
 
 class TrainConfig(_Strict):

@@ -164,6 +164,28 @@ def build_unet(config: TrainConfig) -> UNetDragSpatioTemporalConditionModel:
     return unet
 
 
+def param_groups(unet, lr: float, drag_lr_scale: float = 1.0) -> list[dict]:
+    """Optimizer parameter groups: the backbone at ``lr``, the drag modules at ``lr × drag_lr_scale``.
+
+    Drag modules are the parameters whose names contain ``.flow_convs.`` or
+    ``.drag_token_mlps.`` (modulation nets and drag-token MLPs, paper §3.2). Frozen
+    parameters are left out; an empty group is dropped. With ``drag_lr_scale == 1`` the
+    result is one group holding every trainable parameter (the old behaviour, so resuming
+    a checkpoint saved before this option keeps a matching optimizer state).
+
+    Returns:
+        list of ``{"params": [...], "lr": float, "name": "backbone" | "drag"}``.
+    """
+    trainable = [(n, p) for n, p in unet.named_parameters() if p.requires_grad]
+    if drag_lr_scale == 1.0:
+        return [{"params": [p for _, p in trainable], "lr": lr, "name": "all"}]
+    drag = [p for n, p in trainable if any(k in f".{n}" for k in DRAG_MODULE_MARKERS)]
+    drag_ids = {id(p) for p in drag}
+    backbone = [p for _, p in trainable if id(p) not in drag_ids]
+    groups = [{"params": backbone, "lr": lr, "name": "backbone"}, {"params": drag, "lr": lr * drag_lr_scale, "name": "drag"}]
+    return [g for g in groups if g["params"]]
+
+
 def load_components(config: TrainConfig, unet) -> dict | None:
     """VAE / image encoder / scheduler for validation and export, or ``None`` if not configured."""
     from ..pipelines import PuppetMasterPipeline
@@ -254,12 +276,13 @@ class Trainer:
         unet = build_unet(cfg)
         if cfg.gradient_checkpointing:
             unet.enable_gradient_checkpointing()
-        params = [p for p in unet.parameters() if p.requires_grad]
+        groups = param_groups(unet, cfg.optim.lr, cfg.optim.drag_lr_scale)
+        params = [p for g in groups for p in g["params"]]
         if cfg.optim.optimizer == "sgd":
-            optimizer = torch.optim.SGD(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+            optimizer = torch.optim.SGD(groups, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
         else:
             opt_cls = torch.optim.AdamW if cfg.optim.optimizer == "adamw" else torch.optim.Adam
-            optimizer = opt_cls(params, lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps,
+            optimizer = opt_cls(groups, lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps,
                                 weight_decay=cfg.optim.weight_decay)
         lr_scheduler = get_scheduler(cfg.optim.lr_scheduler, optimizer, num_warmup_steps=cfg.optim.warmup_steps,
                                      num_training_steps=cfg.max_steps)
@@ -283,7 +306,15 @@ class Trainer:
             else:
                 if not (ckpt / "trainer_state.json").is_file():
                     raise UserInputError(f"{ckpt} is not a complete checkpoint (no trainer_state.json)")
-                acc.load_state(str(ckpt))
+                try:
+                    acc.load_state(str(ckpt))
+                except ValueError as exc:
+                    if "parameter group" not in str(exc):
+                        raise
+                    raise UserInputError(
+                        f"{ckpt} was saved with another optim.drag_lr_scale (its optimizer has a different number "
+                        f"of parameter groups): resume with the scale it was trained with, or start a new output_dir "
+                        f"from its exported weights (model.init=checkpoint model.pretrained=FOLDER)") from exc
                 start_step = json.loads((ckpt / "trainer_state.json").read_text())["global_step"]
                 acc.print(f"resumed from {ckpt} at step {start_step}")
 
