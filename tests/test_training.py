@@ -303,3 +303,54 @@ def test_latent_cache_round_trip(tmp_path, tiny_pipeline_dir, shared_dir):
     cfg = _cfg(tmp_path, "max_steps=2", "data.num_frames=14", "data.batch_size=1",
                f"data.sources=[{{type: latent_cache, path: '{tmp_path / 'cache'}'}}]")
     assert len(Trainer(cfg, progress=False).train().losses) == 2
+
+
+def test_export_checkpoint_writes_the_ema_weights_of_a_stopped_run(tmp_path, capsys):
+    from puppet_master.cli import main
+    from puppet_master.pipelines import PuppetMasterPipeline, build_components
+
+    run = tmp_path / "run"
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--config", str(REPO / "configs" / "tiny.yaml"), "-q", f"output_dir={run}", "max_steps=4",
+              "checkpoint_every=2", "validate_every=100", "data.num_frames=4", "data.batch_size=2", "ema_decay=0.5",
+              "optim.warmup_steps=0", "optim.lr=1e-2"])
+    assert exc.value.code in (0, None)
+    ckpt = run / "checkpoints"
+    # the run's own export at max_steps holds the EMA weights of step 4: exporting that checkpoint must give them back
+    with pytest.raises(SystemExit) as exc:
+        main(["export-checkpoint", str(ckpt / "step-00000004"), "--base", str(run / "pipeline"), "-o", str(tmp_path / "e4")])
+    assert exc.value.code in (0, None)
+    final = PuppetMasterPipeline.from_pretrained(run / "pipeline").unet.state_dict()
+    e4 = PuppetMasterPipeline.from_pretrained(tmp_path / "e4").unet.state_dict()
+    for k, v in final.items():
+        assert torch.equal(v, e4[k]), k
+    # step 2 is another set of weights; --fp16 stores half precision that loads back close to float32
+    with pytest.raises(SystemExit) as exc:
+        main(["export-checkpoint", str(ckpt / "step-00000002"), "--base", str(run / "pipeline"), "-o", str(tmp_path / "e2"),
+              "--fp16"])
+    assert exc.value.code in (0, None)
+    from safetensors.torch import load_file
+
+    stored = load_file(next((tmp_path / "e2" / "unet").glob("*.safetensors")))
+    assert {t.dtype for t in stored.values()} == {torch.float16}
+    e2 = PuppetMasterPipeline.from_pretrained(tmp_path / "e2").unet.float().state_dict()
+    assert any(not torch.allclose(e2[k], v, atol=1e-3) for k, v in final.items())
+    from puppet_master.training.export import load_ema_weights
+
+    shadow2 = load_ema_weights(ckpt / "step-00000002")
+    for (k, v), s in zip(PuppetMasterPipeline.from_pretrained(tmp_path / "e4").unet.named_parameters(), shadow2):
+        assert torch.allclose(e2[k], s, atol=2e-3 * (1 + s.abs().max().item())), k
+    capsys.readouterr()
+    # user mistakes: an existing output, a missing checkpoint, a base of another architecture
+    other = tmp_path / "other"
+    PuppetMasterPipeline(**build_components("tiny", seed=0, block_out_channels=(32, 32, 32, 32))).save_pretrained(other)
+    for args, message in [
+        ([str(ckpt / "step-00000004"), "--base", str(run / "pipeline"), "-o", str(tmp_path / "e4")], "already exists"),
+        ([str(ckpt / "step-00000099"), "--base", str(run / "pipeline"), "-o", str(tmp_path / "x")], "does not exist"),
+        ([str(ckpt / "step-00000004"), "--base", str(other), "-o", str(tmp_path / "y")], "the run was trained from"),
+    ]:
+        with pytest.raises(SystemExit) as exc:
+            main(["export-checkpoint", *args])
+        assert exc.value.code == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()

@@ -12,7 +12,7 @@ from .data import data_app
 from .demo import demo
 from .evaluate import evaluate
 from .random_model import random_model
-from .train import cache_latents, train, train_vae
+from .train import cache_latents, export_checkpoint, train, train_vae
 
 app = typer.Typer(
     name="puppet-master",
@@ -28,6 +28,7 @@ app.command("evaluate")(evaluate)
 app.command("train")(train)
 app.command("cache-latents")(cache_latents)
 app.command("train-vae")(train_vae)
+app.command("export-checkpoint")(export_checkpoint)
 app.command("demo")(demo)
 app.add_typer(data_app, name="data")
 

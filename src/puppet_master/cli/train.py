@@ -36,6 +36,26 @@ def train(
         print(f"trained {result.global_step} steps; pipeline saved to {result.pipeline_dir}", file=sys.stderr)
 
 
+def export_checkpoint(
+    checkpoint: Path = typer.Argument(..., help="OUTPUT_DIR/checkpoints/step-NNNNNNNN of `puppet-master train`."),
+    base: Path = typer.Option(..., "--base", help="Pipeline the run was trained from (its model.components folder)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Pipeline folder to write."),
+    fp16: bool = typer.Option(False, "--fp16", help="Store the weights in float16 (half the size)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists."),
+) -> None:
+    """Export a training checkpoint's EMA UNet as a pipeline (for a run stopped before max_steps)."""
+    import torch
+
+    from ..training.export import export_checkpoint as run
+
+    try:
+        path = run(checkpoint, base, out, dtype=torch.float16 if fp16 else torch.float32, overwrite=overwrite)
+    except UserInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise typer.Exit(code=2)
+    print(f"exported the EMA weights of {checkpoint} to {path}", file=sys.stderr)
+
+
 def cache_latents(
     data: Path = typer.Option(..., "--data", help="Split folder (NAME.json + video) or Drag-a-Move folder."),
     out: Path = typer.Option(..., "--out", help="Cache folder to fill (existing files are kept)."),

@@ -1,0 +1,104 @@
+"""Export the EMA weights of a training checkpoint as a pipeline folder.
+
+``puppet-master train`` exports ``OUTPUT_DIR/pipeline`` only when a run reaches
+``max_steps``. A run stopped earlier (a CPU session that ends, a job killed by the
+cluster) leaves ``checkpoints/step-*/``: accelerate state with the EMA shadow weights in
+``custom_checkpoint_0.pkl``. :func:`export_checkpoint` turns one into a pipeline that
+``animate``, ``evaluate`` and ``train model.init=checkpoint`` accept.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+
+from ..errors import UserInputError
+
+EMA_STATE_FILE = "custom_checkpoint_0.pkl"
+
+
+def load_ema_weights(checkpoint: str | Path) -> list[torch.Tensor]:
+    """The EMA shadow weights of a ``checkpoints/step-*`` folder, in ``unet.parameters()`` order.
+
+    The file is read with ``torch.load(weights_only=True)``, which refuses anything but
+    tensors and plain containers (no arbitrary unpickling).
+
+    Raises:
+        UserInputError: no such folder, or it holds no EMA state (a run with ``use_ema=false``).
+    """
+    path = Path(checkpoint) / EMA_STATE_FILE
+    if not Path(checkpoint).is_dir():
+        raise UserInputError(f"checkpoint folder {checkpoint} does not exist: give OUTPUT_DIR/checkpoints/step-NNNNNNNN")
+    if not path.is_file():
+        raise UserInputError(f"{checkpoint} holds no EMA weights ({EMA_STATE_FILE}); was the run trained with use_ema=false?")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        shadow = list(state["shadow_params"])
+    except Exception as exc:  # noqa: BLE001 - any unreadable or foreign file is the same user-facing problem
+        raise UserInputError(f"cannot read the EMA state {path}: {exc}") from exc
+    return shadow
+
+
+def export_checkpoint(
+    checkpoint: str | Path,
+    base: str | Path,
+    out: str | Path,
+    dtype: torch.dtype = torch.float32,
+    overwrite: bool = False,
+) -> Path:
+    """Write ``base`` with its UNet weights replaced by ``checkpoint``'s EMA weights.
+
+    Args:
+        checkpoint: ``OUTPUT_DIR/checkpoints/step-NNNNNNNN`` of ``puppet-master train``.
+        base: a pipeline folder with the same UNet architecture (the run's
+            ``model.components`` or ``model.pretrained`` folder): its VAE, image encoder and
+            scheduler are kept.
+        out: pipeline folder to write (atomically: a partial folder is renamed at the end).
+        dtype: weights dtype on disk (``torch.float16`` halves the size; loading on CPU
+            upcasts to float32).
+        overwrite: replace ``out`` if it exists.
+
+    Returns:
+        ``out``.
+
+    Raises:
+        UserInputError: missing checkpoint or EMA state, ``out`` exists without ``overwrite``,
+            or a base whose UNet does not match the checkpoint (parameter count or shapes).
+    """
+    from ..pipelines import PuppetMasterPipeline
+
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise UserInputError(f"{out} already exists: choose another --out or pass --overwrite")
+    shadow = load_ema_weights(checkpoint)
+    try:
+        pipe = PuppetMasterPipeline.from_pretrained(base, dtype=torch.float32)
+    except Exception as exc:  # noqa: BLE001
+        raise UserInputError(f"cannot load the base pipeline {base}: {exc}") from exc
+    params = list(pipe.unet.parameters())
+    if len(params) != len(shadow):
+        raise UserInputError(
+            f"the checkpoint has {len(shadow)} UNet tensors but the base pipeline's UNet has {len(params)}: "
+            "give the pipeline the run was trained from (its model.components / model.pretrained folder)"
+        )
+    for i, (p, s) in enumerate(zip(params, shadow)):
+        if p.shape != s.shape:
+            raise UserInputError(f"UNet tensor {i} has shape {tuple(s.shape)} in the checkpoint but {tuple(p.shape)} "
+                                 "in the base pipeline: give the pipeline the run was trained from")
+    with torch.no_grad():
+        for p, s in zip(params, shadow):
+            p.copy_(s.to(p.dtype))
+    pipe.unet.to(dtype)
+    pipe.vae.to(dtype)
+    if pipe.image_encoder is not None:
+        pipe.image_encoder.to(dtype)
+    tmp = out.with_name(f".{out.name}.partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    pipe.save_pretrained(tmp, safe_serialization=True)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out
