@@ -1,6 +1,7 @@
 """Training throughput (samples/s) and peak memory of the drag UNet's EDM training step.
 
     python benchmarks/bench_training.py                                   # tiny config, CPU
+    python benchmarks/bench_training.py --config small --precision bf16   # the default model's UNet
     python benchmarks/bench_training.py --config full --device cuda --precision bf16 [--checkpointing]
 
 Random weights and synthetic latent clips; one step = forward, backward, AdamW update.
@@ -23,12 +24,17 @@ TINY = ["model.unet.block_out_channels=[32, 64, 64, 64]", "model.unet.layers_per
         "model.unet.cross_attention_dim=32", "model.unet.num_attention_heads=[1, 2, 2, 2]",
         "model.unet.pos_embed_dim=16", "model.unet.drag_embedder_out_channels=[16, 32, 32]",
         "data.sources=[{type: synthetic, num_clips: 64, latent_size: 8, embedding_dim: 32}]"]
+# the embedded default model's UNet (SIZES["small"], 4.5 M parameters) on 32x32x4 latents (256x256, 8x VAE)
+SMALL = ["model.unet.in_channels=8", "model.unet.out_channels=4", "model.unet.block_out_channels=[32, 64, 64, 64]",
+         "model.unet.layers_per_block=1", "model.unet.cross_attention_dim=64", "model.unet.num_attention_heads=[1, 2, 2, 2]",
+         "model.unet.pos_embed_dim=16", "model.unet.drag_embedder_out_channels=[16, 32, 32]",
+         "data.sources=[{type: synthetic, num_clips: 64, latent_size: 32, embedding_dim: 64}]"]
 FULL = ["data.sources=[{type: synthetic, num_clips: 64, latent_size: 32, embedding_dim: 1024}]"]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", choices=["tiny", "full"], default="tiny")
+    ap.add_argument("--config", choices=["tiny", "small", "full"], default="tiny")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
     ap.add_argument("--checkpointing", action="store_true", help="gradient checkpointing")
@@ -36,8 +42,9 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=14)
     ap.add_argument("--steps", type=int, default=10)
     args = ap.parse_args()
-    batch = args.batch_size or (4 if args.config == "tiny" else 1)
-    cfg = load_config(None, (TINY if args.config == "tiny" else FULL) + [f"data.num_frames={args.frames}"])
+    batch = args.batch_size or (1 if args.config == "full" else 4)
+    overrides = {"tiny": TINY, "small": SMALL, "full": FULL}[args.config]
+    cfg = load_config(None, overrides + [f"data.num_frames={args.frames}"])
     device = torch.device(args.device)
     torch.manual_seed(0)
     unet = build_unet(cfg).to(device)
