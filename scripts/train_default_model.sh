@@ -7,6 +7,8 @@
 # episodes in the training data. The step counts below are
 # what a GPU run should use; on 2 CPU cores the UNet takes many sessions. On a GPU add
 # `--device cuda` to cache-latents and run train under accelerate.
+# To go on from the committed work-in-progress weights (training-state/default-model/) instead
+# of starting over, follow training-state/default-model/README.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 W=runs/default-model
