@@ -11,11 +11,13 @@ The full configuration is SVD's size (1.68 B parameters) at 256x256 (32x32 laten
 from __future__ import annotations
 
 import argparse
+import json
 import resource
 import time
 
 import torch
 
+from puppet_master.pipelines.components import SIZES
 from puppet_master.training import edm_loss, load_config
 from puppet_master.training.data import build_mixture, collate
 from puppet_master.training.trainer import build_unet
@@ -25,10 +27,8 @@ TINY = ["model.unet.block_out_channels=[32, 64, 64, 64]", "model.unet.layers_per
         "model.unet.pos_embed_dim=16", "model.unet.drag_embedder_out_channels=[16, 32, 32]",
         "data.sources=[{type: synthetic, num_clips: 64, latent_size: 8, embedding_dim: 32}]"]
 # the embedded default model's UNet (SIZES["small"], 4.5 M parameters) on 32x32x4 latents (256x256, 8x VAE)
-SMALL = ["model.unet.in_channels=8", "model.unet.out_channels=4", "model.unet.block_out_channels=[32, 64, 64, 64]",
-         "model.unet.layers_per_block=1", "model.unet.cross_attention_dim=64", "model.unet.num_attention_heads=[1, 2, 2, 2]",
-         "model.unet.pos_embed_dim=16", "model.unet.drag_embedder_out_channels=[16, 32, 32]",
-         "data.sources=[{type: synthetic, num_clips: 64, latent_size: 32, embedding_dim: 64}]"]
+SMALL = [f"model.unet.{k}={json.dumps(list(v) if isinstance(v, tuple) else v)}" for k, v in SIZES["small"]["unet"].items()] + [
+    "data.sources=[{type: synthetic, num_clips: 64, latent_size: 32, embedding_dim: 64}]"]
 FULL = ["data.sources=[{type: synthetic, num_clips: 64, latent_size: 32, embedding_dim: 1024}]"]
 
 

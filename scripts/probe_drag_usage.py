@@ -20,6 +20,7 @@ import torch
 from puppet_master.errors import UserInputError
 from puppet_master.evaluation.drag_usage import drag_usage, load_latent_clips
 from puppet_master.models import UNetDragSpatioTemporalConditionModel
+from puppet_master.training.export import load_ema_weights
 
 
 def main() -> int:
@@ -46,10 +47,9 @@ def probe(args):
     sub = "unet" if (args.model / "unet" / "config.json").is_file() else None
     unet = UNetDragSpatioTemporalConditionModel.from_pretrained(args.model, subfolder=sub).float().eval()
     if args.checkpoint:
-        # the EMA state accelerate saved with torch.save; weights_only=True refuses anything but tensors/containers
-        state = torch.load(args.checkpoint / "custom_checkpoint_0.pkl", weights_only=True)
-        for param, shadow in zip(unet.parameters(), state["shadow_params"]):
-            param.data.copy_(shadow)
+        with torch.no_grad():
+            for param, shadow in zip(unet.parameters(), load_ema_weights(args.checkpoint), strict=True):
+                param.copy_(shadow)
     return drag_usage(unet, load_latent_clips(args.latents), tuple(args.sigma or (0.5, 1.5, 4.0)))
 
 
