@@ -42,6 +42,8 @@ def main() -> int:
                 (shutil.copytree if src.is_dir() else shutil.copy2)(src, tmp / keep)
         shutil.rmtree(args.out)
     tmp.rename(args.out)
+    for f in args.out.rglob("*"):  # safetensors writes 0600; installed package data must be readable by all
+        f.chmod(0o755 if f.is_dir() else 0o644)
     size = sum(f.stat().st_size for f in args.out.rglob("*") if f.is_file())
     print(f"shipped {args.pipeline} -> {args.out}: {size / 1e6:.1f} MB on disk")
     return 0 if size <= LIMIT_BYTES else 1

@@ -1,0 +1,99 @@
+"""The embedded default model (src/puppet_master/assets/default-model) loads and animates its example."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import puppet_master
+from puppet_master.cli import main as cli_main
+from puppet_master.drags import DragSet
+from puppet_master.evaluation.tracking import DISTracker
+from puppet_master.pipelines import DEFAULT_MODEL_DIR, PuppetMasterPipeline, load_pipeline
+from puppet_master.preprocessing import load_image, prepare_input
+from puppet_master.video import read_video
+
+EXAMPLES = Path(puppet_master.__file__).parent / "assets" / "examples"
+
+
+@pytest.fixture(scope="module")
+def default_pipe():
+    return load_pipeline("default")
+
+
+def test_default_model_ships_within_the_size_budget():
+    files = [f for f in DEFAULT_MODEL_DIR.rglob("*") if f.is_file()]
+    assert (DEFAULT_MODEL_DIR / "model_index.json").is_file()
+    assert (DEFAULT_MODEL_DIR / "README.md").is_file(), "the model card lives beside the weights"
+    weights = [f for f in files if f.suffix == ".safetensors"]
+    assert {f.parent.name for f in weights} == {"unet", "vae"}
+    assert sum(f.stat().st_size for f in files) <= 40 * 1000 * 1000
+
+
+def test_from_pretrained_default_is_the_embedded_model(default_pipe):
+    pipe = PuppetMasterPipeline.from_pretrained("default")
+    assert type(pipe.unet) is type(default_pipe.unet)
+    a = dict(pipe.unet.named_parameters())
+    b = dict(default_pipe.unet.named_parameters())
+    assert a.keys() == b.keys()
+    name = next(iter(a))
+    # stored in fp16; load_pipeline upcasts on CPU (from_pretrained keeps the stored dtype)
+    assert default_pipe.unet.dtype == torch.float32 and default_pipe.vae.dtype == torch.float32
+    assert torch.equal(a[name].float(), b[name])
+
+
+# The preview model (stage-2 step in its model card) follows the laptop's drag; the cabinet's
+# drawer does not open yet (model card, "Limitations"), so that example is not asserted on.
+@pytest.mark.slow
+@pytest.mark.parametrize("example", ["laptop"])
+def test_default_model_keeps_the_image_and_moves_the_dragged_part(default_pipe, example):
+    image = load_image(EXAMPLES / f"{example}.png")
+    drags = DragSet.from_json(EXAMPLES / f"{example}-drags.json", width=image.width, height=image.height, num_frames=14)
+    square, model_drags, _ = prepare_input(image, drags, 256)
+    video = default_pipe(
+        square, model_drags, num_frames=14, height=256, width=256, num_inference_steps=10,
+        generator=torch.Generator().manual_seed(0), output_type="np",
+    ).frames[0]
+    assert video.shape == (14, 256, 256, 3) and np.isfinite(video).all()
+    frames = (np.clip(video, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+    # frame 0 reproduces the input image
+    ref = np.asarray(square.convert("RGB").resize((256, 256)), dtype=np.float64)
+    mse = np.mean((frames[0].astype(np.float64) - ref) ** 2)
+    assert 10 * np.log10(255.0**2 / mse) > 20.0
+
+    # the drag origin moves more than the background does (points tracked with OpenCV DIS flow)
+    traj = np.asarray(model_drags.trajectories, dtype=np.float64)[0]
+    ys, xs = np.mgrid[8:256:16, 8:256:16]
+    grid = np.stack([xs.ravel(), ys.ravel()], 1).astype(np.float64)
+    far = np.linalg.norm(grid - traj[0], axis=1) > 80
+    tracks = DISTracker().track(frames, np.concatenate([traj[:1], grid[far]]))
+    moved = np.linalg.norm(tracks[:, -1] - tracks[:, 0], axis=1)
+    assert moved[0] > 2.0 and moved[0] > 2 * np.median(moved[1:]), (moved[0], np.median(moved[1:]))
+
+
+def test_example_drags_are_valid_json_in_pixels():
+    for f in EXAMPLES.glob("*-drags.json"):
+        meta = json.loads(f.read_text())
+        assert meta["coordinates"] == "pixels" and meta["drags"]
+
+
+def test_animate_without_model_uses_the_default_model(tmp_path):
+    """The README's main job: `animate` with no --model writes a video from the embedded model."""
+    out = tmp_path / "laptop.mp4"
+    try:
+        cli_main(["animate", str(EXAMPLES / "laptop.png"), "--drags-json", str(EXAMPLES / "laptop-drags.json"),
+                  "--output", str(out), "--steps", "2", "-q"])
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    assert code == 0
+    frames = read_video(out)
+    assert frames.shape == (14, 256, 256, 3)
+    # not noise: frame 0 resembles the example image (mp4 compression and 2 steps allowed for)
+    ref = np.asarray(load_image(EXAMPLES / "laptop.png").convert("RGB").resize((256, 256)), dtype=np.float64)
+    assert np.abs(frames[0].astype(np.float64) - ref).mean() < 25.0
