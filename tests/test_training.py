@@ -30,7 +30,8 @@ def _cfg(tmp_path, *extra):
 
 
 def test_configs_in_repo_validate():
-    for name in ("tiny.yaml", "puppet-master-paper.yaml", "default-model.yaml", "default-model-stage2.yaml"):
+    for name in ("tiny.yaml", "puppet-master-paper.yaml", "default-model.yaml", "default-model-stage2.yaml",
+                 "default-model-stage3.yaml"):
         cfg = load_config(REPO / "configs" / name)
         assert cfg.max_steps > 0
     stage1 = load_config(REPO / "configs" / "default-model.yaml")
@@ -38,6 +39,8 @@ def test_configs_in_repo_validate():
     assert stage2.model.init == "checkpoint" and stage2.model.pretrained == f"{stage1.output_dir}/pipeline"
     assert stage2.motion_weight > 0 and stage1.motion_weight == 0
     assert [s.min_drag_motion > 0 for s in stage2.data.sources] == [True, False]
+    stage3 = load_config(REPO / "configs" / "default-model-stage3.yaml")
+    assert stage3.model.pretrained == f"{stage2.output_dir}/pipeline" and stage3.model.unet["drag_warp_image_latents"] is True
     paper = load_config(REPO / "configs" / "puppet-master-paper.yaml")
     assert paper.optim.lr == 1e-5 and paper.max_steps == 12500 and paper.data.num_frames == 14
     assert paper.data.batch_size * paper.gradient_accumulation_steps == 64
@@ -257,6 +260,20 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
         Trainer(_cfg(tmp_path, "max_steps=6", "checkpoint_every=2"), progress=False).train()
     ckpts = sorted((tmp_path / "run" / "checkpoints").glob("step-*"))
     assert [c.name for c in ckpts] == ["step-00000002"]
+
+
+def test_checkpoint_init_applies_unet_overrides_and_refuses_unknown_ones(tmp_path):
+    from puppet_master.models import UNetDragSpatioTemporalConditionModel
+    from puppet_master.pipelines.components import SIZES
+
+    UNetDragSpatioTemporalConditionModel(**SIZES["tiny"]["unet"]).save_pretrained(tmp_path / "unet")
+    base = [f"output_dir={tmp_path / 'run'}", "model.init=checkpoint", f"model.pretrained={tmp_path / 'unet'}",
+            "data.sources=[{type: synthetic, num_clips: 8, latent_size: 8, embedding_dim: 32}]"]
+    unet = trainer_module.build_unet(load_config(None, base + ["model.unet={drag_warp_image_latents: true}"]))
+    assert unet.config.drag_warp_image_latents is True
+    assert trainer_module.build_unet(load_config(None, base)).config.drag_warp_image_latents is False
+    with pytest.raises(UserInputError, match="model.unet.no_such_option"):
+        trainer_module.build_unet(load_config(None, base + ["model.unet={no_such_option: 3}"]))
 
 
 def test_train_command_exports_a_pipeline_animate_can_use(tmp_path, capsys):

@@ -21,6 +21,7 @@ from .blocks import (
     CrossAttnUpBlockSpatioTemporalWithDrags,
     _DragConditionedLayers,
 )
+from ..drags.warp import warp_latents_by_drags
 from .drag_modules import DragConditioning
 
 _DRAG_DOWN = "CrossAttnDownBlockSpatioTemporal"
@@ -73,6 +74,16 @@ class UNetDragSpatioTemporalConditionModel(ModelMixin, AttentionMixin, ConfigMix
         drag_embedder_out_channels: widths of the modulation nets.
         drag_modulation: modulation nets on/off (ablation; ``False`` builds none).
         all_to_first_attention: all-to-first spatial attention on/off (ablation).
+        drag_warp_image_latents: not in the paper (off by default, so the released
+            weights load unchanged). When on, frame ``n`` gets the first-frame latent
+            warped along the drags to frame ``n``
+            (:func:`~puppet_master.drags.warp.warp_latents_by_drags`) instead of the same
+            first-frame latent on every frame: a dense local motion cue that lets a small
+            UNet trained from scratch follow drags (the embedded default model uses it;
+            docs/default-model.md, session 13). Videos whose drags are dropped (CFG) get
+            the plain first-frame latent.
+        drag_warp_radius: Gaussian radius of a drag's influence on the warp, in latent cells.
+        drag_warp_background: weight of "no motion" in the warp (smaller = fuller displacement).
 
     Raises:
         ValueError: inconsistent block configuration.
@@ -105,6 +116,9 @@ class UNetDragSpatioTemporalConditionModel(ModelMixin, AttentionMixin, ConfigMix
         drag_embedder_out_channels: Sequence[int] = (256, 320, 320),
         drag_modulation: bool = True,
         all_to_first_attention: bool = True,
+        drag_warp_image_latents: bool = False,
+        drag_warp_radius: float = 1.5,
+        drag_warp_background: float = 0.02,
     ) -> None:
         super().__init__()
         n_blocks = len(down_block_types)
@@ -363,7 +377,17 @@ class UNetDragSpatioTemporalConditionModel(ModelMixin, AttentionMixin, ConfigMix
         for proc in self._all_to_first:
             proc.num_frames = num_frames
 
-        sample = torch.cat([sample, image_latents[:, None].expand(-1, num_frames, -1, -1, -1)], dim=2)
+        if self.config.drag_warp_image_latents:
+            warp_drags = cond.drags if cond is not None else drags
+            if warp_drags is None:
+                frame_latents = image_latents[:, None].expand(-1, num_frames, -1, -1, -1)
+            else:
+                frame_latents = warp_latents_by_drags(
+                    image_latents, warp_drags, self.config.drag_warp_radius, self.config.drag_warp_background
+                )
+        else:
+            frame_latents = image_latents[:, None].expand(-1, num_frames, -1, -1, -1)
+        sample = torch.cat([sample, frame_latents.to(sample.dtype)], dim=2)
 
         timesteps = timestep
         if not torch.is_tensor(timesteps):

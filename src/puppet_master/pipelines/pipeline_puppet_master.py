@@ -56,7 +56,10 @@ class PuppetMasterPipeline(DiffusionPipeline):
     the image embedding and the drags; classifier-free guidance with an unconditional
     branch of zero drags, zero first-frame latent and zero image embedding, weighted
     per frame from ``min_guidance_scale`` to ``max_guidance_scale``. The drag encodings
-    are computed once per call.
+    are computed once per call. A UNet configured with ``drag_warp_image_latents`` (the
+    embedded default model) warps the first-frame latent along the drags itself, frame by
+    frame (:mod:`puppet_master.drags.warp`); the unconditional branch, having no drags,
+    gets the plain latent.
     """
 
     model_cpu_offload_seq = "image_encoder->unet->vae"

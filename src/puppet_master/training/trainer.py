@@ -153,7 +153,11 @@ def build_unet(config: TrainConfig) -> UNetDragSpatioTemporalConditionModel:
         else:
             path = Path(m.pretrained)
             sub = "unet" if (path / "unet" / "config.json").is_file() else None
-            unet = UNetDragSpatioTemporalConditionModel.from_pretrained(m.pretrained, subfolder=sub)
+            # model.unet entries override the saved config (e.g. drag_warp_image_latents: true)
+            unet = UNetDragSpatioTemporalConditionModel.from_pretrained(m.pretrained, subfolder=sub, **dict(m.unet))
+            for key, value in m.unet.items():
+                if unet.config.get(key) != value:
+                    raise UserInputError(f"model.unet.{key}={value!r} cannot be applied to a pretrained UNet")
     except (OSError, ValueError) as exc:
         if isinstance(exc, UserInputError):
             raise

@@ -1,0 +1,116 @@
+"""Drag-warped first-frame latents: a dense, local motion cue derived from sparse drags.
+
+The paper's drag encoding (DESIGN §3) marks one latent cell per drag point; the network
+has to learn on its own that the content at a drag's start should appear at its current
+point. Stable Video Diffusion's motion prior makes that learnable for the released model,
+but a small UNet trained from scratch on a few hundred clips learns it very slowly
+(docs/default-model.md, sessions 4–12). :func:`warp_latents_by_drags` gives such a model
+the cue directly: for every frame ``n`` it moves the first frame's latent along the drags
+(a smooth backward warp whose displacement near each drag's frame-``n`` point is the
+drag's displacement and fades to zero away from all drags). The UNet option
+``drag_warp_image_latents`` concatenates this warped latent, frame by frame, in place of
+the repeated first-frame latent (it is off in the paper's configuration).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def drag_displacement_field(
+    drags: torch.Tensor,
+    height: int,
+    width: int,
+    radius: float = 1.5,
+    background_weight: float = 0.02,
+) -> torch.Tensor:
+    """Backward displacement field of every frame, in latent cells.
+
+    For an output cell centre ``p`` (cell units, x right / y down) of frame ``n``:
+
+    ``d(p) = Σ_k w_k(p)·(u_k − v_k^n) / (b + Σ_k w_k(p))``, with
+    ``w_k(p) = exp(−|p − v_k^n|² / (2·radius²))`` for each used drag slot ``k`` (start
+    ``u_k``, frame-``n`` point ``v_k^n``, both scaled from normalised coordinates to cells)
+    and ``b = background_weight``. So ``p + d(p)`` is where the cell's content was in frame
+    0: at a drag's current point it is (almost exactly) the drag's start, far from every
+    drag it is ``p`` itself. Unused slots (all zeros, DESIGN §2) contribute nothing; at
+    frame 0 (``v = u``) the field is zero.
+
+    Args:
+        drags: float ``(B, N, K, 4)`` normalised drags (DESIGN §2).
+        height, width: latent size ``h, w`` in cells.
+        radius: Gaussian radius of a drag's influence, in cells (> 0).
+        background_weight: weight of "no motion" (> 0); smaller makes the displacement at
+            a drag's point closer to the full drag.
+
+    Returns:
+        ``(B, N, h, w, 2)`` displacement ``(dx, dy)`` in cells, dtype of ``drags``.
+
+    Raises:
+        ValueError: bad drag shape, ``radius ≤ 0`` or ``background_weight ≤ 0``.
+    """
+    if drags.ndim != 4 or drags.shape[-1] != 4:
+        raise ValueError(f"drags must have shape (B, N, K, 4), got {tuple(drags.shape)}")
+    if radius <= 0 or background_weight <= 0:
+        raise ValueError(f"radius and background_weight must be > 0, got {radius} and {background_weight}")
+    scale = drags.new_tensor([width, height])
+    start = drags[..., 0:2] * scale  # (B, N, K, 2)
+    current = drags[..., 2:4] * scale
+    used = drags.ne(0).any(dim=-1).any(dim=1)  # (B, K): slot holds a drag in some frame
+    ys = torch.arange(height, dtype=drags.dtype, device=drags.device) + 0.5
+    xs = torch.arange(width, dtype=drags.dtype, device=drags.device) + 0.5
+    grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)  # (h, w, 2) as (x, y)
+    diff = grid[None, None, None] - current[:, :, :, None, None]  # (B, N, K, h, w, 2)
+    weight = torch.exp(-(diff**2).sum(-1) / (2.0 * radius**2))  # (B, N, K, h, w)
+    weight = weight * used[:, None, :, None, None].to(weight.dtype)
+    shift = (start - current)[:, :, :, None, None]  # (B, N, K, 1, 1, 2)
+    numerator = (weight[..., None] * shift).sum(dim=2)  # (B, N, h, w, 2)
+    return numerator / (background_weight + weight.sum(dim=2))[..., None]
+
+
+def warp_latents_by_drags(
+    latents: torch.Tensor,
+    drags: torch.Tensor,
+    radius: float = 1.5,
+    background_weight: float = 0.02,
+) -> torch.Tensor:
+    """Warp a first-frame latent along the drags to every frame (bilinear backward warp).
+
+    Frame ``n`` of the result samples ``latents`` at ``p + d_n(p)``
+    (:func:`drag_displacement_field`), with border replication outside the latent. Frame 0
+    (and every frame of a video without drags) equals ``latents`` exactly.
+
+    Args:
+        latents: ``(B, C, h, w)`` first-frame latent (any scaling).
+        drags: ``(B, N, K, 4)`` normalised drags (DESIGN §2).
+        radius, background_weight: see :func:`drag_displacement_field`.
+
+    Returns:
+        ``(B, N, C, h, w)`` in the dtype of ``latents``.
+
+    Raises:
+        ValueError: mismatched batch sizes or bad shapes.
+    """
+    if latents.ndim != 4:
+        raise ValueError(f"latents must be (B, C, h, w), got {tuple(latents.shape)}")
+    if drags.ndim != 4 or drags.shape[0] != latents.shape[0]:
+        raise ValueError(f"drags must be (B, N, K, 4) with B = {latents.shape[0]}, got {tuple(drags.shape)}")
+    b, c, h, w = latents.shape
+    n = drags.shape[1]
+    field = drag_displacement_field(drags.float(), h, w, radius, background_weight)  # (B, N, h, w, 2)
+    if not bool(field.abs().amax() > 0):
+        return latents[:, None].expand(b, n, c, h, w)
+    ys = torch.arange(h, dtype=torch.float32, device=latents.device) + 0.5
+    xs = torch.arange(w, dtype=torch.float32, device=latents.device) + 0.5
+    grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)  # (h, w, 2)
+    source = grid + field  # cell coordinates of the source, (B, N, h, w, 2)
+    normalised = source / source.new_tensor([w, h]) * 2.0 - 1.0  # align_corners=False convention
+    src = latents[:, None].expand(b, n, c, h, w).reshape(b * n, c, h, w)
+    warped = F.grid_sample(
+        src.float(), normalised.reshape(b * n, h, w, 2), mode="bilinear", padding_mode="border", align_corners=False
+    )
+    warped = warped.reshape(b, n, c, h, w).to(latents.dtype)
+    # frame(s) with no displacement stay bit-exact copies (bilinear sampling at cell centres is exact up to rounding)
+    still = field.abs().amax(dim=(2, 3, 4)) == 0  # (B, N)
+    return torch.where(still[:, :, None, None, None], latents[:, None].expand_as(warped), warped)
