@@ -20,8 +20,10 @@ W=runs/default-model
 #    drags, not the picture, say what moves (session 7; docs/default-model.md).
 puppet-master data build --out $W/data-train --num-assets 180 --views 1 --resolution 256 \
     --cycles-samples 8 --num-frames 14 --motion-episodes 3 --samples-per-view 3 --seed 0 --textures -q
-puppet-master data build --out $W/data-test --num-assets 100 --views 1 --frames 16 --resolution 256 \
-    --cycles-samples 8 --num-frames 14 --samples-per-view 1 --seed 2 --textures -q
+puppet-master data build --out $W/data-test --num-assets 40 --views 1 --resolution 256 \
+    --cycles-samples 8 --num-frames 14 --motion-episodes 3 --samples-per-view 3 --seed 2 --textures -q
+#    the model card's held-out table uses the first episode of each asset (one clip per asset)
+mkdir -p $W/data-test/samples-s00 && (cd $W/data-test/samples-s00 && ln -sf ../samples/*_s00.* .)
 
 # 2. the image VAE (8x down, 4 latent channels), on training frames + scikit-image photos
 puppet-master train-vae --data $W/data-train/samples --out $W/vae --steps 1000 --batch-size 8 --crop 128 \
@@ -39,10 +41,14 @@ puppet-master cache-latents --data $W/data-train/samples --model $W/init --out $
 if [ -d $W/unet/checkpoints ]; then RESUME=(resume=latest); else RESUME=(); fi
 [ -f $W/unet/pipeline/model_index.json ] || puppet-master train --config configs/default-model.yaml "${RESUME[@]}"
 if [ -d $W/unet-stage2/checkpoints ]; then RESUME=(resume=latest); else RESUME=(); fi
-puppet-master train --config configs/default-model-stage2.yaml "${RESUME[@]}"
+[ -f $W/unet-stage2/pipeline/model_index.json ] || puppet-master train --config configs/default-model-stage2.yaml "${RESUME[@]}"
+#    stage 3: from stage 2, the same data and loss with the drag-warped first-frame latent
+#    switched on (session 13: the dense local cue the small UNet needs to follow drags on new assets)
+if [ -d $W/unet-stage3/checkpoints ]; then RESUME=(resume=latest); else RESUME=(); fi
+puppet-master train --config configs/default-model-stage3.yaml "${RESUME[@]}"
 
 # 6. ship as fp16 safetensors (<= 40 MB) and evaluate against the static baseline
-python scripts/ship_default_model.py $W/unet-stage2/pipeline
+python scripts/ship_default_model.py $W/unet-stage3/pipeline
 #    (autoencoder = the test videos through the VAE: the best any UNet with this VAE can score)
-puppet-master evaluate --data $W/data-test/samples --method model --method static --method autoencoder --model default --out $W/eval-procedural
+puppet-master evaluate --data $W/data-test/samples-s00 --method model --method warp --method static --method autoencoder --model default --out $W/eval-procedural
 puppet-master evaluate --data ../shared/data/dragamove-test-dev --method model --method static --model default --out $W/eval-dev
