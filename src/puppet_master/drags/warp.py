@@ -99,8 +99,6 @@ def warp_latents_by_drags(
     b, c, h, w = latents.shape
     n = drags.shape[1]
     field = drag_displacement_field(drags.float(), h, w, radius, background_weight)  # (B, N, h, w, 2)
-    if not bool(field.abs().amax() > 0):
-        return latents[:, None].expand(b, n, c, h, w)
     ys = torch.arange(h, dtype=torch.float32, device=latents.device) + 0.5
     xs = torch.arange(w, dtype=torch.float32, device=latents.device) + 0.5
     grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)  # (h, w, 2)

@@ -11,6 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..drags.encoding import encode_drags, used_drag_slots
+from ..drags.warp import warp_latents_by_drags
 
 
 class DragEmbedding(nn.Module):
@@ -117,6 +118,7 @@ class DragConditioning:
     used: torch.Tensor
     encodings: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
     used_flat: torch.Tensor | None = None
+    _warp_cache: tuple | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.used_flat is None:
@@ -130,6 +132,21 @@ class DragConditioning:
     @property
     def num_frames(self) -> int:
         return int(self.drags.shape[1])
+
+    def warped_image_latents(self, image_latents: torch.Tensor, radius: float, background_weight: float) -> torch.Tensor:
+        """:func:`~puppet_master.drags.warp.warp_latents_by_drags` of ``image_latents (B, C, h, w)`` by these drags.
+
+        Returns ``(B, N, C, h, w)``. The result for the last ``image_latents`` tensor (same
+        object) and settings is kept, so a sampling loop that passes the same first-frame
+        latent at every step warps it once.
+        """
+        key = (radius, background_weight)
+        cached = self._warp_cache
+        if cached is not None and cached[0] is image_latents and cached[1] == key:
+            return cached[2]
+        warped = warp_latents_by_drags(image_latents, self.drags, radius, background_weight)
+        self._warp_cache = (image_latents, key, warped)
+        return warped
 
     def encoding(self, h: int, w: int) -> torch.Tensor:
         key = (h, w)

@@ -377,16 +377,13 @@ class UNetDragSpatioTemporalConditionModel(ModelMixin, AttentionMixin, ConfigMix
         for proc in self._all_to_first:
             proc.num_frames = num_frames
 
+        frame_latents = image_latents[:, None].expand(-1, num_frames, -1, -1, -1)
         if self.config.drag_warp_image_latents:
-            warp_drags = cond.drags if cond is not None else drags
-            if warp_drags is None:
-                frame_latents = image_latents[:, None].expand(-1, num_frames, -1, -1, -1)
-            else:
-                frame_latents = warp_latents_by_drags(
-                    image_latents, warp_drags, self.config.drag_warp_radius, self.config.drag_warp_background
-                )
-        else:
-            frame_latents = image_latents[:, None].expand(-1, num_frames, -1, -1, -1)
+            radius, background = self.config.drag_warp_radius, self.config.drag_warp_background
+            if cond is not None:  # computed once per sampling call, reused at every step
+                frame_latents = cond.warped_image_latents(image_latents, radius, background)
+            elif drags is not None:
+                frame_latents = warp_latents_by_drags(image_latents, drags, radius, background)
         sample = torch.cat([sample, frame_latents.to(sample.dtype)], dim=2)
 
         timesteps = timestep
