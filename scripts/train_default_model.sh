@@ -45,10 +45,18 @@ if [ -d $W/unet-stage2/checkpoints ]; then RESUME=(resume=latest); else RESUME=(
 #    stage 3: from stage 2, the same data and loss with the drag-warped first-frame latent
 #    switched on (session 13: the dense local cue the small UNet needs to follow drags on new assets)
 if [ -d $W/unet-stage3/checkpoints ]; then RESUME=(resume=latest); else RESUME=(); fi
-puppet-master train --config configs/default-model-stage3.yaml "${RESUME[@]}"
+[ -f $W/unet-stage3/pipeline/model_index.json ] || puppet-master train --config configs/default-model-stage3.yaml "${RESUME[@]}"
+#    stage 3b (session 14): 500 more steps from stage 3's EMA with a fresh optimizer at lr 1e-4
+#    (the shipped weights: stage 3 stopped at step 1500 of its 1600-step schedule, then this run
+#    with a 600-step cosine schedule stopped at its step-500 checkpoint)
+if [ -d $W/unet-stage3b/checkpoints ]; then RESUME=(resume=latest); else RESUME=(); fi
+puppet-master train --config configs/default-model-stage3.yaml \
+    model.pretrained=$W/unet-stage3/pipeline model.components=$W/unet-stage3/pipeline \
+    output_dir=$W/unet-stage3b max_steps=500 optim.lr=1e-4 optim.warmup_steps=20 checkpoint_every=100 seed=4 \
+    "${RESUME[@]}"
 
 # 6. ship as fp16 safetensors (<= 40 MB) and evaluate against the static baseline
-python scripts/ship_default_model.py $W/unet-stage3/pipeline
+python scripts/ship_default_model.py $W/unet-stage3b/pipeline
 #    (autoencoder = the test videos through the VAE: the best any UNet with this VAE can score)
 puppet-master evaluate --data $W/data-test/samples-s00 --method model --method warp --method static --method autoencoder --model default --out $W/eval-procedural
 puppet-master evaluate --data ../shared/data/dragamove-test-dev --method model --method static --model default --out $W/eval-dev

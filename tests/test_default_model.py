@@ -46,9 +46,9 @@ def test_from_pretrained_default_is_the_embedded_model(default_pipe):
     assert torch.equal(a[name].float(), b[name])
 
 
-# The shipped model (stage 3, session 13) follows the laptop's and the bucket's drags (95-99 px
-# of 99, 64-69 px of 76 at 10 steps); the cabinet's drawer follows with one seed and not the
-# other (model card, "Limitations"), so that example is not asserted on.
+# The shipped model (stage 3 step 2000, session 14) follows the laptop's and the bucket's drags
+# (97-99 px of 99, 56-68 px of 76 at 10 steps); the cabinet's drawer follows with one seed and
+# not the other (model card, "Limitations"), so that example is not asserted on.
 @pytest.mark.slow
 @pytest.mark.parametrize("example", ["laptop", "bucket"])
 def test_default_model_keeps_the_image_and_moves_the_dragged_part(default_pipe, example):
