@@ -131,7 +131,7 @@ def test_dataset_yields_normalised_samples(built):
     assert torch.isclose(w.sum(), torch.tensor(1.0, dtype=torch.double))
     by_group = {g: float(w[[i for i, x in enumerate(groups) if x == g]].sum()) for g in set(groups)}
     if {"drag-a-move", "animals"} <= set(by_group):
-        assert abs(by_group["drag-a-move"] / by_group["animals"] - 0.3 / 0.25) < 1e-6  # DESIGN §6 proportions
+        assert abs(by_group["drag-a-move"] / by_group["animals"] - 0.3 / 0.25) < 1e-6  # docs/design.md §6 proportions
 
 
 def test_curation_on_held_out_labelled_set(tmp_path, blender_python):

@@ -75,7 +75,7 @@ def test_full_size_state_dict_keys_and_shapes(shared_dir):
 
 
 def test_full_size_svd_unet_converts_on_meta_device():
-    """SVD's published UNet config gives exactly our key set minus add_embedding (DESIGN §4)."""
+    """SVD's published UNet config gives exactly our key set minus add_embedding (docs/design.md §4)."""
     with torch.device("meta"):
         svd = UNetSpatioTemporalConditionModel()
         ours = UNetDragSpatioTemporalConditionModel()

@@ -1,4 +1,4 @@
-"""EDM formulation of SVD used by both training and sampling (paper §3.1, App. C; DESIGN §5).
+"""EDM formulation of SVD used by both training and sampling (paper §3.1, App. C; docs/design.md §5).
 
 Noise level ``σ``; the noised latent is ``x + σ·ε``; the network ``F`` sees
 ``c_in·(x + σε)`` and ``c_noise = 0.25·ln σ``; the denoised estimate is
@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 import torch
 
-#: Mean of log σ in training (DESIGN §5).
+#: Mean of log σ in training (docs/design.md §5).
 P_MEAN = 0.7
-#: Standard deviation of log σ in training (DESIGN §5).
+#: Standard deviation of log σ in training (docs/design.md §5).
 P_STD = 1.6
 #: SVD's VAE latent scaling factor.
 VAE_SCALING_FACTOR = 0.18215

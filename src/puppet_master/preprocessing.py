@@ -1,7 +1,7 @@
 """Input images for generation: loading, foreground on white, padding to the model's square.
 
 The released model was trained on 256×256 renders of one object on a white background
-(DESIGN §1, §6). :func:`prepare_input` brings any image there and maps the drags
+(docs/design.md §1, §6). :func:`prepare_input` brings any image there and maps the drags
 with it, so the user's pixel coordinates keep pointing at the same object points.
 """
 

@@ -1,4 +1,4 @@
-"""``puppet-master data ...``: build drag-video training data from animated 3D assets (DESIGN §6)."""
+"""``puppet-master data ...``: build drag-video training data from animated 3D assets (docs/design.md §6)."""
 
 from __future__ import annotations
 

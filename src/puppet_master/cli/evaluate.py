@@ -1,4 +1,4 @@
-"""``puppet-master evaluate``: score models and baselines on the Drag-a-Move protocol (DESIGN §7)."""
+"""``puppet-master evaluate``: score models and baselines on the Drag-a-Move protocol (docs/design.md §7)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``puppet-master train``: fine-tune the drag UNet (DESIGN §5–6)."""
+"""``puppet-master train``: fine-tune the drag UNet (docs/design.md §5–6)."""
 
 from __future__ import annotations
 

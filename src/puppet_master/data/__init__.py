@@ -1,4 +1,4 @@
-"""Data: animated assets → Blender renders → curation → drags → training samples (paper §4, DESIGN §6).
+"""Data: animated assets → Blender renders → curation → drags → training samples (paper §4, docs/design.md §6).
 
 Modules: :mod:`.sources` (procedural / folder / Objaverse), :mod:`.blender` (code run inside
 Blender's Python: procedural generator, renderer), :mod:`.blender_env` (that interpreter),

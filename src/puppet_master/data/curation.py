@@ -1,4 +1,4 @@
-"""Curating animated assets (paper §4, App. B; DESIGN §6).
+"""Curating animated assets (paper §4, App. B; docs/design.md §6).
 
 1. Motion statistics (:mod:`~puppet_master.data.motion`) → a scikit-learn random-forest
    classifier fit on a hand-labelled subset (Objaverse-Animation). Models are stored as

@@ -1,11 +1,11 @@
-"""Training samples from a built dataset folder (``OUT/samples``), and the source mixture (DESIGN §6).
+"""Training samples from a built dataset folder (``OUT/samples``), and the source mixture (docs/design.md §6).
 
 :class:`DragVideoDataset` reads each drag sample's JSON and its rendered RGBA frames
 (composited on white) and yields
 
 * ``frames``: float32 ``(N, 3, H, W)`` in [−1, 1];
 * ``image``: float32 ``(3, H, W)``, frame 0 (the conditioning image);
-* ``drags``: float32 ``(N, K_max, 4)`` normalised (DESIGN §2);
+* ``drags``: float32 ``(N, K_max, 4)`` normalised (docs/design.md §2);
 * ``category``: str; ``group``: the mixture group (``drag-a-move``, ``animals``, …);
 * with ``latent_cache``: also ``latents``, ``image_latents``, ``embedding`` from the
   cache file of the same name (see :mod:`puppet_master.training.cache`).
@@ -24,7 +24,7 @@ from ..drags import K_MAX, DragSet
 from ..errors import UserInputError
 from .renders import RenderedAsset
 
-#: Mixture of the paper (DESIGN §6).
+#: Mixture of the paper (docs/design.md §6).
 DEFAULT_GROUP_PROBS = {"drag-a-move": 0.3, "human-shape": 0.25, "animals": 0.25, "daily-used": 0.05, "other": 0.15}
 #: Categories of the Drag-a-Move set (PartNet-Mobility) and of animals.
 DRAG_A_MOVE_CATEGORIES = {"StorageFurniture", "Table", "Laptop", "Bucket", "Refrigerator", "Dishwasher", "Box", "Safe",
@@ -115,7 +115,7 @@ def mixture_weights(groups: list[str], probs: dict[str, float] | None = None) ->
 
 def mixture_sampler(dataset: DragVideoDataset, num_samples: int, probs: dict[str, float] | None = None,
                     seed: int = 0) -> WeightedRandomSampler:
-    """A sampler drawing groups with the DESIGN §6 probabilities (default)."""
+    """A sampler drawing groups with the docs/design.md §6 probabilities (default)."""
     groups = [category_group(c) for c in dataset.categories()]
     return WeightedRandomSampler(mixture_weights(groups, probs), num_samples, replacement=True,
                                  generator=torch.Generator().manual_seed(seed))

@@ -1,4 +1,4 @@
-"""Sampling drags from rendered animations (paper §4; DESIGN §6).
+"""Sampling drags from rendered animations (paper §4; docs/design.md §6).
 
 For a view and a random start frame: every *moving* part contributes one drag whose
 origin is one of its candidate surface points that is *visible* (inside the image, not

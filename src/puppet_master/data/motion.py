@@ -1,4 +1,4 @@
-"""Motion statistics of an animation from its vertex tracks (paper §4; DESIGN §6).
+"""Motion statistics of an animation from its vertex tracks (paper §4; docs/design.md §6).
 
 Computed on the normalised coordinates of the render step (the clip's bounding box
 has largest side 1), so they compare across assets of any size.

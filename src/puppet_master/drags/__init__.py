@@ -1,4 +1,4 @@
-"""Drags: typed trajectories, the model tensor layout, de-duplication and encoding (DESIGN §2, §3, §6)."""
+"""Drags: typed trajectories, the model tensor layout, de-duplication and encoding (docs/design.md §2, §3, §6)."""
 
 from .core import (
     DEFAULT_NUM_FRAMES,

@@ -1,4 +1,4 @@
-"""Typed drags: point trajectories on an image (paper §3, DESIGN §2).
+"""Typed drags: point trajectories on an image (paper §3, docs/design.md §2).
 
 A *drag* ``d_k = (u_k, v_k^{1..N})`` says that the physical point under image
 position ``u_k`` moves to ``v_k^n`` in frame ``n``; ``v_k^1 = u_k``.
@@ -11,7 +11,7 @@ Coordinate conventions used everywhere in this package:
 * **normalised**: pixels divided by ``(width, height)``, so the image covers
   ``[0, 1] x [0, 1]``.
 
-The model-facing tensor layout (DESIGN §2) is float ``(B, N, K_max, 4)`` holding, per
+The model-facing tensor layout (docs/design.md §2) is float ``(B, N, K_max, 4)`` holding, per
 frame ``n`` and slot ``k``, ``(x_start, y_start, x_n, y_n)`` normalised; unused slots
 are all zeros in every frame.
 """
@@ -29,11 +29,11 @@ import torch
 
 from ..errors import DragError
 
-#: Maximum number of drags the released model was trained with (DESIGN §1).
+#: Maximum number of drags the released model was trained with (docs/design.md §1).
 K_MAX = 5
-#: Number of frames of the released model (DESIGN §1).
+#: Number of frames of the released model (docs/design.md §1).
 DEFAULT_NUM_FRAMES = 14
-#: De-duplication threshold per frame, in pixels at 256x256 (DESIGN §6): δ = 20·N.
+#: De-duplication threshold per frame, in pixels at 256x256 (docs/design.md §6): δ = 20·N.
 DEDUP_PIXELS_PER_FRAME = 20.0
 #: Resolution at which the de-duplication threshold is defined.
 DEDUP_REFERENCE_SIZE = 256.0
@@ -108,7 +108,7 @@ class DragSet:
         """Build drags from ``(start, end)`` point pairs by linear interpolation.
 
         Frame 0 is the start and frame ``num_frames - 1`` the end, as the authors' demo
-        does (DESIGN §2).
+        does (docs/design.md §2).
 
         Args:
             pairs: ``[((x0, y0), (x1, y1)), ...]`` in pixels, or normalised if
@@ -306,7 +306,7 @@ class DragSet:
         return self.trajectories / np.array([self.width, self.height], dtype=np.float64)
 
     def to_tensor(self, num_drags: int = K_MAX, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """Return the model layout ``(N, num_drags, 4)`` of DESIGN §2.
+        """Return the model layout ``(N, num_drags, 4)`` of docs/design.md §2.
 
         Slot ``k < K`` holds ``(x_start, y_start, x_n, y_n)`` normalised, the start
         repeated in every frame; slots ``k ≥ K`` are all zeros.
@@ -343,7 +343,7 @@ class DragSet:
         return DragSet(traj, width, height, self.max_drags)
 
     def deduplicated(self, delta: float | None = None) -> "DragSet":
-        """Drop near-duplicate drags (DESIGN §6).
+        """Drop near-duplicate drags (docs/design.md §6).
 
         Two drags ``i < j`` are duplicates when ``Σ_n ‖v_i^n − v_j^n‖₂ ≤ δ``; the later
         one (``j``) is removed. ``δ`` defaults to ``20·N`` pixels **at 256×256**; for
@@ -368,7 +368,7 @@ class DragSet:
 
 
 def deduplicate_trajectories(trajectories: np.ndarray, delta: float | None = None) -> list[int]:
-    """Indices of the trajectories kept by the near-duplicate rule (DESIGN §6, paper §4).
+    """Indices of the trajectories kept by the near-duplicate rule (docs/design.md §6, paper §4).
 
     Args:
         trajectories: ``(K, N, 2)`` in pixels at the reference 256×256 resolution.

@@ -1,4 +1,4 @@
-"""Multi-resolution drag encoding fed to the drag-modulation nets (paper §3.2, App. A; DESIGN §3)."""
+"""Multi-resolution drag encoding fed to the drag-modulation nets (paper §3.2, App. A; docs/design.md §3)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def encode_drags(drags: torch.Tensor, size: int | tuple[int, int]) -> torch.Tens
     are all zero in a frame is left at −1 in that frame.
 
     Args:
-        drags: float ``(B, N, K, 4)`` in the layout of DESIGN §2.
+        drags: float ``(B, N, K, 4)`` in the layout of docs/design.md §2.
         size: the block's spatial size ``s`` or ``(h, w)`` (e.g. 32, 16, 8 for
             256×256 images with SVD's VAE).
 

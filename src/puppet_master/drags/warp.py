@@ -1,6 +1,6 @@
 """Drag-warped first-frame latents: a dense, local motion cue derived from sparse drags.
 
-The paper's drag encoding (DESIGN §3) marks one latent cell per drag point; the network
+The paper's drag encoding (docs/design.md §3) marks one latent cell per drag point; the network
 has to learn on its own that the content at a drag's start should appear at its current
 point. Stable Video Diffusion's motion prior makes that learnable for the released model,
 but a small UNet trained from scratch on a few hundred clips learns it very slowly
@@ -34,11 +34,11 @@ def drag_displacement_field(
     ``u_k``, frame-``n`` point ``v_k^n``, both scaled from normalised coordinates to cells)
     and ``b = background_weight``. So ``p + d(p)`` is where the cell's content was in frame
     0: at a drag's current point it is (almost exactly) the drag's start, far from every
-    drag it is ``p`` itself. Unused slots (all zeros, DESIGN §2) contribute nothing; at
+    drag it is ``p`` itself. Unused slots (all zeros, docs/design.md §2) contribute nothing; at
     frame 0 (``v = u``) the field is zero.
 
     Args:
-        drags: float ``(B, N, K, 4)`` normalised drags (DESIGN §2).
+        drags: float ``(B, N, K, 4)`` normalised drags (docs/design.md §2).
         height, width: latent size ``h, w`` in cells.
         radius: Gaussian radius of a drag's influence, in cells (> 0).
         background_weight: weight of "no motion" (> 0); smaller makes the displacement at
@@ -83,7 +83,7 @@ def warp_latents_by_drags(
 
     Args:
         latents: ``(B, C, h, w)`` first-frame latent (any scaling).
-        drags: ``(B, N, K, 4)`` normalised drags (DESIGN §2).
+        drags: ``(B, N, K, 4)`` normalised drags (docs/design.md §2).
         radius, background_weight: see :func:`drag_displacement_field`.
 
     Returns:

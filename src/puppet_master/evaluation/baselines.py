@@ -1,4 +1,4 @@
-"""Non-learned baselines for drag-conditioned video generation (DESIGN §7).
+"""Non-learned baselines for drag-conditioned video generation (docs/design.md §7).
 
 * ``static``: frame 0 repeated — no motion at all.
 * ``warp``: frame 0 warped by a thin-plate spline whose handles follow the drags, with

@@ -1,4 +1,4 @@
-"""Evaluation data: the authors' Drag-a-Move test batches and our own split folders (DESIGN §7).
+"""Evaluation data: the authors' Drag-a-Move test batches and our own split folders (docs/design.md §7).
 
 Both give :class:`EvalExample` objects at the evaluation size (256×256).
 
@@ -35,7 +35,7 @@ class EvalExample:
     Attributes:
         name: identifier (file stem).
         frames: ground-truth video, uint8 ``(N, S, S, 3)``; frame 0 is the input image.
-        drags: float32 ``(N, K_max, 4)`` normalised (DESIGN §2).
+        drags: float32 ``(N, K_max, 4)`` normalised (docs/design.md §2).
         category: object category (``""`` if unknown).
     """
 

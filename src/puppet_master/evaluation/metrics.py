@@ -1,4 +1,4 @@
-"""Video metrics of the paper's evaluation (§5, App. C; DESIGN §7).
+"""Video metrics of the paper's evaluation (§5, App. C; docs/design.md §7).
 
 All videos are uint8 ``(N, H, W, 3)`` at the evaluation size (256×256). Trajectories
 are in pixels of that size (x right, y down).

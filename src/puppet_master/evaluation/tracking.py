@@ -1,4 +1,4 @@
-"""Point trackers behind one small interface (for the flow error, paper §5 / DESIGN §7).
+"""Point trackers behind one small interface (for the flow error, paper §5 / docs/design.md §7).
 
 * :class:`DISTracker` (default, no weights): OpenCV's DIS dense optical flow between
   consecutive frames, points advected through the chained flow with bilinear lookup.

@@ -1,4 +1,4 @@
-"""Models: the drag-conditioned UNet, its attention processor and drag layers (DESIGN §4)."""
+"""Models: the drag-conditioned UNet, its attention processor and drag layers (docs/design.md §4)."""
 
 from .attention import AllToFirstAttnProcessor
 from .drag_modules import DragConditioning, DragEmbedding, sincos_pos_embed_2d

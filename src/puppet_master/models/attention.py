@@ -1,4 +1,4 @@
-"""All-to-first spatial attention (paper §3.3, eq. 5; DESIGN §4 C)."""
+"""All-to-first spatial attention (paper §3.3, eq. 5; docs/design.md §4 C)."""
 
 from __future__ import annotations
 

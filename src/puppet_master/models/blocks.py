@@ -1,4 +1,4 @@
-"""Down/up UNet blocks of SVD with drag modulation and drag tokens (paper §3.2, DESIGN §4 A–B).
+"""Down/up UNet blocks of SVD with drag modulation and drag tokens (paper §3.2, docs/design.md §4 A–B).
 
 Each block is SVD's ``CrossAttn{Down,Up}BlockSpatioTemporal`` with, after every ResNet
 layer and before its spatio-temporal transformer:

@@ -1,4 +1,4 @@
-"""The drag-conditioning layers: modulation net (A) and drag tokens (B) (paper §3.2, DESIGN §4)."""
+"""The drag-conditioning layers: modulation net (A) and drag tokens (B) (paper §3.2, docs/design.md §4)."""
 
 from __future__ import annotations
 
@@ -106,7 +106,7 @@ class DragConditioning:
     to every UNet evaluation.
 
     Attributes:
-        drags: float ``(B, N, K, 4)`` (DESIGN §2).
+        drags: float ``(B, N, K, 4)`` (docs/design.md §2).
         flat: ``(B·N, K, 4)``: the same, frames folded into the batch.
         used: bool ``(B, K)``: slots that hold a drag in some frame.
         used_flat: ``(B·N, K)`` float mask of the same, one row per frame (for drag tokens).

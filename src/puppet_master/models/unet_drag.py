@@ -1,4 +1,4 @@
-"""The drag-conditioned spatio-temporal UNet of Puppet-Master (paper §3, App. C; DESIGN §4)."""
+"""The drag-conditioned spatio-temporal UNet of Puppet-Master (paper §3, App. C; docs/design.md §4)."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ class UNetDragSpatioTemporalConditionOutput(BaseOutput):
 class UNetDragSpatioTemporalConditionModel(ModelMixin, AttentionMixin, ConfigMixin):
     """SVD's spatio-temporal UNet with Puppet-Master's drag conditioning.
 
-    Differences from diffusers' ``UNetSpatioTemporalConditionModel`` (DESIGN §4):
+    Differences from diffusers' ``UNetSpatioTemporalConditionModel`` (docs/design.md §4):
 
     * input is 8 channels: the noisy latent (4) ⊕ the first frame's clean VAE latent (4,
       the posterior mean, unscaled), repeated over frames;
@@ -67,7 +67,7 @@ class UNetDragSpatioTemporalConditionModel(ModelMixin, AttentionMixin, ConfigMix
         num_frames: default frame count (the model works for any count).
         num_drags: ``K_max`` drag slots.
         cond_dropout_prob: probability of dropping all drags of a video in training
-            mode (classifier-free guidance, DESIGN §5).
+            mode (classifier-free guidance, docs/design.md §5).
         pos_embed_dim: width of the sin-cos positional embedding of drag tokens.
         drag_token_cross_attn: drag tokens on/off (ablation, paper Table 2).
         use_modulate: ``True`` scale+shift modulation, ``False`` shift only (ablation).
@@ -289,7 +289,7 @@ class UNetDragSpatioTemporalConditionModel(ModelMixin, AttentionMixin, ConfigMix
         return sizes
 
     def prepare_drag_conditioning(self, drags: torch.Tensor, height: int, width: int) -> DragConditioning:
-        """Encode ``drags (B, N, K, 4)`` once for a latent of ``height × width`` (DESIGN §3).
+        """Encode ``drags (B, N, K, 4)`` once for a latent of ``height × width`` (docs/design.md §3).
 
         Pass the result as ``drag_conditioning`` to every :meth:`forward` of a sampling
         loop so the encodings are not rebuilt per step.
@@ -327,12 +327,12 @@ class UNetDragSpatioTemporalConditionModel(ModelMixin, AttentionMixin, ConfigMix
             sample: ``(B, N, 4, h, w)`` EDM-scaled noisy latents ``c_in·(x + σε)``;
                 ``h, w`` multiples of :attr:`spatial_stride`.
             timestep: ``(B,)``, scalar tensor or number: the noise conditioning
-                ``c_noise = 0.25·ln σ`` (DESIGN §5).
+                ``c_noise = 0.25·ln σ`` (docs/design.md §5).
             image_latents: ``(B, 4, h, w)`` clean first-frame latent (VAE mean, unscaled).
             encoder_hidden_states: ``(B, T, cross_attention_dim)`` image tokens (T = 1
                 for SVD's CLIP embedding).
             added_time_ids: accepted and ignored (SVD's added-time ids are not used).
-            drags: ``(B, N, num_drags, 4)`` normalised (DESIGN §2); ``None`` = no drags.
+            drags: ``(B, N, num_drags, 4)`` normalised (docs/design.md §2); ``None`` = no drags.
             force_drop_ids: optional ``(B,)``; videos with value 1 get their drags zeroed.
             drag_conditioning: precomputed :meth:`prepare_drag_conditioning` (then
                 ``drags`` is ignored).
@@ -466,7 +466,7 @@ class UNetDragSpatioTemporalConditionModel(ModelMixin, AttentionMixin, ConfigMix
 
         Copies every shared weight, drops SVD's added-time embedding
         (``add_time_proj`` / ``add_embedding``) and keeps the modulation out-convs at
-        zero (DESIGN §4), so that with all-to-first attention and drag tokens off the
+        zero (docs/design.md §4), so that with all-to-first attention and drag tokens off the
         new model computes what SVD computes with a zero added-time embedding.
 
         Args:

@@ -1,4 +1,4 @@
-"""Pipelines: drag-conditioned image-to-video sampling (DESIGN §5)."""
+"""Pipelines: drag-conditioned image-to-video sampling (docs/design.md §5)."""
 
 from .components import build_components, make_scheduler
 from .loading import DEFAULT_MODEL_DIR, load_pipeline

@@ -2,7 +2,7 @@
 
 Real weights cannot be downloaded on every machine, so tests and benchmarks build the
 same classes with random weights: ``"full"`` has SVD-img2vid's published sizes
-(DESIGN §5), ``"tiny"`` is small enough to run a whole pipeline on a laptop CPU in
+(docs/design.md §5), ``"tiny"`` is small enough to run a whole pipeline on a laptop CPU in
 seconds.
 """
 
@@ -15,7 +15,7 @@ from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler
 
 from ..models import UNetDragSpatioTemporalConditionModel
 
-#: SVD-img2vid's scheduler configuration (DESIGN §5).
+#: SVD-img2vid's scheduler configuration (docs/design.md §5).
 SVD_SCHEDULER_CONFIG: dict[str, Any] = dict(
     num_train_timesteps=1000,
     beta_start=0.00085,

@@ -1,4 +1,4 @@
-"""Drag-conditioned image-to-video sampling (paper §3, App. C; DESIGN §5)."""
+"""Drag-conditioned image-to-video sampling (paper §3, App. C; docs/design.md §5)."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ class PuppetMasterPipeline(DiffusionPipeline):
         unet: :class:`~puppet_master.models.UNetDragSpatioTemporalConditionModel`.
         scheduler: ``EulerDiscreteScheduler`` with SVD's EDM configuration.
 
-    Sampling (DESIGN §5): ``num_inference_steps`` Euler steps over Karras σ; the UNet
+    Sampling (docs/design.md §5): ``num_inference_steps`` Euler steps over Karras σ; the UNet
     sees the scaled noisy latents, the clean first-frame latent (VAE mean, unscaled),
     the image embedding and the drags; classifier-free guidance with an unconditional
     branch of zero drags, zero first-frame latent and zero image embedding, weighted
@@ -224,7 +224,7 @@ class PuppetMasterPipeline(DiffusionPipeline):
                 tensor = tensor[None]
             if tensor.ndim != 4 or tensor.shape[1:] != (num_frames, k_max, 4):
                 raise UserInputError(
-                    f"drags tensor must be (B, {num_frames}, {k_max}, 4) normalised (DESIGN §2), got {tuple(tensor.shape)}"
+                    f"drags tensor must be (B, {num_frames}, {k_max}, 4) normalised (docs/design.md §2), got {tuple(tensor.shape)}"
                 )
             if not torch.isfinite(tensor).all():
                 raise UserInputError("drags contain NaN or inf")
@@ -262,7 +262,7 @@ class PuppetMasterPipeline(DiffusionPipeline):
                 ratio and map the drags).
             drags: a :class:`~puppet_master.drags.DragSet` (its pixel coordinates refer to
                 the image as given; resampled to ``num_frames``) or a normalised tensor
-                ``(B, N, K_max, 4)`` / ``(N, K_max, 4)`` (DESIGN §2).
+                ``(B, N, K_max, 4)`` / ``(N, K_max, 4)`` (docs/design.md §2).
             num_frames: ``N`` (14 for the released model; any count works).
             height, width: output size in pixels; multiples of 8 × the UNet stride.
             num_inference_steps: Euler steps (50 in the paper).

@@ -1,4 +1,4 @@
-"""Training the drag UNet with accelerate (DESIGN §5–6)."""
+"""Training the drag UNet with accelerate (docs/design.md §5–6)."""
 
 from .config import TrainConfig, load_config
 from .trainer import Trainer, TrainingDiverged, TrainResult, edm_loss

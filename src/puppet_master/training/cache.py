@@ -46,7 +46,7 @@ def flip_example(frames: np.ndarray, drags: torch.Tensor) -> tuple[np.ndarray, t
     """Mirror a clip left-right: frames ``(N, H, W, 3)`` and normalised drags ``(N, K, 4)``.
 
     x becomes 1 − x in both the start and the current point of every *used* slot; unused
-    slots stay all zeros (DESIGN §2), so they still mean "no drag".
+    slots stay all zeros (docs/design.md §2), so they still mean "no drag".
     """
     from ..drags.encoding import used_drag_slots
 

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..errors import UserInputError
 
-#: Training mixture of the paper (DESIGN §6).
+#: Training mixture of the paper (docs/design.md §6).
 PAPER_MIXTURE = {"drag-a-move": 0.3, "human-shape": 0.25, "animals": 0.25, "daily-used": 0.05, "other": 0.15}
 
 

@@ -1,4 +1,4 @@
-"""Training data in latent space and the weighted source mixture (DESIGN §6).
+"""Training data in latent space and the weighted source mixture (docs/design.md §6).
 
 Every dataset yields a dict with
 
@@ -6,7 +6,7 @@ Every dataset yields a dict with
   scaling factor (0.18215 for SVD);
 * ``image_latents``: float32 ``(4, h, w)`` first-frame VAE mean, **not** scaled;
 * ``embedding``: float32 ``(1, D)`` image token (CLIP for SVD);
-* ``drags``: float32 ``(N, K_max, 4)`` normalised (DESIGN §2);
+* ``drags``: float32 ``(N, K_max, 4)`` normalised (docs/design.md §2);
 * ``category``: str.
 
 :class:`MixtureDataset` draws from several sources with given probabilities. It is
@@ -73,7 +73,7 @@ def largest_drag_motion(drags: torch.Tensor) -> float:
     """Largest start-to-last-frame displacement of a clip's used drags, normalised image units.
 
     Args:
-        drags: ``(N, K, 4)`` normalised (DESIGN §2); unused slots are all zeros.
+        drags: ``(N, K, 4)`` normalised (docs/design.md §2); unused slots are all zeros.
 
     Returns:
         ``max_k ‖p_k^{N−1} − p_k^0‖₂`` over used slots, 0.0 if no slot is used.

@@ -1,4 +1,4 @@
-"""Fine-tuning the drag UNet with accelerate (paper App. C; DESIGN §5–6).
+"""Fine-tuning the drag UNet with accelerate (paper App. C; docs/design.md §5–6).
 
 One loop for CPU, one GPU and many (DDP via ``accelerate launch``): EDM loss with
 ``log σ ~ N(p_mean, p_std²)``, weight ``λ(σ) = 1 + 1/σ²`` (optional frame ramp),
@@ -98,7 +98,7 @@ def motion_weights(latents: torch.Tensor, weight: float, scale: float) -> torch.
 
 
 def edm_loss(unet, batch: dict, config: TrainConfig, frame_weights: torch.Tensor) -> torch.Tensor:
-    """EDM training loss of a batch (mean over samples), DESIGN §5.
+    """EDM training loss of a batch (mean over samples), docs/design.md §5.
 
     ``D = c_skip·(x+σε) + c_out·F(c_in·(x+σε), c_noise)``, loss ``λ(σ)·‖D − x‖²`` averaged
     over frames (with ``frame_weights``), channels and pixels; with

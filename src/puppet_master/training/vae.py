@@ -15,7 +15,7 @@ brightness, see :func:`chroma_l1`) plus L1 on image gradients (keeps edges sharp
 a GAN or LPIPS network) plus a small KL term (as in Stable
 Diffusion's autoencoder, Rombach et al. 2022 §3). At the end the latent scaling factor
 is set to 1 / std of the posterior means over the training frames, so scaled latents
-have unit variance as EDM assumes (DESIGN §5).
+have unit variance as EDM assumes (docs/design.md §5).
 
 Resumable: ``OUT/checkpoint/`` (accelerate state, written atomically) is picked up by
 the next run with the same ``OUT``.

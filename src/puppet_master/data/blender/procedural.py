@@ -227,7 +227,7 @@ class MotionPlan:
     the same rest pose; in each episode a random non-empty subset of the parts moves, by
     a random extent with its own timing. Clips cut at the episode starts therefore share
     their first frame but differ in motion, so only the drags tell them apart: what a
-    drag-conditioned model must learn (DESIGN §6).
+    drag-conditioned model must learn (docs/design.md §6).
     """
 
     def __init__(self, rng, num_frames, episodes=1, move_prob=0.5):
