@@ -23,6 +23,7 @@ import logging
 
 from ..drags import DragSet
 from ..errors import UserInputError
+from ..segmentation import grabcut_foreground  # noqa: F401 - re-exported for the demo's callers
 
 logger = logging.getLogger(__name__)
 
@@ -64,31 +65,6 @@ def square_input(image: PIL.Image.Image, size: int) -> tuple[PIL.Image.Image, np
     rgb = PIL.Image.new("RGB", canvas.size, (255, 255, 255))
     rgb.paste(canvas.convert("RGB"), mask=canvas.getchannel("A"))
     return rgb, (alpha > 127) if has_alpha else None
-
-
-def grabcut_foreground(image: PIL.Image.Image, seeds: list[tuple[float, float]], iterations: int = 5) -> np.ndarray:
-    """Foreground mask by OpenCV GrabCut seeded from the drag start points.
-
-    The image border is definite background, a disc around each seed definite
-    foreground, and the rest probable background/foreground by distance to the seeds.
-
-    Returns:
-        bool ``(H, W)``.
-    """
-    arr = np.asarray(image.convert("RGB"))
-    h, w = arr.shape[:2]
-    mask = np.full((h, w), cv2.GC_PR_BGD, np.uint8)
-    if seeds:
-        pts = np.asarray(seeds)
-        x0, y0 = np.maximum(pts.min(0) - 0.25 * np.array([w, h]), 2).astype(int)
-        x1, y1 = np.minimum(pts.max(0) + 0.25 * np.array([w, h]), [w - 3, h - 3]).astype(int)
-        mask[y0:y1, x0:x1] = cv2.GC_PR_FGD
-        for x, y in pts:
-            cv2.circle(mask, (int(x), int(y)), max(2, w // 64), cv2.GC_FGD, -1)
-    mask[:2], mask[-2:], mask[:, :2], mask[:, -2:] = cv2.GC_BGD, cv2.GC_BGD, cv2.GC_BGD, cv2.GC_BGD
-    bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
-    cv2.grabCut(cv2.cvtColor(arr, cv2.COLOR_RGB2BGR), mask, None, bgd, fgd, iterations, cv2.GC_INIT_WITH_MASK)
-    return (mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD)
 
 
 def apply_mask(image: PIL.Image.Image, mask: np.ndarray) -> PIL.Image.Image:

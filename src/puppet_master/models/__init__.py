@@ -1,14 +1,21 @@
-"""Models: the drag-conditioned UNet, its attention processor and drag layers (docs/design.md §4)."""
+"""Models: the drag-conditioned UNet, its attention processor and drag layers (docs/design.md §4);
+DragAnything's ControlNet and the SVD UNet that takes its residuals."""
 
 from .attention import AllToFirstAttnProcessor
+from .controlnet_draganything import DragAnythingConditioningEmbedding, DragAnythingControlNetModel, DragAnythingControlNetOutput
 from .drag_modules import DragConditioning, DragEmbedding, sincos_pos_embed_2d
 from .unet_drag import UNetDragSpatioTemporalConditionModel, UNetDragSpatioTemporalConditionOutput
+from .unet_svd_controlnet import UNetSpatioTemporalControlNetConditionModel
 
 __all__ = [
     "AllToFirstAttnProcessor",
+    "DragAnythingConditioningEmbedding",
+    "DragAnythingControlNetModel",
+    "DragAnythingControlNetOutput",
     "DragConditioning",
     "DragEmbedding",
     "UNetDragSpatioTemporalConditionModel",
     "UNetDragSpatioTemporalConditionOutput",
+    "UNetSpatioTemporalControlNetConditionModel",
     "sincos_pos_embed_2d",
 ]
