@@ -44,3 +44,13 @@ def tiny_pipeline_dir(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("models") / "tiny"
     PuppetMasterPipeline(**build_components("tiny", seed=0)).save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_draganything_dir(tmp_path_factory) -> Path:
+    """A tiny random-weight DragAnythingPipeline saved with save_pretrained."""
+    from puppet_master.pipelines import DragAnythingPipeline, build_draganything_components
+
+    path = tmp_path_factory.mktemp("models") / "tiny-draganything"
+    DragAnythingPipeline(**build_draganything_components(seed=0)).save_pretrained(path)
+    return path

@@ -107,7 +107,8 @@ class DiftFeaturizer:
 
         Returns:
             float32 ``(B, C, H/8, W/8)`` for ``up_ft_index = 3`` (``C`` = the UNet's
-            ``block_out_channels[0]``; 1/16, 1/32... for lower indices).
+            ``block_out_channels[0]``, 320 for SD-1.5); lower indices give coarser,
+            wider maps (index 1: 1/16 of the image).
 
         Raises:
             ValueError: bad ``up_ft_index``, ``ensemble_size`` or image shape.
