@@ -133,3 +133,24 @@ def test_sd15_components_tokenizer_is_empty_prompt_ready():
     parts = make_sd15_dift_components()
     ids = parts["tokenizer"]("", padding="max_length", max_length=parts["tokenizer"].model_max_length).input_ids
     assert ids == [0] + [1] * 15
+
+
+def test_evaluation_method_resizes_to_the_model_and_back(pipe, shared_dir):
+    from puppet_master.evaluation.datasets import EvalExample, load_eval_dataset
+    from puppet_master.evaluation.draganything import draganything_method
+
+    ex = load_eval_dataset(shared_dir / "data" / "dragamove-test-dev", limit=1)[1][0]
+    ex = EvalExample(ex.name, ex.frames[:4], ex.drags[:4], ex.category)
+    seen = {}
+    run = draganything_method(pipe, width=128, height=64, steps=1, dift_ensemble_size=1)
+    def hook(module, inputs, output):
+        seen["shape"] = tuple(output[0].shape)
+
+    handle = pipe.unet.register_forward_hook(hook)
+    try:
+        video = run(ex)
+    finally:
+        handle.remove()
+    assert video.dtype == np.uint8 and video.shape == ex.frames.shape  # back at 256x256
+    assert seen["shape"][-2:] == (8, 16) and seen["shape"][1] == 4  # generated at 128x64 (latent 16x8)
+    np.testing.assert_array_equal(video, run(ex))  # seeded
