@@ -1,0 +1,133 @@
+"""DragAnything in the command line: ``animate --method draganything`` and ``random-model --method draganything``."""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from pathlib import Path
+
+from ..errors import UserInputError
+
+#: ``--method`` values of ``animate`` and ``random-model``.
+ANIMATE_METHODS = ("puppet-master", "draganything")
+#: The release's sampling settings (used when --steps / --guidance are not given).
+DRAGANYTHING_STEPS, DRAGANYTHING_GUIDANCE = 25, 3.0
+SEGMENTERS = ("grabcut", "sam")
+
+
+def parse_resolution(text: str) -> tuple[int, int]:
+    """``"576x320"`` → ``(576, 320)`` (width, height in pixels).
+
+    Raises:
+        UserInputError: not ``WIDTHxHEIGHT`` with positive integers.
+    """
+    match = re.fullmatch(r"\s*(\d+)\s*[xX×]\s*(\d+)\s*", text or "")
+    if not match or int(match.group(1)) == 0 or int(match.group(2)) == 0:
+        raise UserInputError(f"--resolution must be WIDTHxHEIGHT in pixels (e.g. 576x320), got {text!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+def read_entity_masks(image, drags, mask_files, segmenter: str = "grabcut", sam_checkpoint: Path | None = None,
+                      device: str = "cpu") -> list:
+    """One entity mask per drag (bool ``(H, W)`` of the image), checked before any model is loaded.
+
+    With ``mask_files`` each drag takes the smallest mask containing its start point;
+    without, ``segmenter`` finds the entity around each start (``grabcut`` offline, or
+    ``sam`` with a local checkpoint and the optional ``segment-anything`` package).
+
+    Raises:
+        UserInputError: unreadable or wrongly sized masks, a drag outside every mask, an
+            unknown segmenter, SAM asked for but not available.
+    """
+    from ..entity import assign_drags_to_masks, load_mask, sam_entity_masks, segment_entities
+
+    if segmenter not in SEGMENTERS:
+        raise UserInputError(f"--segmenter must be one of {', '.join(SEGMENTERS)}, got {segmenter!r}")
+    if mask_files:
+        masks = [load_mask(p, size=image.size) for p in mask_files]
+        return [masks[i] for i in assign_drags_to_masks(drags.starts, masks)]
+    if segmenter == "sam":
+        if sam_checkpoint is None:
+            raise UserInputError("--segmenter sam needs --sam-checkpoint FILE (e.g. sam_vit_h_4b8939.pth)")
+        return sam_entity_masks(image, drags.starts, sam_checkpoint, device=device)
+    return segment_entities(image, drags.starts)
+
+
+def run_animate_draganything(opts) -> Path:
+    """``animate --method draganything``: image + drags (+ masks) → video at the model's resolution.
+
+    ``opts`` is :class:`~puppet_master.cli.animate.AnimateOptions`. Inputs, masks and the
+    resolution are checked before the model is loaded; nothing is written before
+    sampling has finished.
+
+    Raises:
+        UserInputError: any bad input.
+    """
+    from ..drags import DragSet, parse_drag_argument
+    from ..preprocessing import composite_on_white, load_image
+    from ..video import check_output_path, draw_drags, to_uint8_frames, write_video
+    from .options import progress_bar_config, quiet_loading, set_threads
+
+    set_threads(opts.threads)
+    width, height = parse_resolution(opts.resolution)
+    check_output_path(opts.output, opts.overwrite)
+    img = composite_on_white(load_image(opts.image, notice=lambda m: print(f"note: {m}", file=sys.stderr)))
+    w, h = img.size
+    if opts.drags and opts.drags_json is not None:
+        raise UserInputError("give drags either with --drag or with --drags-json, not both")
+    max_drags = 64
+    if opts.drags_json is not None:
+        drags = DragSet.from_json(opts.drags_json, width=w, height=h, num_frames=opts.frames, max_drags=max_drags)
+    elif opts.drags:
+        drags = DragSet.from_pairs([parse_drag_argument(d) for d in opts.drags], w, h, num_frames=opts.frames,
+                                   max_drags=max_drags)
+    else:
+        raise UserInputError("no drags given: add --drag X0,Y0:X1,Y1 (pixels of the input image) or --drags-json FILE")
+    masks = read_entity_masks(img, drags, opts.masks, opts.segmenter, opts.sam_checkpoint, opts.device)
+
+    import torch
+
+    from ..pipelines.pipeline_draganything import load_draganything_pipeline
+
+    if opts.quiet:
+        quiet_loading()
+    pipe = load_draganything_pipeline(opts.model, device=opts.device)
+    multiple = pipe.size_multiple
+    if width % multiple or height % multiple:
+        raise UserInputError(f"--resolution must be multiples of {multiple} for this model, got {width}x{height}")
+    pipe.set_progress_bar_config(**progress_bar_config("denoising", opts.quiet))
+    start = time.perf_counter()
+    result = pipe(
+        img,
+        drags,
+        masks=masks,
+        num_frames=opts.frames,
+        height=height,
+        width=width,
+        num_inference_steps=opts.steps if opts.steps is not None else DRAGANYTHING_STEPS,
+        min_guidance_scale=opts.min_guidance,
+        max_guidance_scale=opts.guidance if opts.guidance is not None else DRAGANYTHING_GUIDANCE,
+        generator=torch.Generator(device="cpu").manual_seed(opts.seed),
+        output_type="np",
+    )
+    video = to_uint8_frames(result.frames[0])
+    if opts.overlay:
+        model_drags = drags.transformed((width / w, height / h), (0.0, 0.0), width, height).resample(opts.frames)
+        video = draw_drags(video, model_drags.trajectories)
+    path = write_video(video, opts.output, fps=opts.fps, overwrite=opts.overwrite)
+    if not opts.quiet:
+        print(f"wrote {path} ({len(video)} frames, {width}x{height}, DragAnything) in "
+              f"{time.perf_counter() - start:.1f} s", file=sys.stderr)
+    return path
+
+
+def save_random_draganything(out_dir: Path, seed: int = 0, with_image_encoder: bool = True) -> None:
+    """``random-model --method draganything``: a tiny random-weight DragAnythingPipeline in ``out_dir``."""
+    from ..pipelines import DragAnythingPipeline, build_draganything_components
+
+    pipe = DragAnythingPipeline(**build_draganything_components(seed=seed, with_image_encoder=with_image_encoder))
+    tmp = out_dir.with_name(f".{out_dir.name}.partial")
+    pipe.save_pretrained(tmp)
+    tmp.rename(out_dir)
+    print(f"saved random-weight tiny DragAnything pipeline to {out_dir}", file=sys.stderr)
