@@ -110,3 +110,25 @@ def test_evaluate_draganything_model_option_rules(shared_dir, tmp_path, tiny_dra
     assert _cli("evaluate", "--data", data, "--method", "draganything", "--method", "model",
                 "--model", tiny_draganything_dir, "--out", tmp_path / "b", "-q") == 2
     assert "--draganything-model" in capsys.readouterr().err
+
+
+def test_demo_offers_draganything_when_given(tiny_pipeline_dir, tiny_draganything_dir):
+    from puppet_master.app.demo import DemoState, build_demo
+    from puppet_master.pipelines import load_draganything_pipeline, load_pipeline
+
+    pm = load_pipeline(str(tiny_pipeline_dir))
+    da = load_draganything_pipeline(str(tiny_draganything_dir))
+    arr = np.full((64, 64, 3), 240, np.uint8)
+    arr[16:48, 16:40] = (200, 50, 40)
+    state = DemoState(image=PIL.Image.fromarray(arr), drags=[((28.0, 30.0), (44.0, 30.0))])
+    demo = build_demo(pm, size=64, num_frames=4, default_steps=1, draganything=da, draganything_resolution=(128, 64))
+    generate = next(f.fn for f in demo.fns.values() if f.fn.__name__ == "on_generate")
+    radio = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "method")
+    assert radio.visible and "DragAnything" in [c[0] if isinstance(c, tuple) else c for c in radio.choices]
+    path, _, status = generate(state, False, 0, 3.0, 1, True, "DragAnything")
+    assert "DragAnything" in status, status
+    assert read_video(path).shape == (4, 64, 64, 3)  # generated at 128x64, shown at the demo's square
+    path, _, status = generate(state, False, 0, 3.0, 1, False, "Puppet-Master")
+    assert "DragAnything" not in status and read_video(path).shape == (4, 64, 64, 3)
+    plain = build_demo(pm, size=64, num_frames=4, default_steps=1)
+    assert not next(b for b in plain.blocks.values() if getattr(b, "elem_id", None) == "method").visible

@@ -92,8 +92,13 @@ def render_canvas(state: DemoState) -> np.ndarray | None:
     return canvas
 
 
-def build_demo(pipe, size: int = 256, num_frames: int = 14, default_steps: int = 25):
+def build_demo(pipe, size: int = 256, num_frames: int = 14, default_steps: int = 25, draganything=None,
+               draganything_resolution: tuple[int, int] = (576, 320)):
     """Create the Gradio Blocks app around a loaded :class:`PuppetMasterPipeline`.
+
+    With ``draganything`` (a loaded :class:`~puppet_master.pipelines.DragAnythingPipeline`)
+    a *Method* selector offers it too; it animates the same square image at
+    ``draganything_resolution`` (width, height) and segments each drag's entity with GrabCut.
 
     Returns:
         ``gr.Blocks`` (call ``.queue().launch(...)``).
@@ -137,16 +142,17 @@ def build_demo(pipe, size: int = 256, num_frames: int = 14, default_steps: int =
         state.drags, state.pending = [], None
         return state, render_canvas(state), state.describe()
 
-    def on_generate(state, segment, seed, guidance, steps, overlay, progress=gr.Progress(track_tqdm=True)):
+    def on_generate(state, segment, seed, guidance, steps, overlay, method="Puppet-Master",
+                    progress=gr.Progress(track_tqdm=True)):
         try:
-            return _generate(state, segment, seed, guidance, steps, overlay)
+            return _generate(state, segment, seed, guidance, steps, overlay, method)
         except UserInputError as exc:
             return None, None, f"Cannot generate: {exc}"
         except Exception as exc:  # noqa: BLE001 - shown as a message, logged in full on the server
             logger.exception("generation failed")
             return None, None, f"Generation failed ({type(exc).__name__}); see the server log."
 
-    def _generate(state, segment, seed, guidance, steps, overlay):
+    def _generate(state, segment, seed, guidance, steps, overlay, method="Puppet-Master"):
         if state.image is None:
             return None, None, "Upload an image first (or pick an example)."
         if not state.drags:
@@ -160,6 +166,16 @@ def build_demo(pipe, size: int = 256, num_frames: int = 14, default_steps: int =
         elif segment:
             image = apply_mask(image, grabcut_foreground(image, [d[0] for d in state.drags]))
         drags = DragSet.from_pairs(state.drags, size, size, num_frames=num_frames)
+        if method == draganything_label:
+            from .draganything import generate_draganything
+
+            video = generate_draganything(draganything, state.image, drags, num_frames, seed, steps, guidance,
+                                          draganything_resolution)
+            if overlay:
+                video = draw_drags(video, drags.trajectories)
+            out = Path(tempfile.mkdtemp(prefix="puppet-master-")) / "draganything.mp4"
+            write_video(video, out, fps=7)
+            return str(out), str(out), f"Generated {num_frames} frames with DragAnything, {len(state.drags)} drag(s){notice}."
         frames = pipe(image, drags, num_frames=num_frames, height=size, width=size, num_inference_steps=int(steps),
                       max_guidance_scale=float(guidance), generator=torch.Generator().manual_seed(int(seed)),
                       output_type="np").frames[0]
@@ -169,6 +185,8 @@ def build_demo(pipe, size: int = 256, num_frames: int = 14, default_steps: int =
         out = Path(tempfile.mkdtemp(prefix="puppet-master-")) / "puppet-master.mp4"
         write_video(video, out, fps=7)
         return str(out), str(out), f"Generated {num_frames} frames with {len(state.drags)} drag(s){notice}."
+
+    from .draganything import LABEL as draganything_label
 
     with gr.Blocks(title="Puppet-Master") as demo:
         gr.Markdown("# Puppet-Master — drag parts of an object, get a video\n"
@@ -187,6 +205,8 @@ def build_demo(pipe, size: int = 256, num_frames: int = 14, default_steps: int =
                     undo = gr.Button("Undo last", elem_id="undo")
                     clear = gr.Button("Clear all", elem_id="clear")
             with gr.Column():
+                method = gr.Radio(["Puppet-Master", draganything_label], value="Puppet-Master", label="Method",
+                                  visible=draganything is not None, elem_id="method")
                 segment = gr.Checkbox(label="Remove background (GrabCut) when the image has no alpha", value=False)
                 seed = gr.Slider(0, 2**31 - 1, value=0, step=1, label="Seed")
                 guidance = gr.Slider(1.0, 10.0, value=5.0, step=0.5, label="Guidance (max CFG weight)")
@@ -200,17 +220,24 @@ def build_demo(pipe, size: int = 256, num_frames: int = 14, default_steps: int =
         canvas.select(on_click, [state], [state, canvas, status])
         undo.click(on_undo, [state], [state, canvas, status])
         clear.click(on_clear, [state], [state, canvas, status])
-        generate.click(on_generate, [state, segment, seed, guidance, steps, overlay], [video, download, status],
+        generate.click(on_generate, [state, segment, seed, guidance, steps, overlay, method], [video, download, status],
                        concurrency_limit=1)
     return demo
 
 
 def launch(model: str | None = None, host: str = "127.0.0.1", port: int = 7860, device: str = "cpu",
-           steps: int = 25, size: int = 256, frames: int = 14) -> None:
+           steps: int = 25, size: int = 256, frames: int = 14, draganything_model: str | None = None,
+           draganything_resolution: tuple[int, int] = (576, 320)) -> None:
     """Load the model and serve the demo (blocking)."""
     from ..pipelines.loading import load_pipeline
 
     pipe = load_pipeline(model, device=device)
-    demo = build_demo(pipe, size=size, num_frames=frames, default_steps=steps)
+    draganything = None
+    if draganything_model is not None:
+        from ..pipelines.pipeline_draganything import load_draganything_pipeline
+
+        draganything = load_draganything_pipeline(draganything_model, device=device)
+    demo = build_demo(pipe, size=size, num_frames=frames, default_steps=steps, draganything=draganything,
+                      draganything_resolution=draganything_resolution)
     demo.queue(default_concurrency_limit=1).launch(server_name=host, server_port=port, show_error=False,
                                                      share=False, inbrowser=False)

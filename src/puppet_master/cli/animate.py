@@ -31,8 +31,9 @@ def animate(
     model: Optional[str] = typer.Option(
         None, "--model", "-m", help="Pipeline folder saved by save_pretrained, a hub id, or 'default' (embedded model)."
     ),
-    steps: int = typer.Option(50, "--steps", min=1, help="Euler sampling steps."),
-    guidance: float = typer.Option(5.0, "--guidance", help="Maximum CFG weight (reached at the last frame)."),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Euler sampling steps [default: 50; DragAnything 25]."),
+    guidance: Optional[float] = typer.Option(
+        None, "--guidance", help="Maximum CFG weight, reached at the last frame [default: 5.0; DragAnything 3.0]."),
     min_guidance: float = typer.Option(1.0, "--min-guidance", help="CFG weight at the first frame."),
     seed: int = typer.Option(0, "--seed", help="Random seed of the initial noise."),
     frames: int = typer.Option(14, "--frames", min=2, help="Number of frames to generate."),
@@ -42,6 +43,11 @@ def animate(
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, ..."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUTPUT if it exists."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    method: str = typer.Option("puppet-master", "--method", help="puppet-master or draganything (entity-level drags; README 'DragAnything')."),
+    mask: list[Path] = typer.Option([], "--mask", help="DragAnything: an entity mask image (white = entity, the image's size); repeat per entity. Without: GrabCut around each drag start."),
+    segmenter: str = typer.Option("grabcut", "--segmenter", help="DragAnything without --mask: grabcut or sam (needs segment-anything and --sam-checkpoint)."),
+    sam_checkpoint: Optional[Path] = typer.Option(None, "--sam-checkpoint", help="DragAnything: local SAM checkpoint for --segmenter sam."),
+    resolution: str = typer.Option("576x320", "--resolution", help="DragAnything: WIDTHxHEIGHT the model works at (the release: 576x320)."),
 ) -> None:
     """Animate IMAGE so that its parts move along the drags; write the video to OUTPUT.
 
@@ -49,8 +55,21 @@ def animate(
     as given (before it is padded to a square and resized to --size).
     """
     try:
-        _run(image, output, drag, drags_json, model, steps, guidance, min_guidance, seed, frames, size, fps,
-             overlay, device, overwrite, quiet)
+        if method == "draganything":
+            from .draganything import DragAnythingAnimateOptions, run_animate_draganything
+
+            run_animate_draganything(DragAnythingAnimateOptions(
+                image=image, output=output, model=model, drags=list(drag), drags_json=drags_json, masks=list(mask),
+                segmenter=segmenter, sam_checkpoint=sam_checkpoint, resolution=resolution, steps=steps,
+                guidance=guidance, min_guidance=min_guidance, seed=seed, frames=frames, fps=fps, overlay=overlay,
+                device=device, overwrite=overwrite, quiet=quiet))
+            return
+        if method != "puppet-master":
+            raise UserInputError(f"unknown --method {method!r}: choose puppet-master or draganything")
+        if mask:
+            raise UserInputError("--mask is for --method draganything; Puppet-Master takes no entity masks")
+        _run(image, output, drag, drags_json, model, 50 if steps is None else steps, 5.0 if guidance is None else guidance,
+             min_guidance, seed, frames, size, fps, overlay, device, overwrite, quiet)
     except UserInputError as exc:
         _fail(str(exc))
 

@@ -18,12 +18,17 @@ def demo(
     steps: int = typer.Option(25, "--steps", min=1, help="Default sampling steps."),
     size: int = typer.Option(256, "--size", help="Model input size in pixels."),
     frames: int = typer.Option(14, "--frames", min=2),
+    draganything_model: Optional[str] = typer.Option(None, "--draganything-model", help="Also offer DragAnything: a DragAnythingPipeline folder."),
+    resolution: str = typer.Option("576x320", "--resolution", help="DragAnything: WIDTHxHEIGHT it works at."),
 ) -> None:
     """Serve the click-to-drag demo in the browser."""
     from ..app.demo import launch
 
     try:
-        launch(model, host=host, port=port, device=device, steps=steps, size=size, frames=frames)
+        from .draganything import parse_resolution
+
+        launch(model, host=host, port=port, device=device, steps=steps, size=size, frames=frames,
+               draganything_model=draganything_model, draganything_resolution=parse_resolution(resolution))
     except UserInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise typer.Exit(code=2)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 from ..errors import UserInputError
 
@@ -14,6 +16,43 @@ ANIMATE_METHODS = ("puppet-master", "draganything")
 #: The release's sampling settings (used when --steps / --guidance are not given).
 DRAGANYTHING_STEPS, DRAGANYTHING_GUIDANCE = 25, 3.0
 SEGMENTERS = ("grabcut", "sam")
+
+
+@dataclass(frozen=True)
+class DragAnythingAnimateOptions:
+    """What ``animate --method draganything`` needs (one field per command-line option).
+
+    Drag coordinates are pixels of the input image as given (x right, y down).
+    """
+
+    image: Path
+    output: Path
+    model: Optional[str]
+    drags: list[str] = field(default_factory=list)
+    drags_json: Optional[Path] = None
+    masks: list[Path] = field(default_factory=list)
+    segmenter: str = "grabcut"
+    sam_checkpoint: Optional[Path] = None
+    resolution: str = "576x320"
+    steps: Optional[int] = None
+    guidance: Optional[float] = None
+    min_guidance: float = 1.0
+    seed: int = 0
+    frames: int = 14
+    fps: float = 7.0
+    overlay: bool = False
+    device: str = "cpu"
+    overwrite: bool = False
+    quiet: bool = False
+
+
+def _quiet_loading() -> None:
+    """Silence diffusers' and transformers' loading bars (``--quiet``)."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
 
 
 def parse_resolution(text: str) -> tuple[int, int]:
@@ -54,12 +93,11 @@ def read_entity_masks(image, drags, mask_files, segmenter: str = "grabcut", sam_
     return segment_entities(image, drags.starts)
 
 
-def run_animate_draganything(opts) -> Path:
+def run_animate_draganything(opts: DragAnythingAnimateOptions) -> Path:
     """``animate --method draganything``: image + drags (+ masks) → video at the model's resolution.
 
-    ``opts`` is :class:`~puppet_master.cli.animate.AnimateOptions`. Inputs, masks and the
-    resolution are checked before the model is loaded; nothing is written before
-    sampling has finished.
+    Inputs, masks and the resolution are checked before the model is loaded; nothing is
+    written before sampling has finished.
 
     Raises:
         UserInputError: any bad input.
@@ -67,12 +105,9 @@ def run_animate_draganything(opts) -> Path:
     from ..drags import DragSet, parse_drag_argument
     from ..preprocessing import composite_on_white, load_image
     from ..video import check_output_path, draw_drags, to_uint8_frames, write_video
-    from .options import progress_bar_config, quiet_loading, set_threads
-
-    set_threads(opts.threads)
     width, height = parse_resolution(opts.resolution)
     check_output_path(opts.output, opts.overwrite)
-    img = composite_on_white(load_image(opts.image, notice=lambda m: print(f"note: {m}", file=sys.stderr)))
+    img = composite_on_white(load_image(opts.image))
     w, h = img.size
     if opts.drags and opts.drags_json is not None:
         raise UserInputError("give drags either with --drag or with --drags-json, not both")
@@ -91,12 +126,12 @@ def run_animate_draganything(opts) -> Path:
     from ..pipelines.pipeline_draganything import load_draganything_pipeline
 
     if opts.quiet:
-        quiet_loading()
+        _quiet_loading()
     pipe = load_draganything_pipeline(opts.model, device=opts.device)
     multiple = pipe.size_multiple
     if width % multiple or height % multiple:
         raise UserInputError(f"--resolution must be multiples of {multiple} for this model, got {width}x{height}")
-    pipe.set_progress_bar_config(**progress_bar_config("denoising", opts.quiet))
+    pipe.set_progress_bar_config(disable=opts.quiet, desc="denoising", leave=False)
     start = time.perf_counter()
     result = pipe(
         img,
@@ -131,3 +166,30 @@ def save_random_draganything(out_dir: Path, seed: int = 0, with_image_encoder: b
     pipe.save_pretrained(tmp)
     tmp.rename(out_dir)
     print(f"saved random-weight tiny DragAnything pipeline to {out_dir}", file=sys.stderr)
+
+
+def draganything_evaluation_method(methods: list[str], model: str | None, draganything_model: str | None,
+                                   resolution: str, steps: int | None, guidance: float | None, seed: int,
+                                   device: str):
+    """The ``draganything`` generator of ``evaluate``, with its pipeline loaded.
+
+    ``--draganything-model`` names the pipeline; ``--model`` does when no Puppet-Master
+    method (``model``, ``autoencoder``) needs it.
+
+    Raises:
+        UserInputError: no DragAnything model, a bad resolution, an unloadable model.
+    """
+    from ..evaluation.draganything import draganything_method
+    from ..pipelines.pipeline_draganything import load_draganything_pipeline
+
+    width, height = parse_resolution(resolution)
+    if draganything_model is None:
+        if any(m in ("model", "autoencoder") for m in methods):
+            raise UserInputError("--method draganything with a Puppet-Master method needs --draganything-model DIR "
+                                 "(--model is the Puppet-Master pipeline)")
+        draganything_model = model
+    pipe = load_draganything_pipeline(draganything_model, device=device)
+    if width % pipe.size_multiple or height % pipe.size_multiple:
+        raise UserInputError(f"--resolution must be multiples of {pipe.size_multiple} for this model, got {resolution}")
+    return draganything_method(pipe, width=width, height=height, steps=DRAGANYTHING_STEPS if steps is None else steps,
+                               seed=seed, max_guidance=DRAGANYTHING_GUIDANCE if guidance is None else guidance)

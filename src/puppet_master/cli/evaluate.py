@@ -10,18 +10,18 @@ import typer
 
 from ..errors import UserInputError
 
-METHODS = ("model", "static", "warp", "autoencoder")
+METHODS = ("model", "static", "warp", "autoencoder", "draganything")
 
 
 def evaluate(
     data: Path = typer.Option(..., "--data", help="Folder of NNNNN.pkl + NNNNN.gif (Drag-a-Move) or NAME.json + video."),
-    method: list[str] = typer.Option(["static"], "--method", help="model, static, warp or autoencoder (the ground truth through the model's VAE: the floor any model with that VAE can reach); repeat for several."),
+    method: list[str] = typer.Option(["static"], "--method", help="model, static, warp, autoencoder (the ground truth through the model's VAE: the floor any model with that VAE can reach) or draganything; repeat for several."),
     out: Path = typer.Option(..., "--out", help="Output folder for report.json, report.md and videos/."),
     model: Optional[str] = typer.Option(None, "--model", help="Pipeline folder / hub id / 'default' for --method model or autoencoder."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N examples."),
     seed: int = typer.Option(0, "--seed", help="Seed of the model's initial noise."),
-    steps: int = typer.Option(50, "--steps", min=1, help="Sampling steps of the model."),
-    guidance: float = typer.Option(5.0, "--guidance", help="Maximum CFG weight of the model."),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Sampling steps [default: 50; DragAnything 25]."),
+    guidance: Optional[float] = typer.Option(None, "--guidance", help="Maximum CFG weight [default: 5.0; DragAnything 3.0]."),
     tracker: str = typer.Option("opencv-dis", "--tracker", help="opencv-dis (default), opencv-lk or cotracker."),
     cotracker_checkpoint: Optional[Path] = typer.Option(None, "--cotracker-checkpoint", help="Local CoTracker weights."),
     i3d: Optional[Path] = typer.Option(None, "--i3d", help="Local TorchScript I3D detector for FVD."),
@@ -29,18 +29,20 @@ def evaluate(
     no_videos: bool = typer.Option(False, "--no-videos", help="Skip the side-by-side GIFs."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing report in --out."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    draganything_model: Optional[str] = typer.Option(None, "--draganything-model", help="DragAnythingPipeline folder for --method draganything (--model serves when no Puppet-Master method is asked for)."),
+    resolution: str = typer.Option("576x320", "--resolution", help="DragAnything: WIDTHxHEIGHT each example is resized to and back (the release: 576x320)."),
 ) -> None:
     """Evaluate methods on a test split; write OUT/report.json, OUT/report.md and OUT/videos/*.gif."""
     try:
         _run(data, method, out, model, limit, seed, steps, guidance, tracker, cotracker_checkpoint, i3d, device,
-             no_videos, overwrite, quiet)
+             no_videos, overwrite, quiet, draganything_model, resolution)
     except UserInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise typer.Exit(code=2)
 
 
 def _run(data, method, out, model, limit, seed, steps, guidance, tracker, cotracker_checkpoint, i3d, device,
-         no_videos, overwrite, quiet) -> None:
+         no_videos, overwrite, quiet, draganything_model=None, resolution="576x320") -> None:
     from ..evaluation.metrics import FVDMetric, LPIPSMetric
     from ..evaluation.runner import evaluate as run_evaluation
     from ..evaluation.runner import autoencoder_method, model_method, static_method, warp_method
@@ -53,6 +55,12 @@ def _run(data, method, out, model, limit, seed, steps, guidance, tracker, cotrac
         raise UserInputError(f"--data {str(data)!r} is not a folder")
     if (out / "report.json").exists() and not overwrite:
         raise UserInputError(f"{out / 'report.json'} already exists: pass --overwrite or choose another --out")
+    da_method = None
+    if "draganything" in method:
+        from .draganything import draganything_evaluation_method
+
+        da_method = draganything_evaluation_method(method, model, draganything_model, resolution, steps, guidance, seed,
+                                                   device)
     trk = make_tracker(tracker, cotracker_checkpoint, device)
     fvd = FVDMetric(i3d, device) if i3d is not None else None
     methods = {}
@@ -62,13 +70,16 @@ def _run(data, method, out, model, limit, seed, steps, guidance, tracker, cotrac
             methods[m] = static_method
         elif m == "warp":
             methods[m] = warp_method
+        elif m == "draganything":
+            methods[m] = da_method
         else:
             if pipe is None:
                 from ..pipelines.loading import load_pipeline
 
                 pipe = load_pipeline(model, device=device)
             if m == "model":
-                methods[m] = model_method(pipe, steps=steps, seed=seed, max_guidance=guidance)
+                methods[m] = model_method(pipe, steps=50 if steps is None else steps, seed=seed,
+                                          max_guidance=5.0 if guidance is None else guidance)
             else:
                 methods[m] = autoencoder_method(pipe)
     report = run_evaluation(data, methods, trk, out, limit=limit, lpips=LPIPSMetric(device=device), fvd=fvd,

@@ -16,6 +16,7 @@ def random_model(
     seed: int = typer.Option(0, "--seed", help="Seed of the random weights."),
     no_image_encoder: bool = typer.Option(False, "--no-image-encoder", help="Leave out the CLIP image encoder."),
     vae: Optional[Path] = typer.Option(None, "--vae", help="A trained VAE folder (e.g. from train-vae) instead of a random one."),
+    method: str = typer.Option("puppet-master", "--method", help="puppet-master, or draganything (a tiny DragAnythingPipeline; --size and --vae do not apply)."),
 ) -> None:
     """Save a PuppetMasterPipeline with RANDOM weights to OUT_DIR.
 
@@ -25,6 +26,14 @@ def random_model(
     """
     if out_dir.exists():
         print(f"error: {str(out_dir)!r} already exists: choose a new folder", file=sys.stderr)
+        raise typer.Exit(code=2)
+    if method == "draganything":
+        from .draganything import save_random_draganything
+
+        save_random_draganything(out_dir, seed=seed, with_image_encoder=not no_image_encoder)
+        return
+    if method != "puppet-master":
+        print(f"error: --method must be puppet-master or draganything, got {method!r}", file=sys.stderr)
         raise typer.Exit(code=2)
     if size not in ("tiny", "small", "full"):
         print(f"error: --size must be tiny, small or full, got {size!r}", file=sys.stderr)
