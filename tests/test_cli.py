@@ -64,7 +64,7 @@ def test_animate_mp4_and_drags_json(tmp_path, image_file, tiny_pipeline_dir):
         (["missing.png", "--drag", "1,1:2,2"], "does not exist"),
         (["NOTIMAGE", "--drag", "1,1:2,2"], "cannot read image"),
         (["IMAGE", "--drag", "1,1:2"], "X0,Y0:X1,Y1"),
-        (["IMAGE", "--drag", "1,1:200,2"], "leaves the image"),
+        (["IMAGE", "--drag", "101,1:2,2"], "starts outside the image"),
         (["IMAGE"] + ["--drag", "1,1:2,2"] * 6, "at most 5"),
         (["IMAGE"], "no drags given"),
         (["IMAGE", "--drags-json", "BADJSON"], "not valid JSON"),
