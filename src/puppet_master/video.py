@@ -45,7 +45,7 @@ def check_output_path(path: str | Path, overwrite: bool = False) -> Path:
     if path.suffix.lower() not in VIDEO_SUFFIXES:
         raise UserInputError(f"output {str(path)!r} must end in one of {', '.join(VIDEO_SUFFIXES)}")
     try:
-        exists, is_dir = path.exists(), path.is_dir()
+        exists, is_dir = path.exists() or path.is_symlink(), path.is_dir()
     except OSError as exc:
         raise UserInputError(f"output {str(path)!r} is not a usable file name: {exc.strerror or exc}") from None
     if exists and not overwrite:
@@ -54,7 +54,8 @@ def check_output_path(path: str | Path, overwrite: bool = False) -> Path:
         raise UserInputError(f"output {str(path)!r} is a folder")
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
-        raise UserInputError(f"output folder {str(parent)!r} does not exist")
+        problem = "is not a folder" if parent.exists() else "does not exist"
+        raise UserInputError(f"output folder {str(parent)!r} {problem}")
     if not os.access(parent, os.W_OK):
         raise UserInputError(f"output folder {str(parent)!r} is not writable")
     _probe_output(path, parent, exists)
@@ -62,7 +63,7 @@ def check_output_path(path: str | Path, overwrite: bool = False) -> Path:
 
 
 def _probe_output(path: Path, parent: Path, exists: bool) -> None:
-    """Create a temporary file in ``parent`` and check it could be renamed to ``path``."""
+    """Create a temporary file in ``parent``; for a new output also create (and remove) ``path`` itself."""
     try:
         fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=path.suffix.lower(), dir=parent)
     except OSError as exc:
@@ -75,9 +76,9 @@ def _probe_output(path: Path, parent: Path, exists: bool) -> None:
             if folder.st_mode & stat.S_ISVTX and os.geteuid() not in (0, target.st_uid, folder.st_uid):
                 raise UserInputError(f"output {str(path)!r} belongs to another user in a shared folder: "
                                      "it cannot be replaced; choose another name")
-        else:
-            os.rename(tmp, path)
-            tmp = str(path)
+        else:  # the output name itself must be creatable in the folder
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+            os.unlink(path)
     except OSError as exc:
         raise UserInputError(f"output {str(path)!r} cannot be created: {exc.strerror or exc}") from None
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,8 +101,7 @@ def run_evaluate(opts: EvaluateOptions):
         raise UserInputError(f"--data {str(opts.data)!r} is not a folder")
     if (opts.out / "report.json").exists() and not opts.overwrite:
         raise UserInputError(f"{opts.out / 'report.json'} already exists: pass --overwrite or choose another --out")
-    if opts.out.exists() and not opts.out.is_dir():
-        raise UserInputError(f"--out {str(opts.out)!r} is a file, not a folder")
+    _check_out_folder(opts.out)
     trk = make_tracker(opts.tracker, opts.cotracker_checkpoint, opts.device)
     fvd = FVDMetric(opts.i3d, opts.device) if opts.i3d is not None else None
     methods = build_methods(opts)
@@ -111,6 +111,17 @@ def run_evaluate(opts: EvaluateOptions):
         print((opts.out / "report.md").read_text())
         print(f"wrote {opts.out / 'report.json'} ({report.num_examples} examples)", file=sys.stderr)
     return report
+
+
+def _check_out_folder(out: Path) -> None:
+    """``--out`` must be a folder, or creatable in a writable one (checked before any work)."""
+    existing = Path(out)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserInputError(f"--out {str(out)!r} is not a folder ({str(existing)!r} is a file)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserInputError(f"--out {str(out)!r} cannot be written: {str(existing)!r} is not writable")
 
 
 def build_methods(opts: EvaluateOptions) -> dict:

@@ -266,11 +266,11 @@ def build(tasks: list[AssetTask], cfg: BuildConfig, workers: int = 2, executor: 
     from tqdm.auto import tqdm
 
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     if cfg.blender_python is None and any(s in cfg.stages for s in ("asset", "render")):
         cfg.blender_python = find_blender_python()
     if "curate" in cfg.stages:
         _classifier(cfg.curation_model)  # a missing or foreign curation model stops the build now
+    out.mkdir(parents=True, exist_ok=True)
     manifest_file = out / "manifest.json"
     records = json.loads(manifest_file.read_text())["assets"] if manifest_file.exists() else {}
     cfg_dict = {**asdict(cfg), "stages": list(cfg.stages)}

@@ -6,6 +6,7 @@ are in pixels of that size (x right, y down).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -178,7 +179,9 @@ class FVDMetric:
         self._torch = torch
         self.device = device
         try:
-            self.model = torch.jit.load(str(path), map_location=device).eval()
+            with warnings.catch_warnings():  # torch marks jit.load deprecated; the I3D detector exists only as TorchScript
+                warnings.simplefilter("ignore", DeprecationWarning)
+                self.model = torch.jit.load(str(path), map_location=device).eval()
         except Exception as exc:  # noqa: BLE001 - any failure means the file is not a usable TorchScript detector
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UserInputError(f"cannot load the I3D detector {str(path)!r} (a TorchScript file): {first}") from None

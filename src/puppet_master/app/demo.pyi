@@ -1,0 +1,311 @@
+"""Interactive Gradio demo: upload an image, click start and end of each drag, generate.
+
+(No ``from __future__ import annotations`` here: Gradio reads the ``gr.SelectData``
+annotation of the click handler at run time.)
+
+Per-session state (``gr.State``) keeps each browser tab's image and drags separate;
+generation is queued one at a time per process. User mistakes are reported in the
+status line (or, for an upload that is not a usable image, in an alert naming the
+reason), never as a stack trace. Generated videos live in one temporary folder per
+server, holding at most :data:`MAX_KEPT_VIDEOS` files and removed when the server stops.
+"""
+
+
+
+import atexit
+import copy
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import PIL.Image
+
+import logging
+
+from ..drags import DragSet
+from ..errors import UserInputError
+
+logger = logging.getLogger(__name__)
+
+EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "assets" / "examples"
+#: The canvas shows the model input enlarged by this factor so clicks are precise.
+DISPLAY_SCALE = 2
+MAX_DRAGS = 5
+#: Generated videos kept on disk at a time (older ones are deleted; the browser already has them).
+MAX_KEPT_VIDEOS = 16
+
+
+@dataclass
+class DemoState:
+    """One browser session: the square model image and the drags (model pixels)."""
+
+    image: "PIL.Image.Image | None" = None  # RGB square, model size (background not yet handled)
+    alpha: np.ndarray | None = None  # (S, S) foreground mask from the alpha channel, if any
+    drags: list[tuple[tuple[float, float], tuple[float, float]]] = field(default_factory=list)
+    pending: tuple[float, float] | None = None  # start of an unfinished drag
+
+    def describe(self) -> str:
+        if self.image is None:
+            return "No image yet: upload one or pick an example."
+        parts = [f"{len(self.drags)} drag(s)"]
+        for i, ((x0, y0), (x1, y1)) in enumerate(self.drags, 1):
+            parts.append(f"#{i}: ({x0:.0f}, {y0:.0f}) → ({x1:.0f}, {y1:.0f})")
+        if self.pending is not None:
+            parts.append(f"start at ({self.pending[0]:.0f}, {self.pending[1]:.0f}) — click the end point")
+        return " · ".join(parts)
+
+
+def square_input(image: PIL.Image.Image, size: int) -> tuple[PIL.Image.Image, np.ndarray | None]:
+    """Pad to a centred square on white (aspect kept) and resize to ``size``; also the alpha mask."""
+    w, h = image.size
+    side = max(w, h)
+    canvas = PIL.Image.new("RGBA", (side, side), (255, 255, 255, 0))
+    canvas.paste(image.convert("RGBA"), ((side - w) // 2, (side - h) // 2))
+    canvas = canvas.resize((size, size), PIL.Image.Resampling.LANCZOS)
+    alpha = np.asarray(canvas)[..., 3]
+    has_alpha = image.mode in ("RGBA", "LA") and (np.asarray(image.convert("RGBA"))[..., 3] < 250).any()
+    rgb = PIL.Image.new("RGB", canvas.size, (255, 255, 255))
+    rgb.paste(canvas.convert("RGB"), mask=canvas.getchannel("A"))
+    return rgb, (alpha > 127) if has_alpha else None
+
+
+class OutputFolder:
+    """One temporary folder for the demo's videos: bounded while running, removed at exit.
+
+    Args:
+        max_files: files kept; writing one more deletes the oldest.
+    """
+
+    def __init__(self, max_files: int = MAX_KEPT_VIDEOS) -> None:
+        self.path = Path(tempfile.mkdtemp(prefix="puppet-master-demo-"))
+        self.max_files = max_files
+        self._count = 0
+        self._lock = threading.Lock()
+        atexit.register(self.cleanup)
+
+    def new_file(self, suffix: str = ".mp4") -> Path:
+        """A fresh file name in the folder (the oldest files beyond ``max_files - 1`` are deleted first)."""
+        with self._lock:
+            self.path.mkdir(exist_ok=True)
+            existing = sorted(self.path.glob("video-*"), key=lambda p: p.stat().st_mtime_ns)
+            for old in existing[: max(0, len(existing) - self.max_files + 1)]:
+                old.unlink(missing_ok=True)
+            self._count += 1
+            return self.path / f"video-{self._count:06d}{suffix}"
+
+    def cleanup(self) -> None:
+        """Remove the folder and everything in it."""
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def read_upload(path: str | Path, name: str | None = None) -> "PIL.Image.Image":
+    """An uploaded image, read with the command line's checks (size limit, bit depth, animation).
+
+    Raises:
+        UserInputError: not a usable image; the message names the upload by ``name``.
+    """
+    from ..preprocessing import load_image
+
+    try:
+        return load_image(path)
+    except UserInputError as exc:
+        raise UserInputError(str(exc).replace(repr(str(path)), repr(name or Path(path).name))) from None
+
+
+def grabcut_foreground(image: PIL.Image.Image, seeds: list[tuple[float, float]], iterations: int = 5) -> np.ndarray:
+    """Foreground mask by OpenCV GrabCut seeded from the drag start points.
+
+    The image border is definite background, a disc around each seed definite
+    foreground, and the rest probable background/foreground by distance to the seeds.
+
+    Returns:
+        bool ``(H, W)``.
+    """
+    arr = np.asarray(image.convert("RGB"))
+    h, w = arr.shape[:2]
+    mask = np.full((h, w), cv2.GC_PR_BGD, np.uint8)
+    if seeds:
+        pts = np.asarray(seeds)
+        x0, y0 = np.maximum(pts.min(0) - 0.25 * np.array([w, h]), 2).astype(int)
+        x1, y1 = np.minimum(pts.max(0) + 0.25 * np.array([w, h]), [w - 3, h - 3]).astype(int)
+        mask[y0:y1, x0:x1] = cv2.GC_PR_FGD
+        for x, y in pts:
+            cv2.circle(mask, (int(x), int(y)), max(2, w // 64), cv2.GC_FGD, -1)
+    mask[:2], mask[-2:], mask[:, :2], mask[:, -2:] = cv2.GC_BGD, cv2.GC_BGD, cv2.GC_BGD, cv2.GC_BGD
+    bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+    cv2.grabCut(cv2.cvtColor(arr, cv2.COLOR_RGB2BGR), mask, None, bgd, fgd, iterations, cv2.GC_INIT_WITH_MASK)
+    return (mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD)
+
+
+def apply_mask(image: PIL.Image.Image, mask: np.ndarray) -> PIL.Image.Image:
+    """Keep ``mask`` pixels, white elsewhere."""
+    arr = np.asarray(image.convert("RGB")).copy()
+    arr[~mask] = 255
+    return PIL.Image.fromarray(arr)
+
+
+def render_canvas(state: DemoState) -> np.ndarray | None:
+    """The model image enlarged ``DISPLAY_SCALE``× with drags as arrows and a pending start dot."""
+    if state.image is None:
+        return None
+    from ..video import DRAG_COLORS
+
+    s = DISPLAY_SCALE
+    canvas = np.array(state.image.resize((state.image.width * s, state.image.height * s)))  # writable copy
+    for k, ((x0, y0), (x1, y1)) in enumerate(state.drags):
+        color = DRAG_COLORS[k % len(DRAG_COLORS)]
+        cv2.arrowedLine(canvas, (int(x0 * s), int(y0 * s)), (int(x1 * s), int(y1 * s)), color, 3, cv2.LINE_AA, tipLength=0.25)
+        cv2.circle(canvas, (int(x0 * s), int(y0 * s)), 5, color, -1, cv2.LINE_AA)
+    if state.pending is not None:
+        color = DRAG_COLORS[len(state.drags) % len(DRAG_COLORS)]
+        cv2.circle(canvas, (int(state.pending[0] * s), int(state.pending[1] * s)), 6, color, -1, cv2.LINE_AA)
+    return canvas
+
+
+def build_demo(pipe, size: int = 256, num_frames: int = 14, default_steps: int = 25):
+    """Create the Gradio Blocks app around a loaded :class:`PuppetMasterPipeline`.
+
+    Returns:
+        ``gr.Blocks`` (call ``.queue().launch(...)``).
+    """
+    import gradio as gr
+    import torch
+
+    from ..video import draw_drags, to_uint8_frames, write_video
+
+    outputs = OutputFolder()
+from gradio.events import Dependency
+
+    class CheckedImage(gr.Image):
+        """The upload box: a file that is not a usable image raises ``gr.Error`` with the reason."""
+
+        is_template = True  # rendered by Gradio's own Image component
+
+        def preprocess(self, payload):
+            if payload is None or payload.path is None:
+                return super().preprocess(payload)
+            try:
+                return read_upload(payload.path, payload.orig_name)
+            except UserInputError as exc:
+                raise gr.Error(f"Cannot use this upload: {exc}") from None
+
+    def on_upload(image, state):
+        state = DemoState()
+        if image is None:
+            return state, None, state.describe()
+        state.image, state.alpha = square_input(image, size)
+        return state, render_canvas(state), state.describe() + " — click a start point, then an end point."
+
+    def on_click(state, evt: gr.SelectData):
+        state = copy.deepcopy(state)
+        if state.image is None:
+            return state, None, "Upload an image first."
+        x, y = (float(v) / DISPLAY_SCALE for v in evt.index[:2])
+        if state.pending is None:
+            if len(state.drags) >= MAX_DRAGS:
+                return state, render_canvas(state), f"At most {MAX_DRAGS} drags: undo or clear one first."
+            state.pending = (x, y)
+        else:
+            state.drags.append((state.pending, (x, y)))
+            state.pending = None
+        return state, render_canvas(state), state.describe()
+
+    def on_undo(state):
+        state = copy.deepcopy(state)
+        if state.pending is not None:
+            state.pending = None
+        elif state.drags:
+            state.drags.pop()
+        return state, render_canvas(state), state.describe()
+
+    def on_clear(state):
+        state = copy.deepcopy(state)
+        state.drags, state.pending = [], None
+        return state, render_canvas(state), state.describe()
+
+    def on_generate(state, segment, seed, guidance, steps, overlay, progress=gr.Progress(track_tqdm=True)):
+        try:
+            return _generate(state, segment, seed, guidance, steps, overlay)
+        except UserInputError as exc:
+            return None, None, f"Cannot generate: {exc}"
+        except Exception as exc:  # noqa: BLE001 - shown as a message, logged in full on the server
+            logger.exception("generation failed")
+            return None, None, f"Generation failed ({type(exc).__name__}); see the server log."
+
+    def _generate(state, segment, seed, guidance, steps, overlay):
+        if state.image is None:
+            return None, None, "Upload an image first (or pick an example)."
+        if not state.drags:
+            return None, None, "Add at least one drag: click a start point, then an end point."
+        notice = ""
+        if state.pending is not None:
+            notice = " (the unfinished drag was ignored)"
+        image = state.image
+        if state.alpha is not None:
+            image = apply_mask(image, state.alpha)
+        elif segment:
+            image = apply_mask(image, grabcut_foreground(image, [d[0] for d in state.drags]))
+        drags = DragSet.from_pairs(state.drags, size, size, num_frames=num_frames)
+        frames = pipe(image, drags, num_frames=num_frames, height=size, width=size, num_inference_steps=int(steps),
+                      max_guidance_scale=float(guidance), generator=torch.Generator().manual_seed(int(seed)),
+                      output_type="np").frames[0]
+        video = to_uint8_frames(frames)
+        if overlay:
+            video = draw_drags(video, drags.trajectories)
+        out = outputs.new_file(".mp4")
+        write_video(video, out, fps=7)
+        return str(out), str(out), f"Generated {num_frames} frames with {len(state.drags)} drag(s){notice}."
+
+    with gr.Blocks(title="Puppet-Master", delete_cache=(600, 3600)) as demo:
+        gr.Markdown("# Puppet-Master — drag parts of an object, get a video\n"
+                    "Upload an image (or pick an example), click a **start** then an **end** point for each drag "
+                    f"(up to {MAX_DRAGS}), then Generate.")
+        state = gr.State(DemoState())
+        with gr.Row():
+            with gr.Column():
+                upload = CheckedImage(label="Input image", type="pil", image_mode="RGBA", sources=["upload"],
+                                      elem_id="upload")
+                examples = sorted(str(p) for p in EXAMPLES_DIR.glob("*.png"))
+                if examples:
+                    gr.Examples(examples=examples, inputs=upload)
+                canvas = gr.Image(label="Click to add drags", interactive=False, elem_id="canvas", format="png")
+                status = gr.Markdown(DemoState().describe(), elem_id="status")
+                with gr.Row():
+                    undo = gr.Button("Undo last", elem_id="undo")
+                    clear = gr.Button("Clear all", elem_id="clear")
+            with gr.Column():
+                segment = gr.Checkbox(label="Remove background (GrabCut) when the image has no alpha", value=False)
+                seed = gr.Slider(0, 2**31 - 1, value=0, step=1, label="Seed")
+                guidance = gr.Slider(1.0, 10.0, value=5.0, step=0.5, label="Guidance (max CFG weight)")
+                steps = gr.Slider(1, 100, value=default_steps, step=1, label="Sampling steps")
+                overlay = gr.Checkbox(label="Draw drags on the video", value=True)
+                generate = gr.Button("Generate", variant="primary", elem_id="generate")
+                video = gr.Video(label="Result", elem_id="result", autoplay=True, loop=True)
+                download = gr.File(label="Download", elem_id="download")
+
+        upload.change(on_upload, [upload, state], [state, canvas, status])
+        canvas.select(on_click, [state], [state, canvas, status])
+        undo.click(on_undo, [state], [state, canvas, status])
+        clear.click(on_clear, [state], [state, canvas, status])
+        generate.click(on_generate, [state, segment, seed, guidance, steps, overlay], [video, download, status],
+                       concurrency_limit=1)
+    return demo
+
+
+def launch(model: str | None = None, host: str = "127.0.0.1", port: int = 7860, device: str = "cpu",
+           steps: int = 25, size: int = 256, frames: int = 14) -> None:
+    """Load the model and serve the demo (blocking)."""
+    from ..pipelines.loading import load_pipeline
+
+    pipe = load_pipeline(model, device=device)
+    demo = build_demo(pipe, size=size, num_frames=frames, default_steps=steps)
+    # SIGTERM (e.g. from a process manager) exits through Python, so atexit removes the temporary videos
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    demo.queue(default_concurrency_limit=1).launch(server_name=host, server_port=port, show_error=False,
+                                                     share=False, inbrowser=False)
