@@ -181,18 +181,23 @@ def build_demo(pipe, size: int = 256, num_frames: int = 14, default_steps: int =
 
     outputs = OutputFolder()
 
-    class CheckedImage(gr.Image):
-        """The upload box: a file that is not a usable image raises ``gr.Error`` with the reason."""
+    def checked_upload(component):
+        """Make an Image input read uploads with :func:`read_upload`: a file that is not a usable
+        image raises ``gr.Error`` with the reason (shown in the browser) instead of Gradio's
+        generic error. (Set on the instance: a ``gr.Image`` subclass would make Gradio write
+        a ``.pyi`` stub next to this module.)"""
+        default = component.preprocess
 
-        is_template = True  # rendered by Gradio's own Image component
-
-        def preprocess(self, payload):
+        def preprocess(payload):
             if payload is None or payload.path is None:
-                return super().preprocess(payload)
+                return default(payload)
             try:
                 return read_upload(payload.path, payload.orig_name)
             except UserInputError as exc:
                 raise gr.Error(f"Cannot use this upload: {exc}") from None
+
+        component.preprocess = preprocess
+        return component
 
     def on_upload(image, state):
         state = DemoState()
@@ -268,8 +273,8 @@ def build_demo(pipe, size: int = 256, num_frames: int = 14, default_steps: int =
         state = gr.State(DemoState())
         with gr.Row():
             with gr.Column():
-                upload = CheckedImage(label="Input image", type="pil", image_mode="RGBA", sources=["upload"],
-                                      elem_id="upload")
+                upload = checked_upload(gr.Image(label="Input image", type="pil", image_mode="RGBA",
+                                                 sources=["upload"], elem_id="upload"))
                 examples = sorted(str(p) for p in EXAMPLES_DIR.glob("*.png"))
                 if examples:
                     gr.Examples(examples=examples, inputs=upload)
