@@ -155,7 +155,6 @@ ANIMATE_CASES = [
     ("ok.png", ["--drags-json", "missing.json"], "cannot read"),
     ("ok.png", ["--drag", "1,nan:2,2"], "non-finite"),
     ("ok.png", ["--drag", "1,1:2,2", "--drags-json", "size_dict.json"], "not both"),
-    ("ok.png", ["--drag", "1,1:2,2", "--size", "67"], "multiple of"),
 ]
 
 
