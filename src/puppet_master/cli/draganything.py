@@ -5,54 +5,13 @@ from __future__ import annotations
 import re
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 from ..errors import UserInputError
 
-#: ``--method`` values of ``animate`` and ``random-model``.
-ANIMATE_METHODS = ("puppet-master", "draganything")
 #: The release's sampling settings (used when --steps / --guidance are not given).
 DRAGANYTHING_STEPS, DRAGANYTHING_GUIDANCE = 25, 3.0
 SEGMENTERS = ("grabcut", "sam")
-
-
-@dataclass(frozen=True)
-class DragAnythingAnimateOptions:
-    """What ``animate --method draganything`` needs (one field per command-line option).
-
-    Drag coordinates are pixels of the input image as given (x right, y down).
-    """
-
-    image: Path
-    output: Path
-    model: Optional[str]
-    drags: list[str] = field(default_factory=list)
-    drags_json: Optional[Path] = None
-    masks: list[Path] = field(default_factory=list)
-    segmenter: str = "grabcut"
-    sam_checkpoint: Optional[Path] = None
-    resolution: str = "576x320"
-    steps: Optional[int] = None
-    guidance: Optional[float] = None
-    min_guidance: float = 1.0
-    seed: int = 0
-    frames: int = 14
-    fps: float = 7.0
-    overlay: bool = False
-    device: str = "cpu"
-    overwrite: bool = False
-    quiet: bool = False
-
-
-def _quiet_loading() -> None:
-    """Silence diffusers' and transformers' loading bars (``--quiet``)."""
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    diffusers_logging.disable_progress_bar()
-    transformers_logging.disable_progress_bar()
 
 
 def parse_resolution(text: str) -> tuple[int, int]:
@@ -93,11 +52,12 @@ def read_entity_masks(image, drags, mask_files, segmenter: str = "grabcut", sam_
     return segment_entities(image, drags.starts)
 
 
-def run_animate_draganything(opts: DragAnythingAnimateOptions) -> Path:
+def run_animate_draganything(opts) -> Path:
     """``animate --method draganything``: image + drags (+ masks) → video at the model's resolution.
 
-    Inputs, masks and the resolution are checked before the model is loaded; nothing is
-    written before sampling has finished.
+    ``opts`` is :class:`~puppet_master.cli.animate.AnimateOptions` (``steps`` and
+    ``guidance`` already resolved). Inputs, masks and the resolution are checked before
+    the model is loaded; nothing is written before sampling has finished.
 
     Raises:
         UserInputError: any bad input.
@@ -105,13 +65,15 @@ def run_animate_draganything(opts: DragAnythingAnimateOptions) -> Path:
     from ..drags import DragSet, parse_drag_argument
     from ..preprocessing import composite_on_white, load_image
     from ..video import check_output_path, draw_drags, to_uint8_frames, write_video
+    from .options import progress_bar_config, quiet_loading
+
     width, height = parse_resolution(opts.resolution)
     check_output_path(opts.output, opts.overwrite)
-    img = composite_on_white(load_image(opts.image))
+    img = composite_on_white(load_image(opts.image, notice=lambda message: print(f"note: {message}", file=sys.stderr)))
     w, h = img.size
     if opts.drags and opts.drags_json is not None:
         raise UserInputError("give drags either with --drag or with --drags-json, not both")
-    max_drags = 64
+    max_drags = 64  # DragAnything takes any number of entities
     if opts.drags_json is not None:
         drags = DragSet.from_json(opts.drags_json, width=w, height=h, num_frames=opts.frames, max_drags=max_drags)
     elif opts.drags:
@@ -126,12 +88,12 @@ def run_animate_draganything(opts: DragAnythingAnimateOptions) -> Path:
     from ..pipelines.pipeline_draganything import load_draganything_pipeline
 
     if opts.quiet:
-        _quiet_loading()
+        quiet_loading()
     pipe = load_draganything_pipeline(opts.model, device=opts.device)
     multiple = pipe.size_multiple
     if width % multiple or height % multiple:
         raise UserInputError(f"--resolution must be multiples of {multiple} for this model, got {width}x{height}")
-    pipe.set_progress_bar_config(disable=opts.quiet, desc="denoising", leave=False)
+    pipe.set_progress_bar_config(**progress_bar_config("denoising", opts.quiet))
     start = time.perf_counter()
     result = pipe(
         img,
@@ -140,9 +102,9 @@ def run_animate_draganything(opts: DragAnythingAnimateOptions) -> Path:
         num_frames=opts.frames,
         height=height,
         width=width,
-        num_inference_steps=opts.steps if opts.steps is not None else DRAGANYTHING_STEPS,
+        num_inference_steps=opts.steps,
         min_guidance_scale=opts.min_guidance,
-        max_guidance_scale=opts.guidance if opts.guidance is not None else DRAGANYTHING_GUIDANCE,
+        max_guidance_scale=opts.guidance,
         generator=torch.Generator(device="cpu").manual_seed(opts.seed),
         output_type="np",
     )
