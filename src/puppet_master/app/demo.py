@@ -3,7 +3,7 @@
 (No ``from __future__ import annotations`` here: Gradio reads the ``gr.SelectData``
 annotation of the click handler at run time.)
 
-Per-session state (``gr.State``) keeps each browser tab's image and drags separate;
+Per-tab state (``gr.State``) keeps each browser tab's image and drags separate;
 generation is queued one at a time per process. User mistakes are reported in the
 status line, never as a stack trace.
 """
@@ -34,7 +34,7 @@ MAX_DRAGS = 5
 
 @dataclass
 class DemoState:
-    """One browser session: the square model image and the drags (model pixels)."""
+    """One browser tab's state: the square model image and the drags (model pixels)."""
 
     image: "PIL.Image.Image | None" = None  # RGB square, model size (background not yet handled)
     alpha: np.ndarray | None = None  # (S, S) foreground mask from the alpha channel, if any

@@ -103,7 +103,9 @@ class TrainConfig(_Strict):
 
     output_dir: str = "runs/puppet-master"
     seed: int = 0
-    max_steps: int = Field(1000, ge=1, description="optimizer steps")
+    max_steps: int = Field(1000, ge=1, description="optimizer steps; also the length of the LR schedule")
+    stop_at_step: int | None = Field(None, ge=1, description=(
+        "end the run at this step (checkpoint and export there) while the LR schedule keeps max_steps' length"))
     gradient_accumulation_steps: int = Field(1, ge=1)
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     gradient_checkpointing: bool = False
@@ -127,6 +129,12 @@ class TrainConfig(_Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
+
+    @model_validator(mode="after")
+    def _stop_within_schedule(self):
+        if self.stop_at_step is not None and self.stop_at_step > self.max_steps:
+            raise ValueError(f"stop_at_step={self.stop_at_step} is past max_steps={self.max_steps}")
+        return self
 
     @field_validator("output_dir")
     @classmethod

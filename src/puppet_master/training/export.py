@@ -1,8 +1,8 @@
 """Export the EMA weights of a training checkpoint as a pipeline folder.
 
-``puppet-master train`` exports ``OUTPUT_DIR/pipeline`` only when a run reaches
-``max_steps``. A run stopped earlier (a CPU session that ends, a job killed by the
-cluster) leaves ``checkpoints/step-*/``: accelerate state with the EMA shadow weights in
+``puppet-master train`` exports ``OUTPUT_DIR/pipeline`` only when a run reaches its
+last step (``stop_at_step`` or ``max_steps``). A run stopped earlier (interrupted, or a
+job killed by the cluster) leaves ``checkpoints/step-*/``: accelerate state with the EMA shadow weights in
 ``custom_checkpoint_0.pkl``. :func:`export_checkpoint` turns one into a pipeline that
 ``animate``, ``evaluate`` and ``train model.init=checkpoint`` accept.
 """

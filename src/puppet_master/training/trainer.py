@@ -269,7 +269,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def train(self) -> TrainResult:
-        """Train until ``max_steps``; resume first if ``config.resume`` says so.
+        """Train until ``stop_at_step`` (default ``max_steps``); resume first if ``config.resume`` says so.
 
         Raises:
             TrainingDiverged: NaN/inf loss (the last good checkpoint is kept).
@@ -324,7 +324,8 @@ class Trainer:
 
         per_step = steps_to_positions(1, cfg.data.batch_size, cfg.gradient_accumulation_steps, acc.num_processes)
         start = start_step * per_step
-        remaining = (cfg.max_steps - start_step) * per_step
+        end_step = cfg.stop_at_step or cfg.max_steps  # the LR schedule always spans max_steps
+        remaining = max(end_step - start_step, 0) * per_step
         loader = DataLoader(dataset, batch_size=cfg.data.batch_size, sampler=PositionSampler(start, remaining),
                             collate_fn=collate, num_workers=cfg.data.num_workers, drop_last=True)
         loader = acc.prepare_data_loader(loader, device_placement=True) if acc.num_processes > 1 else loader
@@ -341,7 +342,7 @@ class Trainer:
 
         result = TrainResult(output_dir=self.output_dir)
         step = start_step
-        bar = tqdm(total=cfg.max_steps, initial=start_step, desc="training", disable=not (self.progress and acc.is_local_main_process))
+        bar = tqdm(total=end_step, initial=start_step, desc="training", disable=not (self.progress and acc.is_local_main_process))
         unet.train()
         acc_losses: list[float] = []
         t_last = time.perf_counter()
@@ -378,11 +379,11 @@ class Trainer:
                 acc.log({"loss": mean_loss, "lr": lr_scheduler.get_last_lr()[0],
                          "steps_per_s": 1.0 / max(now - t_last, 1e-9)}, step=step)
             t_last = now
-            if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
+            if step % cfg.checkpoint_every == 0 or step == end_step:
                 self._save_checkpoint(step)
             if cfg.validate_every and step % cfg.validate_every == 0:
                 self.validate(unet, ema, dataset, step)
-            if step >= cfg.max_steps:
+            if step >= end_step:
                 break
         bar.close()
         result.global_step = step
