@@ -85,7 +85,7 @@ def test_list_overrides_index_sources():
 
 def test_random_model_small_with_a_trained_vae(tmp_path):
     from puppet_master.pipelines import PuppetMasterPipeline
-    from puppet_master.training.vae import make_image_vae
+    from puppet_master.pipelines.components import make_image_vae
 
     make_image_vae((8, 16, 16, 16, 16), latent_channels=8, scaling_factor=0.5).save_pretrained(tmp_path / "vae")
     run = subprocess.run([sys.executable, "-m", "puppet_master.cli", "random-model", str(tmp_path / "m"), "--size", "small",
@@ -103,7 +103,8 @@ def test_random_model_small_with_a_trained_vae(tmp_path):
 
 
 def test_foreground_mask_and_object_psnr():
-    from puppet_master.training.vae import foreground_mask, make_image_vae, reconstruction_psnr
+    from puppet_master.pipelines.components import make_image_vae
+    from puppet_master.training.vae import foreground_mask, reconstruction_psnr
 
     x = torch.ones(1, 3, 8, 8)
     x[:, 0, 2:4, 2:4] = -1.0  # a cyan square on white

@@ -6,10 +6,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from puppet_master.data.dataset import PAPER_MIXTURE, MixtureDataset
 from puppet_master.errors import UserInputError
 from puppet_master.training import Trainer, TrainingDiverged, edm_loss, load_config
 from puppet_master.training import trainer as trainer_module
-from puppet_master.training.data import (LatentCacheDataset, MixtureDataset, SyntheticDragDataset, collate,
+from puppet_master.training.data import (LatentCacheDataset, SyntheticDragDataset, collate,
                                          largest_drag_motion)
 from puppet_master.training.trainer import motion_weights, sample_noise
 
@@ -43,8 +44,7 @@ def test_configs_in_repo_validate():
     paper = load_config(REPO / "configs" / "puppet-master-paper.yaml")
     assert paper.optim.lr == 1e-5 and paper.max_steps == 12500 and paper.data.num_frames == 14
     assert paper.data.batch_size * paper.gradient_accumulation_steps == 64
-    weights = {s.name: s.weight for s in paper.data.sources}
-    assert weights == {"drag-a-move": 0.3, "human-shape": 0.25, "animals": 0.25, "daily-used": 0.05, "other": 0.15}
+    assert {s.name: s.weight for s in paper.data.sources} == PAPER_MIXTURE
 
 
 @pytest.mark.parametrize(

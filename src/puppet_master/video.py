@@ -8,8 +8,11 @@ from pathlib import Path
 from typing import Sequence
 
 import cv2
+import imageio.v2 as imageio
+import imageio.v3 as iio
 import numpy as np
 import PIL.Image
+from PIL import ImageSequence
 
 from .errors import UserInputError
 
@@ -106,8 +109,6 @@ def write_video(frames, path: str | Path, fps: float = 7.0, overwrite: bool = Fa
     os.close(fd)
     try:
         if suffix == ".mp4":
-            import imageio.v2 as imageio
-
             # yuv420p needs even sizes; macro_block_size=2 pads odd sizes minimally
             with imageio.get_writer(tmp_name, format="FFMPEG", mode="I", fps=fps, codec="libx264",
                                     pixelformat="yuv420p", macro_block_size=2, quality=8) as writer:
@@ -138,8 +139,6 @@ def read_video(path: str | Path) -> np.ndarray:
     """
     path = Path(path)
     if path.suffix.lower() in (".gif", ".webp"):
-        from PIL import ImageSequence
-
         with PIL.Image.open(path) as im:
             frames, durations = [], []
             for frame in ImageSequence.Iterator(im):
@@ -148,8 +147,6 @@ def read_video(path: str | Path) -> np.ndarray:
         base = min((d for d in durations if d > 0), default=0)
         repeats = [max(1, int(round(d / base))) if base else 1 for d in durations]
         return np.stack([f for f, r in zip(frames, repeats) for _ in range(r)])
-    import imageio.v3 as iio
-
     frames = iio.imread(path, index=None)
     if frames.ndim == 3:
         frames = frames[None]

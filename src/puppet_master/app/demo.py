@@ -8,28 +8,29 @@ generation is queued one at a time per process. User mistakes are reported in th
 status line, never as a stack trace.
 """
 
-
-
 import copy
+import logging
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
+import gradio as gr
 import numpy as np
 import PIL.Image
-
-import logging
+import torch
 
 from ..drags import DragSet
 from ..errors import UserInputError
+from ..pipelines.loading import load_pipeline
+from ..preprocessing import composite_on_white, square_pad
+from ..video import DRAG_COLORS, draw_drags, to_uint8_frames, write_video
 
 logger = logging.getLogger(__name__)
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "assets" / "examples"
 #: The canvas shows the model input enlarged by this factor so clicks are precise.
 DISPLAY_SCALE = 2
-MAX_DRAGS = 5
 
 
 @dataclass
@@ -53,17 +54,17 @@ class DemoState:
 
 
 def square_input(image: PIL.Image.Image, size: int) -> tuple[PIL.Image.Image, np.ndarray | None]:
-    """Pad to a centred square on white (aspect kept) and resize to ``size``; also the alpha mask."""
-    w, h = image.size
-    side = max(w, h)
-    canvas = PIL.Image.new("RGBA", (side, side), (255, 255, 255, 0))
-    canvas.paste(image.convert("RGBA"), ((side - w) // 2, (side - h) // 2))
-    canvas = canvas.resize((size, size), PIL.Image.Resampling.LANCZOS)
-    alpha = np.asarray(canvas)[..., 3]
+    """The model's square input (:func:`~puppet_master.preprocessing.square_pad`, on white) and the alpha mask.
+
+    Returns:
+        ``(RGB image size × size, bool (size, size) foreground mask or None without transparency)``.
+    """
+    square, _ = square_pad(composite_on_white(image), size)  # what prepare_input gives the model
     has_alpha = image.mode in ("RGBA", "LA") and (np.asarray(image.convert("RGBA"))[..., 3] < 250).any()
-    rgb = PIL.Image.new("RGB", canvas.size, (255, 255, 255))
-    rgb.paste(canvas.convert("RGB"), mask=canvas.getchannel("A"))
-    return rgb, (alpha > 127) if has_alpha else None
+    if not has_alpha:
+        return square, None
+    alpha = np.asarray(square_pad(image.convert("RGBA"), size)[0])[..., 3]
+    return square, alpha > 127
 
 
 def grabcut_foreground(image: PIL.Image.Image, seeds: list[tuple[float, float]], iterations: int = 5) -> np.ndarray:
@@ -102,8 +103,6 @@ def render_canvas(state: DemoState) -> np.ndarray | None:
     """The model image enlarged ``DISPLAY_SCALE``× with drags as arrows and a pending start dot."""
     if state.image is None:
         return None
-    from ..video import DRAG_COLORS
-
     s = DISPLAY_SCALE
     canvas = np.array(state.image.resize((state.image.width * s, state.image.height * s)))  # writable copy
     for k, ((x0, y0), (x1, y1)) in enumerate(state.drags):
@@ -122,10 +121,7 @@ def build_demo(pipe, size: int = 256, num_frames: int = 14, default_steps: int =
     Returns:
         ``gr.Blocks`` (call ``.queue().launch(...)``).
     """
-    import gradio as gr
-    import torch
-
-    from ..video import draw_drags, to_uint8_frames, write_video
+    max_drags = pipe.unet.config.num_drags  # as many drag slots as the loaded model has
 
     def on_upload(image, state):
         state = DemoState()
@@ -140,8 +136,8 @@ def build_demo(pipe, size: int = 256, num_frames: int = 14, default_steps: int =
             return state, None, "Upload an image first."
         x, y = (float(v) / DISPLAY_SCALE for v in evt.index[:2])
         if state.pending is None:
-            if len(state.drags) >= MAX_DRAGS:
-                return state, render_canvas(state), f"At most {MAX_DRAGS} drags: undo or clear one first."
+            if len(state.drags) >= max_drags:
+                return state, render_canvas(state), f"At most {max_drags} drags: undo or clear one first."
             state.pending = (x, y)
         else:
             state.drags.append((state.pending, (x, y)))
@@ -197,7 +193,7 @@ def build_demo(pipe, size: int = 256, num_frames: int = 14, default_steps: int =
     with gr.Blocks(title="Puppet-Master") as demo:
         gr.Markdown("# Puppet-Master — drag parts of an object, get a video\n"
                     "Upload an image (or pick an example), click a **start** then an **end** point for each drag "
-                    f"(up to {MAX_DRAGS}), then Generate.")
+                    f"(up to {max_drags}), then Generate.")
         state = gr.State(DemoState())
         with gr.Row():
             with gr.Column():
@@ -232,8 +228,6 @@ def build_demo(pipe, size: int = 256, num_frames: int = 14, default_steps: int =
 def launch(model: str | None = None, host: str = "127.0.0.1", port: int = 7860, device: str = "cpu",
            steps: int = 25, size: int = 256, frames: int = 14) -> None:
     """Load the model and serve the demo (blocking)."""
-    from ..pipelines.loading import load_pipeline
-
     pipe = load_pipeline(model, device=device)
     demo = build_demo(pipe, size=size, num_frames=frames, default_steps=steps)
     demo.queue(default_concurrency_limit=1).launch(server_name=host, server_port=port, show_error=False,

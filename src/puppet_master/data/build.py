@@ -20,14 +20,21 @@ Ray cluster.
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
 import os
 import shutil
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from ..errors import UserInputError
 from .blender_env import BlenderError, find_blender_python, run_worker
+from .curation import MotionClassifier, VLMFilter, curate
+from .drag_sampling import sample_drags, write_sample
+from .renders import RenderedAsset
 from .sources import AssetTask, fetch_objaverse
 
 STAGES = ("asset", "render", "curate", "sample")
@@ -74,8 +81,6 @@ _CLASSIFIER = {}
 
 
 def _classifier(path):
-    from .curation import MotionClassifier
-
     if path not in _CLASSIFIER:
         _CLASSIFIER[path] = MotionClassifier.load(path)
     return _CLASSIFIER[path]
@@ -134,9 +139,6 @@ def process_asset(task: dict, cfg: dict) -> dict:
             record.update(status="pending", reason="render stage not run yet")
             return record
 
-        from .curation import VLMFilter, curate
-        from .renders import RenderedAsset
-
         render = RenderedAsset.load(render_dir)
         cur_file = out / "curation" / f"{t.asset_id}.json"
         if "curate" in c.stages and not cur_file.exists():
@@ -157,8 +159,6 @@ def process_asset(task: dict, cfg: dict) -> dict:
         if not cur["keep"]:
             record["status"] = "rejected"
         elif "sample" in c.stages:
-            from .drag_sampling import sample_drags, write_sample
-
             windows = _episode_windows(info, render)
             n = min(c.num_frames, render.num_frames)
             if windows and n > windows[0][1]:
@@ -209,8 +209,6 @@ def build(tasks: list[AssetTask], cfg: BuildConfig, workers: int = 2, executor: 
     Raises:
         UserInputError: no Blender Python, unknown executor.
     """
-    from tqdm.auto import tqdm
-
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.blender_python is None and any(s in cfg.stages for s in ("asset", "render")):
@@ -232,16 +230,13 @@ def build(tasks: list[AssetTask], cfg: BuildConfig, workers: int = 2, executor: 
             for t in tasks:
                 finish(process_asset(t.to_dict(), cfg_dict))
         else:
-            import multiprocessing as mp
-            from concurrent.futures import ProcessPoolExecutor, as_completed
-
             with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
                 futures = [pool.submit(process_asset, t.to_dict(), cfg_dict) for t in tasks]
                 for fut in as_completed(futures):
                     finish(fut.result())
     elif executor == "ray":
         try:
-            import ray
+            import ray  # optional dependency, only for --executor ray
         except ImportError:
             raise UserInputError("--executor ray needs the ray package: pip install 'ray[default]'") from None
         started_here = not ray.is_initialized()

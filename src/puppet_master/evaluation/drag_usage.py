@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from .. import edm
+from ..training.data import LatentCacheDataset
 
 
 @dataclass
@@ -88,7 +89,5 @@ def drag_usage(unet, clips: list[dict], sigmas: tuple[float, ...] = (0.5, 1.5, 4
 
 def load_latent_clips(folder: str | Path) -> list[dict]:
     """Every clip of a latent-cache folder (``*.safetensors`` from ``puppet-master cache-latents``)."""
-    from ..training.data import LatentCacheDataset
-
     ds = LatentCacheDataset(folder)
     return [ds[i] for i in range(len(ds))]

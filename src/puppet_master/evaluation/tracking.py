@@ -17,6 +17,7 @@ from typing import Protocol
 
 import cv2
 import numpy as np
+import torch
 
 from ..errors import UserInputError
 
@@ -113,20 +114,16 @@ class CoTrackerTracker:
         if not path.is_file():
             raise UserInputError(f"CoTracker checkpoint {str(path)!r} does not exist")
         try:
-            from cotracker.predictor import CoTrackerPredictor
+            from cotracker.predictor import CoTrackerPredictor  # optional dependency
         except ImportError:
             raise UserInputError(
                 "the cotracker package is not installed: pip install git+https://github.com/facebookresearch/co-tracker"
             ) from None
-        import torch
-
-        self._torch = torch
         self.device = device
         self.model = CoTrackerPredictor(checkpoint=str(path)).to(device).eval()
 
     def track(self, video: np.ndarray, points: np.ndarray) -> np.ndarray:
         video, points = _check(video, points)
-        torch = self._torch
         frames = torch.from_numpy(video).permute(0, 3, 1, 2)[None].float().to(self.device)
         queries = np.concatenate([np.zeros((len(points), 1)), points - 0.5], axis=1)
         q = torch.from_numpy(queries)[None].float().to(self.device)

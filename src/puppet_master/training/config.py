@@ -10,9 +10,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..errors import UserInputError
 
-#: Training mixture of the paper (docs/design.md §6).
-PAPER_MIXTURE = {"drag-a-move": 0.3, "human-shape": 0.25, "animals": 0.25, "daily-used": 0.05, "other": 0.15}
-
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserInputError
+from ..pipelines import PuppetMasterPipeline
 
 EMA_STATE_FILE = "custom_checkpoint_0.pkl"
 
@@ -67,8 +68,6 @@ def export_checkpoint(
         UserInputError: missing checkpoint or EMA state, ``out`` exists without ``overwrite``,
             or a base whose UNet does not match the checkpoint (parameter count or shapes).
     """
-    from ..pipelines import PuppetMasterPipeline
-
     out = Path(out)
     if out.exists() and not overwrite:
         raise UserInputError(f"{out} already exists: choose another --out or pass --overwrite")

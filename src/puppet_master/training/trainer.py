@@ -25,13 +25,19 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
+from diffusers import UNetSpatioTemporalConditionModel
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
 from .. import edm
+from ..drags import DragSet
 from ..errors import UserInputError
 from ..models import UNetDragSpatioTemporalConditionModel
+from ..pipelines import PuppetMasterPipeline
+from ..pipelines.components import build_components, load_svd_components
+from ..video import draw_drags, to_uint8_frames, write_video
 from .config import TrainConfig
 from .data import PositionSampler, build_mixture, collate, steps_to_positions
 
@@ -145,8 +151,6 @@ def build_unet(config: TrainConfig) -> UNetDragSpatioTemporalConditionModel:
         if m.init == "scratch":
             unet = UNetDragSpatioTemporalConditionModel(**kwargs)
         elif m.init == "svd":
-            from diffusers import UNetSpatioTemporalConditionModel
-
             svd = UNetSpatioTemporalConditionModel.from_pretrained(m.pretrained, subfolder="unet")
             kwargs.pop("num_frames")
             unet = UNetDragSpatioTemporalConditionModel.from_svd_unet(svd, num_frames=config.data.num_frames, **kwargs)
@@ -192,9 +196,6 @@ def param_groups(unet, lr: float, drag_lr_scale: float = 1.0) -> list[dict]:
 
 def load_components(config: TrainConfig, unet) -> dict | None:
     """VAE / image encoder / scheduler for validation and export, or ``None`` if not configured."""
-    from ..pipelines import PuppetMasterPipeline
-    from ..pipelines.components import build_components
-
     m = config.model
     source = m.components or (m.pretrained if m.init == "svd" else None)
     if source is None:
@@ -202,15 +203,7 @@ def load_components(config: TrainConfig, unet) -> dict | None:
     if source == "tiny":
         comps = build_components("tiny", seed=config.seed)
     elif m.init == "svd" and source == m.pretrained:
-        from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler
-        from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
-
-        comps = dict(
-            vae=AutoencoderKLTemporalDecoder.from_pretrained(source, subfolder="vae"),
-            image_encoder=CLIPVisionModelWithProjection.from_pretrained(source, subfolder="image_encoder"),
-            feature_extractor=CLIPImageProcessor.from_pretrained(source, subfolder="feature_extractor"),
-            scheduler=EulerDiscreteScheduler.from_pretrained(source, subfolder="scheduler"),
-        )
+        comps = load_svd_components(source)
     else:
         pipe = PuppetMasterPipeline.from_pretrained(source)
         comps = dict(vae=pipe.vae, image_encoder=pipe.image_encoder, feature_extractor=pipe.feature_extractor,
@@ -338,8 +331,6 @@ class Trainer:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             (self.output_dir / "config.json").write_text(json.dumps(cfg.model_dump(), indent=1))
 
-        from tqdm.auto import tqdm
-
         result = TrainResult(output_dir=self.output_dir)
         step = start_step
         bar = tqdm(total=end_step, initial=start_step, desc="training", disable=not (self.progress and acc.is_local_main_process))
@@ -425,10 +416,6 @@ class Trainer:
         comps = self._components(model)
         if comps is None:
             return None
-        from ..pipelines import PuppetMasterPipeline
-        from ..video import draw_drags, to_uint8_frames, write_video
-        from ..drags import DragSet
-
         item = dataset[0]
         pipe = PuppetMasterPipeline(**comps).to(acc.device)
         pipe.set_progress_bar_config(disable=True)
@@ -459,8 +446,6 @@ class Trainer:
         comps = self._components(unet)
         if comps is None:
             return None
-        from ..pipelines import PuppetMasterPipeline
-
         with self._with_ema(unet, ema):
             pipe = PuppetMasterPipeline(**comps)
             tmp = out / ".pipeline-partial"
