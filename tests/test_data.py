@@ -208,6 +208,54 @@ if __name__ == "__main__":
     assert sum(r["num_samples"] for r in manifest.values()) == len(names)
 
 
+def test_killed_build_leaves_no_process_running(tmp_path, blender_python):
+    """SIGKILL of the build's main process: its pool workers, their Blender processes and the
+    resource tracker exit too (parent-death signal + watchdog), instead of rendering on for minutes."""
+    import psutil
+
+    script = f"""
+from puppet_master.data.build import BuildConfig, build
+from puppet_master.data.sources import AssetTask
+if __name__ == "__main__":
+    tasks = [AssetTask(f"w-{{i}}", "procedural", kind=k, seed=70 + i) for i, k in enumerate(["box", "safe", "laptop", "table"])]
+    cfg = BuildConfig(out={str(tmp_path / "ds")!r}, views=1, frames=16, resolution=32, cycles_samples=1,
+                      blender_python={blender_python!r})
+    build(tasks, cfg, workers=2, progress=False)
+"""
+    (tmp_path / "run.py").write_text(script)
+    proc = subprocess.Popen([sys.executable, str(tmp_path / "run.py")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    main_process = psutil.Process(proc.pid)
+
+    def blender_running(children):
+        for child in children:
+            try:
+                if "worker.py" in " ".join(child.cmdline()):
+                    return True
+            except psutil.Error:
+                pass
+        return False
+
+    deadline = time.time() + 180
+    children = []
+    while time.time() < deadline and not blender_running(children):
+        children = main_process.children(recursive=True)
+        time.sleep(0.2)
+    assert blender_running(children), "no Blender process started"
+    proc.kill()
+    proc.wait()
+
+    def running(process):
+        try:
+            return process.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
+    deadline = time.time() + 30
+    while time.time() < deadline and any(running(c) for c in children):
+        time.sleep(0.5)
+    assert not [c.pid for c in children if running(c)], "processes outlived the killed build"
+
+
 def test_ray_executor_on_a_local_instance(tmp_path, built, blender_python):
     pytest.importorskip("ray", reason="ray is installed by the test extras")
     out, records = built

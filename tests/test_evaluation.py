@@ -147,7 +147,8 @@ def test_evaluate_report_schema_and_files(shared_dir, tmp_path):
                       DISTracker(), tmp_path, limit=2, progress=False)
     data = json.loads((tmp_path / "report.json").read_text())
     Report.model_validate(data)  # the documented shape
-    assert set(data) == {"dataset", "num_examples", "tracker", "tracker_noise_drag", "methods", "per_example"}
+    assert set(data) == {"dataset", "num_examples", "tracker", "tracker_noise_drag", "methods", "per_example", "skipped"}
+    assert data["skipped"] == []
     # the tracker's noise floor: its error on the ground truth itself, recomputed here
     tracker = DISTracker()
     floors = []

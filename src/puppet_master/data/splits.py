@@ -14,7 +14,6 @@ Both give :class:`EvalExample` objects at the evaluation size (256×256).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import cv2
 import numpy as np
 import torch
 
-from ..drags import DragSet
+from ..drags import DragSet, read_drags_json
 from ..errors import UserInputError
 from ..video import read_video
 from .safe_pickle import safe_load_pickle
@@ -61,28 +60,48 @@ def _resize_video(frames: np.ndarray, size: int) -> np.ndarray:
     return np.stack([cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA) for f in frames])
 
 
+def _category(value) -> str:
+    """The ``category`` entry of a batch: a string, or a list/tuple whose first item is one."""
+    if isinstance(value, (list, tuple)) and value:
+        value = value[0]
+    return str(value) if isinstance(value, (str, np.str_)) else ""
+
+
+def _batch_drags(value, name: str, size: int) -> torch.Tensor:
+    """A batch's ``drags`` as float32 ``(N, K, 4)``, checked (type, shape, limits, values) before use."""
+    if not isinstance(value, (torch.Tensor, np.ndarray)):
+        raise UserInputError(f"{name}: 'drags' must be a float tensor of shape (1, N, K, 4), got {type(value).__name__}")
+    DragSet.from_tensor(value, size, size)  # shape, dtype, limits, finite values, starts on the image
+    drags = torch.as_tensor(value).to(torch.float32)
+    return (drags[0] if drags.ndim == 4 else drags).contiguous()
+
+
 def load_dragamove_example(pkl: str | Path, size: int = EVAL_SIZE) -> EvalExample:
     """Read one published test batch (``NNNNN.pkl`` with its ``NNNNN.gif``).
 
+    Everything is checked before use: the pickle is read with the restricted unpickler
+    and its ``drags`` must be a float ``(1, N, K, 4)`` tensor with starts on the image
+    (later points may leave it: a part moving out of view).
+
     Raises:
-        UserInputError: missing GIF, unreadable/unsafe pickle, unexpected contents.
+        UserInputError: missing or unreadable GIF, unreadable/unsafe pickle, unexpected
+            contents, frame count that does not match the drags.
     """
     pkl = Path(pkl)
-    data = safe_load_pickle(pkl)
     gif = pkl.with_suffix(".gif")
     if not gif.is_file():
         raise UserInputError(f"{pkl.name} has no ground-truth video {gif.name} beside it")
+    data = safe_load_pickle(pkl)
     if not isinstance(data, dict) or "drags" not in data:
-        raise UserInputError(f"{pkl} is not a Drag-a-Move test batch (no 'drags' entry)")
-    drags = torch.as_tensor(data["drags"], dtype=torch.float32)
-    if drags.ndim == 4:
-        drags = drags[0]
+        raise UserInputError(f"{pkl.name} is not a Drag-a-Move test batch (no 'drags' entry)")
+    try:
+        drags = _batch_drags(data["drags"], pkl.name, size)
+    except UserInputError as exc:
+        raise UserInputError(f"{pkl.name}: {exc}") from None
     frames = _resize_video(read_video(gif), size)
     if frames.shape[0] != drags.shape[0]:
         raise UserInputError(f"{gif.name} has {frames.shape[0]} frames but its drags have {drags.shape[0]}")
-    category = data.get("category", [""])
-    category = str(category[0]) if isinstance(category, (list, tuple)) and category else str(category)
-    return EvalExample(pkl.stem, frames, drags, category)
+    return EvalExample(pkl.stem, frames, drags, _category(data.get("category", "")))
 
 
 #: Video formats a split folder may hold beside ``NAME.json``, in order of preference.
@@ -99,7 +118,7 @@ def load_split_example(meta: str | Path, size: int = EVAL_SIZE, num_drags: int =
     """Read one example of a split folder (``NAME.json`` + ``NAME.{gif,mp4,webp}``).
 
     Raises:
-        UserInputError: missing video or invalid drags.
+        UserInputError: missing or unreadable video, invalid drags JSON.
     """
     meta = Path(meta)
     video = split_video_path(meta)
@@ -107,19 +126,36 @@ def load_split_example(meta: str | Path, size: int = EVAL_SIZE, num_drags: int =
         raise UserInputError(f"{meta.name} has no video (NAME.gif, .mp4 or .webp) beside it")
     frames = read_video(video)
     h, w = frames.shape[1:3]
-    spec = json.loads(meta.read_text())
+    spec = read_drags_json(meta)
     drags = DragSet.from_json(spec, width=w, height=h, num_frames=frames.shape[0], max_drags=num_drags)
-    return EvalExample(meta.stem, _resize_video(frames, size), drags.to_tensor(num_drags), str(spec.get("category", "")))
+    category = spec.get("category", "") if isinstance(spec, dict) else ""
+    return EvalExample(meta.stem, _resize_video(frames, size), drags.to_tensor(num_drags), _category(category))
 
 
-def load_eval_dataset(root: str | Path, limit: int | None = None, size: int = EVAL_SIZE) -> tuple[str, list[EvalExample]]:
-    """Load every example of ``root``: Drag-a-Move batches if it holds ``*.pkl``, else a split folder.
+@dataclass
+class EvalDataset:
+    """The readable examples of an evaluation folder and the ones that were not.
 
-    Returns:
-        ``(format name, examples sorted by name)``.
+    Attributes:
+        format: ``"dragamove"`` or ``"split"``.
+        examples: readable examples, sorted by name.
+        skipped: ``[{"name": ..., "reason": ...}]`` for every unreadable example.
+    """
+
+    format: str
+    examples: list[EvalExample]
+    skipped: list[dict]
+
+
+def scan_eval_dataset(root: str | Path, limit: int | None = None, size: int = EVAL_SIZE) -> EvalDataset:
+    """Load every example of ``root``, keeping going past unreadable ones.
+
+    ``root`` holds Drag-a-Move batches if it has ``*.pkl`` files, else a split folder.
+    An example that cannot be read (corrupt video, unsafe pickle, invalid drags) is
+    listed in :attr:`EvalDataset.skipped` with its reason.
 
     Raises:
-        UserInputError: missing folder or no examples.
+        UserInputError: missing folder, no examples, or none of them readable.
     """
     root = Path(root)
     if not root.is_dir():
@@ -133,4 +169,28 @@ def load_eval_dataset(root: str | Path, limit: int | None = None, size: int = EV
         files = files[:limit]
     if not files:
         raise UserInputError(f"{str(root)!r} holds no test examples (NNNNN.pkl + .gif, or NAME.json + video)")
-    return fmt, [loader(f, size=size) for f in files]
+    examples, skipped = [], []
+    for f in files:
+        try:
+            examples.append(loader(f, size=size))
+        except UserInputError as exc:
+            skipped.append({"name": f.stem, "reason": str(exc)})
+    if not examples:
+        raise UserInputError(f"none of the {len(files)} examples in {str(root)!r} can be read; "
+                             f"{skipped[0]['name']}: {skipped[0]['reason']}")
+    return EvalDataset(fmt, examples, skipped)
+
+
+def load_eval_dataset(root: str | Path, limit: int | None = None, size: int = EVAL_SIZE) -> tuple[str, list[EvalExample]]:
+    """Load every example of ``root`` (see :func:`scan_eval_dataset`), refusing any unreadable one.
+
+    Returns:
+        ``(format name, examples sorted by name)``.
+
+    Raises:
+        UserInputError: missing folder, no examples, or an unreadable example (the first).
+    """
+    data = scan_eval_dataset(root, limit=limit, size=size)
+    if data.skipped:
+        raise UserInputError(f"{data.skipped[0]['name']}: {data.skipped[0]['reason']}")
+    return data.format, data.examples

@@ -6,6 +6,7 @@ are in pixels of that size (x right, y down).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -156,8 +157,13 @@ class FVDMetric:
     videos are fed as float ``(B, 3, N, 224, 224)`` in [−1, 1]; features are 400-d.
     Real and generated feature sets each need more than one video.
 
+    Trust: a TorchScript file is a program, not plain weights. ``torch.jit.load`` does
+    not unpickle Python objects, but the graph stored in the file runs (torch operators
+    only, no Python), so the file must come from a source the user trusts. There is no
+    weights-only form of it.
+
     Raises:
-        UserInputError: the detector file is missing.
+        UserInputError: the detector file is missing or is not a TorchScript archive.
     """
 
     def __init__(self, detector: str | Path, device: str = "cpu") -> None:
@@ -165,7 +171,13 @@ class FVDMetric:
         if not path.is_file():
             raise UserInputError(f"I3D detector {str(path)!r} does not exist (FVD needs a local TorchScript I3D)")
         self.device = device
-        self.model = torch.jit.load(str(path), map_location=device).eval()
+        try:
+            with warnings.catch_warnings():  # torch marks jit.load deprecated; the I3D detector exists only as TorchScript
+                warnings.simplefilter("ignore", DeprecationWarning)
+                self.model = torch.jit.load(str(path), map_location=device).eval()
+        except Exception as exc:  # noqa: BLE001 - any failure means the file is not a usable TorchScript detector
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserInputError(f"cannot load the I3D detector {str(path)!r} (a TorchScript file): {first}") from None
 
     def features(self, videos: list[np.ndarray]) -> np.ndarray:
         feats = []
