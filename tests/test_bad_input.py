@@ -350,7 +350,7 @@ def test_evaluate_subprocess_unsafe_pickle(tmp_path):
 
 def test_evaluate_scores_drags_leaving_the_frame_and_reports_unreadable_examples(shared_dir, tmp_path, capsys):
     """All 20 dev examples, one whose drag leaves the frame (as in the published set) and one corrupt: the run completes."""
-    from puppet_master.evaluation.safe_pickle import safe_load_pickle
+    from puppet_master.data.safe_pickle import safe_load_pickle
 
     dev = shared_dir / "data" / "dragamove-test-dev"
     data = tmp_path / "data"

@@ -15,7 +15,7 @@ import torch
 from puppet_master.data.blender_env import find_blender_python
 from puppet_master.data.build import BuildConfig, build
 from puppet_master.data.curation import MotionClassifier, VLMFilter, read_labels
-from puppet_master.data.dataset import DragVideoDataset, mixture_weights
+from puppet_master.data.dataset import PAPER_MIXTURE, DragVideoDataset, group_mixture
 from puppet_master.data.renders import RenderedAsset
 from puppet_master.data.sources import AssetTask, folder_tasks, objaverse_uids, procedural_tasks
 from puppet_master.errors import UserInputError
@@ -104,7 +104,7 @@ def test_drag_samples_visible_origins_dedup_and_format(built):
 
 
 def test_samples_folder_is_an_evaluation_split(built):
-    from puppet_master.evaluation.datasets import load_eval_dataset
+    from puppet_master.data.splits import load_eval_dataset
 
     out, _ = built
     fmt, examples = load_eval_dataset(out / "samples")
@@ -126,12 +126,14 @@ def test_dataset_yields_normalised_samples(built):
     used = d.abs().sum((0, 2)) > 0
     assert torch.all(d[:, used, :2] == d[:1, used, :2]) and torch.allclose(d[0, used, 2:], d[0, used, :2])
     assert DragVideoDataset(out, size=32)[0]["frames"].shape == (14, 3, 32, 32)
-    groups = [item["group"] for item in (ds[i] for i in range(len(ds)))]
-    w = mixture_weights(groups)
-    assert torch.isclose(w.sum(), torch.tensor(1.0, dtype=torch.double))
-    by_group = {g: float(w[[i for i, x in enumerate(groups) if x == g]].sum()) for g in set(groups)}
-    if {"drag-a-move", "animals"} <= set(by_group):
-        assert abs(by_group["drag-a-move"] / by_group["animals"] - 0.3 / 0.25) < 1e-6  # docs/design.md §6 proportions
+    # the source groups drawn with the paper's probabilities (docs/design.md §6), renormalised over those present
+    mix = group_mixture(ds, seed=0)
+    source_groups = [{ds[i]["group"] for i in subset.indices} for subset in mix.sources]
+    assert all(len(g) == 1 for g in source_groups) and sum(len(s) for s in mix.sources) == len(ds)
+    present = [g.pop() for g in source_groups]
+    total = sum(PAPER_MIXTURE[g] for g in present)
+    np.testing.assert_allclose(mix.probs, [PAPER_MIXTURE[g] / total for g in present])
+    assert mix[3]["key"] == 3 and torch.equal(mix[3]["drags"], mix[3]["drags"])
 
 
 def test_curation_on_held_out_labelled_set(tmp_path, blender_python):

@@ -6,7 +6,7 @@ import pytest
 
 from puppet_master.cli import main
 from puppet_master.evaluation.baselines import static_video, warp_video
-from puppet_master.evaluation.datasets import load_eval_dataset, load_split_example
+from puppet_master.data.splits import load_eval_dataset, load_split_example
 from puppet_master.evaluation.metrics import (
     flow_errors,
     foreground_points,
@@ -189,7 +189,7 @@ def test_evaluate_command_with_model(shared_dir, tmp_path, tiny_pipeline_dir, ca
 def test_autoencoder_method_round_trips_each_frame_through_the_vae(shared_dir, tiny_pipeline_dir):
     import torch
 
-    from puppet_master.evaluation.datasets import EvalExample
+    from puppet_master.data.splits import EvalExample
     from puppet_master.pipelines.loading import load_pipeline
 
     pipe = load_pipeline(str(tiny_pipeline_dir))

@@ -114,6 +114,29 @@ class SquareTransform:
         return np.asarray(points, dtype=np.float64) / self.scale - np.asarray(self.pad)
 
 
+def square_pad(image: PIL.Image.Image, size: int) -> tuple[PIL.Image.Image, SquareTransform]:
+    """Pad an RGB or RGBA image to a centred square (aspect kept) and resize it to ``size × size``.
+
+    The margins are white (transparent white for an RGBA image, so its alpha channel still
+    marks the foreground); an odd margin is split by rounding half to even, so the image
+    lands on whole pixels. Resizing uses Lanczos filtering and is skipped when the square's
+    side is already ``size``. Used by the command line, the Python API (through
+    :func:`prepare_input`) and the demo alike.
+
+    Returns:
+        ``(square image of the input's mode, transform from input to square pixels)``.
+    """
+    w, h = image.size
+    side = max(w, h)
+    left, top = int(round((side - w) / 2.0)), int(round((side - h) / 2.0))
+    fill = WHITE + (0,) if image.mode == "RGBA" else WHITE
+    square = PIL.Image.new(image.mode, (side, side), fill)
+    square.paste(image, (left, top))
+    if side != size:
+        square = square.resize((size, size), PIL.Image.Resampling.LANCZOS)
+    return square, SquareTransform(scale=size / side, pad=(float(left), float(top)), size=size)
+
+
 def prepare_input(image: PIL.Image.Image, drags: DragSet, size: int = 256) -> tuple[PIL.Image.Image, DragSet, SquareTransform]:
     """Composite on white, pad to a centred square (aspect kept) and resize to ``size``.
 
@@ -132,13 +155,7 @@ def prepare_input(image: PIL.Image.Image, drags: DragSet, size: int = 256) -> tu
     w, h = image.size
     if (drags.width, drags.height) != (w, h):
         raise UserInputError(f"drags are for a {drags.width}x{drags.height} image but the image is {w}x{h}")
-    rgb = composite_on_white(image)
-    side = max(w, h)
-    pad = ((side - w) / 2.0, (side - h) / 2.0)
-    square = PIL.Image.new("RGB", (side, side), WHITE)
-    square.paste(rgb, (int(round(pad[0])), int(round(pad[1]))))
-    pad = (float(int(round(pad[0]))), float(int(round(pad[1]))))
-    square = square.resize((size, size), PIL.Image.Resampling.LANCZOS) if side != size else square
-    transform = SquareTransform(scale=size / side, pad=pad, size=size)
+    square, transform = square_pad(composite_on_white(image), size)
+    pad = transform.pad
     mapped = drags.transformed(transform.scale, (pad[0] * transform.scale, pad[1] * transform.scale), size, size)
     return square, mapped, transform

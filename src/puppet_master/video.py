@@ -10,8 +10,11 @@ from pathlib import Path
 from typing import Sequence
 
 import cv2
+import imageio.v2 as imageio
+import imageio.v3 as iio
 import numpy as np
 import PIL.Image
+from PIL import ImageSequence
 
 from .errors import UserInputError
 
@@ -152,8 +155,6 @@ def write_video(frames, path: str | Path, fps: float = 7.0, overwrite: bool = Fa
     os.close(fd)
     try:
         if suffix == ".mp4":
-            import imageio.v2 as imageio
-
             # yuv420p needs even sizes; macro_block_size=2 pads odd sizes minimally
             with imageio.get_writer(tmp_name, format="FFMPEG", mode="I", fps=fps, codec="libx264",
                                     pixelformat="yuv420p", macro_block_size=2, quality=8) as writer:
@@ -201,8 +202,6 @@ def read_video(path: str | Path, max_frames: int = MAX_VIDEO_FRAMES) -> np.ndarr
 
 def _read_frames(path: Path, max_frames: int) -> np.ndarray:
     if path.suffix.lower() in (".gif", ".webp"):
-        from PIL import ImageSequence
-
         with warnings.catch_warnings():
             warnings.simplefilter("error", PIL.Image.DecompressionBombWarning)
             im = PIL.Image.open(path)
@@ -219,8 +218,6 @@ def _read_frames(path: Path, max_frames: int) -> np.ndarray:
         if sum(repeats) > max_frames:
             raise UserInputError(f"video {str(path)!r} has more than {max_frames} frames")
         return np.stack([f for f, r in zip(frames, repeats) for _ in range(r)])
-    import imageio.v3 as iio
-
     props = iio.improps(path)
     if len(props.shape) >= 3:
         _check_frame_size(path, props.shape[-2] if len(props.shape) == 4 else props.shape[1],

@@ -3,17 +3,16 @@
 (No ``from __future__ import annotations`` here: Gradio reads the ``gr.SelectData``
 annotation of the click handler at run time.)
 
-Per-session state (``gr.State``) keeps each browser tab's image and drags separate;
+Per-tab state (``gr.State``) keeps each browser tab's image and drags separate;
 generation is queued one at a time per process. User mistakes are reported in the
 status line (or, for an upload that is not a usable image, in an alert naming the
 reason), never as a stack trace. Generated videos live in one temporary folder per
 server, holding at most :data:`MAX_KEPT_VIDEOS` files and removed when the server stops.
 """
 
-
-
 import atexit
 import copy
+import logging
 import shutil
 import signal
 import sys
@@ -23,28 +22,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
+import gradio as gr
 import numpy as np
 import PIL.Image
-
-import logging
+import torch
 
 from ..drags import DragSet
 from ..errors import UserInputError
+from ..pipelines.loading import load_pipeline
+from ..preprocessing import composite_on_white, load_image, square_pad
 from ..segmentation import grabcut_foreground
+from ..video import DRAG_COLORS, draw_drags, to_uint8_frames, write_video
 
 logger = logging.getLogger(__name__)
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "assets" / "examples"
 #: The canvas shows the model input enlarged by this factor so clicks are precise.
 DISPLAY_SCALE = 2
-MAX_DRAGS = 5
 #: Generated videos kept on disk at a time (older ones are deleted; the browser already has them).
 MAX_KEPT_VIDEOS = 16
 
 
 @dataclass
 class DemoState:
-    """One browser session: the square model image and the drags (model pixels)."""
+    """One browser tab's state: the square model image and the drags (model pixels)."""
 
     image: "PIL.Image.Image | None" = None  # RGB square, model size (background not yet handled)
     alpha: np.ndarray | None = None  # (S, S) foreground mask from the alpha channel, if any
@@ -63,17 +64,17 @@ class DemoState:
 
 
 def square_input(image: PIL.Image.Image, size: int) -> tuple[PIL.Image.Image, np.ndarray | None]:
-    """Pad to a centred square on white (aspect kept) and resize to ``size``; also the alpha mask."""
-    w, h = image.size
-    side = max(w, h)
-    canvas = PIL.Image.new("RGBA", (side, side), (255, 255, 255, 0))
-    canvas.paste(image.convert("RGBA"), ((side - w) // 2, (side - h) // 2))
-    canvas = canvas.resize((size, size), PIL.Image.Resampling.LANCZOS)
-    alpha = np.asarray(canvas)[..., 3]
+    """The model's square input (:func:`~puppet_master.preprocessing.square_pad`, on white) and the alpha mask.
+
+    Returns:
+        ``(RGB image size × size, bool (size, size) foreground mask or None without transparency)``.
+    """
+    square, _ = square_pad(composite_on_white(image), size)  # what prepare_input gives the model
     has_alpha = image.mode in ("RGBA", "LA") and (np.asarray(image.convert("RGBA"))[..., 3] < 250).any()
-    rgb = PIL.Image.new("RGB", canvas.size, (255, 255, 255))
-    rgb.paste(canvas.convert("RGB"), mask=canvas.getchannel("A"))
-    return rgb, (alpha > 127) if has_alpha else None
+    if not has_alpha:
+        return square, None
+    alpha = np.asarray(square_pad(image.convert("RGBA"), size)[0])[..., 3]
+    return square, alpha > 127
 
 
 class OutputFolder:
@@ -111,8 +112,6 @@ def read_upload(path: str | Path, name: str | None = None) -> "PIL.Image.Image":
     Raises:
         UserInputError: not a usable image; the message names the upload by ``name``.
     """
-    from ..preprocessing import load_image
-
     try:
         return load_image(path)
     except UserInputError as exc:
@@ -130,8 +129,6 @@ def render_canvas(state: DemoState) -> np.ndarray | None:
     """The model image enlarged ``DISPLAY_SCALE``× with drags as arrows and a pending start dot."""
     if state.image is None:
         return None
-    from ..video import DRAG_COLORS
-
     s = DISPLAY_SCALE
     canvas = np.array(state.image.resize((state.image.width * s, state.image.height * s)))  # writable copy
     for k, ((x0, y0), (x1, y1)) in enumerate(state.drags):
@@ -155,10 +152,7 @@ def build_demo(pipe, size: int = 256, num_frames: int = 14, default_steps: int =
     Returns:
         ``gr.Blocks`` (call ``.queue().launch(...)``).
     """
-    import gradio as gr
-    import torch
-
-    from ..video import draw_drags, to_uint8_frames, write_video
+    max_drags = pipe.unet.config.num_drags  # as many drag slots as the loaded model has
 
     outputs = OutputFolder()
 
@@ -193,8 +187,8 @@ def build_demo(pipe, size: int = 256, num_frames: int = 14, default_steps: int =
             return state, None, "Upload an image first."
         x, y = (float(v) / DISPLAY_SCALE for v in evt.index[:2])
         if state.pending is None:
-            if len(state.drags) >= MAX_DRAGS:
-                return state, render_canvas(state), f"At most {MAX_DRAGS} drags: undo or clear one first."
+            if len(state.drags) >= max_drags:
+                return state, render_canvas(state), f"At most {max_drags} drags: undo or clear one first."
             state.pending = (x, y)
         else:
             state.drags.append((state.pending, (x, y)))
@@ -263,7 +257,7 @@ def build_demo(pipe, size: int = 256, num_frames: int = 14, default_steps: int =
     with gr.Blocks(title="Puppet-Master", delete_cache=(600, 3600)) as demo:
         gr.Markdown("# Puppet-Master — drag parts of an object, get a video\n"
                     "Upload an image (or pick an example), click a **start** then an **end** point for each drag "
-                    f"(up to {MAX_DRAGS}), then Generate.")
+                    f"(up to {max_drags}), then Generate.")
         state = gr.State(DemoState())
         with gr.Row():
             with gr.Column():
@@ -302,8 +296,6 @@ def launch(model: str | None = None, host: str = "127.0.0.1", port: int = 7860, 
            steps: int = 25, size: int = 256, frames: int = 14, draganything_model: str | None = None,
            draganything_resolution: tuple[int, int] = (576, 320)) -> None:
     """Load the model and serve the demo (blocking)."""
-    from ..pipelines.loading import load_pipeline
-
     pipe = load_pipeline(model, device=device)
     draganything = None
     if draganything_model is not None:

@@ -1,7 +1,12 @@
-"""The ``puppet-master`` command line."""
+"""The ``puppet-master`` command line.
+
+Each command imports the library (torch, diffusers, the package's models and pipelines) inside
+its function, on purpose: ``--help`` and argument errors answer at once, without loading it.
+"""
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -36,8 +41,6 @@ app.add_typer(data_app, name="data")
 
 def _quiet_libraries() -> None:
     """Keep library chatter (deprecation notes, backend fallbacks) out of the command's output."""
-    import os
-
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 

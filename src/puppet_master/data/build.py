@@ -20,15 +20,22 @@ Ray cluster.
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
 import os
 import shutil
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from ..errors import UserInputError
 from .blender_env import BlenderError, find_blender_python, run_worker
+from .curation import MotionClassifier, VLMFilter, curate
+from .drag_sampling import sample_drags, write_sample
 from .lifetime import exit_with_parent
+from .renders import RenderedAsset
 from .sources import AssetTask, fetch_objaverse
 
 STAGES = ("asset", "render", "curate", "sample")
@@ -80,8 +87,6 @@ _CLASSIFIER = {}
 
 
 def _classifier(path):
-    from .curation import MotionClassifier
-
     if path not in _CLASSIFIER:
         try:
             _CLASSIFIER[path] = MotionClassifier.load(path)
@@ -180,9 +185,6 @@ def _render_stage(t: AssetTask, c: BuildConfig, out: Path, record: dict) -> str 
 
 def _curate_stage(t: AssetTask, c: BuildConfig, out: Path, record: dict) -> str | None:
     """Decide keep / reject from motion statistics (+ the optional VLM filter); write ``curation/ID.json``."""
-    from .curation import VLMFilter, curate
-    from .renders import RenderedAsset
-
     cur_file = out / "curation" / f"{t.asset_id}.json"
     if "curate" in c.stages and not cur_file.exists():
         render = RenderedAsset.load(out / "renders" / t.asset_id)
@@ -211,9 +213,6 @@ def _sample_stage(t: AssetTask, c: BuildConfig, out: Path, record: dict) -> str 
         return None
     if "sample" not in c.stages:
         return "sample"
-    from .drag_sampling import sample_drags, write_sample
-    from .renders import RenderedAsset
-
     render = RenderedAsset.load(out / "renders" / t.asset_id)
     windows = _episode_windows(_asset_info(t, out), render)
     n = min(c.num_frames, render.num_frames)
@@ -263,8 +262,6 @@ def build(tasks: list[AssetTask], cfg: BuildConfig, workers: int = 2, executor: 
         BuildConfigError: a setting that fails for every asset (e.g. a missing curation
             model), before any asset is processed where it can be checked up front.
     """
-    from tqdm.auto import tqdm
-
     out = Path(cfg.out)
     if cfg.blender_python is None and any(s in cfg.stages for s in ("asset", "render")):
         cfg.blender_python = find_blender_python()
@@ -288,9 +285,6 @@ def build(tasks: list[AssetTask], cfg: BuildConfig, workers: int = 2, executor: 
             for t in tasks:
                 finish(process_asset(t.to_dict(), cfg_dict))
         else:
-            import multiprocessing as mp
-            from concurrent.futures import ProcessPoolExecutor, as_completed
-
             with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
                                      initializer=exit_with_parent, initargs=(os.getpid(),)) as pool:
                 futures = [pool.submit(process_asset, t.to_dict(), cfg_dict) for t in tasks]
@@ -302,7 +296,7 @@ def build(tasks: list[AssetTask], cfg: BuildConfig, workers: int = 2, executor: 
                     raise
     elif executor == "ray":
         try:
-            import ray
+            import ray  # optional dependency, only for --executor ray
         except ImportError:
             raise UserInputError("--executor ray needs the ray package: pip install 'ray[default]'") from None
         started_here = not ray.is_initialized()

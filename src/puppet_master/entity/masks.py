@@ -15,6 +15,7 @@ import numpy as np
 import PIL.Image
 
 from ..errors import UserInputError
+from ..segmentation import grabcut_foreground
 
 #: The release caps the disc radius at 50 pixels (at its 576×320 resolution).
 MAX_RADIUS = 50
@@ -133,8 +134,6 @@ def segment_entities(image: PIL.Image.Image, starts: np.ndarray, max_side: int =
     Returns:
         ``K`` bool masks ``(H, W)`` of the image's size.
     """
-    from ..segmentation import grabcut_foreground
-
     w, h = image.size
     scale = min(1.0, max_side / max(w, h))
     small = image.convert("RGB")

@@ -11,8 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+from scipy import linalg
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
+from ..errors import UserInputError
 from .tracking import PointTracker
 
 
@@ -122,10 +125,8 @@ class LPIPSMetric:
         self.available = False
         self.reason = ""
         try:
-            import lpips
-            import torch
+            import lpips  # optional dependency (and its weights): LPIPS is null without it
 
-            self._torch = torch
             self.model = lpips.LPIPS(net=net, verbose=False).to(device).eval()
             self.device = device
             self.available = True
@@ -134,7 +135,6 @@ class LPIPSMetric:
 
     def __call__(self, pred: np.ndarray, target: np.ndarray) -> float:
         _check_pair(pred, target)
-        torch = self._torch
         to = lambda v: torch.from_numpy(v).permute(0, 3, 1, 2).float().div(127.5).sub(1).to(self.device)  # noqa: E731
         with torch.no_grad():
             return float(self.model(to(pred), to(target)).mean())
@@ -142,8 +142,6 @@ class LPIPSMetric:
 
 def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: np.ndarray) -> float:
     """Fréchet distance between Gaussians: ``‖μ1−μ2‖² + tr(Σ1 + Σ2 − 2(Σ1Σ2)^{1/2})``."""
-    from scipy import linalg
-
     covmean = linalg.sqrtm(cov1 @ cov2)
     if not np.isfinite(covmean).all():
         offset = np.eye(cov1.shape[0]) * 1e-6
@@ -169,14 +167,9 @@ class FVDMetric:
     """
 
     def __init__(self, detector: str | Path, device: str = "cpu") -> None:
-        import torch
-
-        from ..errors import UserInputError
-
         path = Path(detector)
         if not path.is_file():
             raise UserInputError(f"I3D detector {str(path)!r} does not exist (FVD needs a local TorchScript I3D)")
-        self._torch = torch
         self.device = device
         try:
             with warnings.catch_warnings():  # torch marks jit.load deprecated; the I3D detector exists only as TorchScript
@@ -187,7 +180,6 @@ class FVDMetric:
             raise UserInputError(f"cannot load the I3D detector {str(path)!r} (a TorchScript file): {first}") from None
 
     def features(self, videos: list[np.ndarray]) -> np.ndarray:
-        torch = self._torch
         feats = []
         for v in videos:
             x = torch.from_numpy(v).permute(3, 0, 1, 2)[None].float().div(127.5).sub(1).to(self.device)

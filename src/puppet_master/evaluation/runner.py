@@ -11,11 +11,13 @@ from typing import Callable
 import cv2
 import numpy as np
 import PIL.Image
+import torch
 from pydantic import BaseModel, ConfigDict
+from tqdm.auto import tqdm
 
+from ..data.splits import EvalExample, scan_eval_dataset
 from ..video import draw_drags, write_video
 from .baselines import static_video, warp_video
-from .datasets import EvalExample, scan_eval_dataset
 from .metrics import FVDMetric, LPIPSMetric, flow_errors, psnr_per_frame, ssim_per_frame, trajectory_rmse
 from .tracking import PointTracker
 
@@ -68,7 +70,6 @@ def warp_method(example: EvalExample) -> np.ndarray:
 
 def model_method(pipe, steps: int = 50, seed: int = 0, max_guidance: float = 5.0) -> Generator:
     """A generator that runs a :class:`PuppetMasterPipeline` on the example's frame 0 and drags."""
-    import torch
 
     def run(example: EvalExample) -> np.ndarray:
         n, s = example.frames.shape[:2]
@@ -100,7 +101,6 @@ def autoencoder_method(pipe) -> Generator:
 
     Returns uint8 ``(N, S, S, 3)`` like the other generators.
     """
-    import torch
 
     def run(example: EvalExample) -> np.ndarray:
         frames = torch.from_numpy(example.frames).permute(0, 3, 1, 2).float() / 127.5 - 1
@@ -151,8 +151,6 @@ def evaluate(
     Raises:
         UserInputError: bad data folder, or no readable example in it.
     """
-    from tqdm.auto import tqdm
-
     out_dir = Path(out_dir)
     dataset = scan_eval_dataset(data, limit=limit)
     examples = dataset.examples

@@ -17,6 +17,7 @@ from typing import Protocol
 
 import cv2
 import numpy as np
+import torch
 
 from ..errors import UserInputError
 
@@ -120,13 +121,11 @@ class CoTrackerTracker:
         if not path.is_file():
             raise UserInputError(f"CoTracker checkpoint {str(path)!r} does not exist")
         try:
-            from cotracker.predictor import CoTrackerPredictor
+            from cotracker.predictor import CoTrackerPredictor  # optional dependency
         except ImportError:
             raise UserInputError(
                 "the cotracker package is not installed: pip install git+https://github.com/facebookresearch/co-tracker"
             ) from None
-        import torch
-
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
             if isinstance(state, dict) and isinstance(state.get("model"), dict):
@@ -136,13 +135,11 @@ class CoTrackerTracker:
         except Exception as exc:  # noqa: BLE001 - an unreadable or foreign file is one problem for the user
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UserInputError(f"cannot load the CoTracker checkpoint {str(path)!r}: {first}") from None
-        self._torch = torch
         self.device = device
         self.model = predictor.to(device).eval()
 
     def track(self, video: np.ndarray, points: np.ndarray) -> np.ndarray:
         video, points = _check(video, points)
-        torch = self._torch
         frames = torch.from_numpy(video).permute(0, 3, 1, 2)[None].float().to(self.device)
         queries = np.concatenate([np.zeros((len(points), 1)), points - 0.5], axis=1)
         q = torch.from_numpy(queries)[None].float().to(self.device)

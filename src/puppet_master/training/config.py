@@ -10,9 +10,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..errors import UserInputError
 
-#: Training mixture of the paper (docs/design.md §6).
-PAPER_MIXTURE = {"drag-a-move": 0.3, "human-shape": 0.25, "animals": 0.25, "daily-used": 0.05, "other": 0.15}
-
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -103,7 +100,9 @@ class TrainConfig(_Strict):
 
     output_dir: str = "runs/puppet-master"
     seed: int = 0
-    max_steps: int = Field(1000, ge=1, description="optimizer steps")
+    max_steps: int = Field(1000, ge=1, description="optimizer steps; also the length of the LR schedule")
+    stop_at_step: int | None = Field(None, ge=1, description=(
+        "end the run at this step (checkpoint and export there) while the LR schedule keeps max_steps' length"))
     gradient_accumulation_steps: int = Field(1, ge=1)
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     gradient_checkpointing: bool = False
@@ -127,6 +126,17 @@ class TrainConfig(_Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
+
+    @model_validator(mode="after")
+    def _stop_within_schedule(self):
+        if self.stop_at_step is not None and self.stop_at_step > self.max_steps:
+            raise ValueError(f"stop_at_step={self.stop_at_step} is past max_steps={self.max_steps}")
+        return self
+
+    @property
+    def last_step(self) -> int:
+        """The step the run ends at: ``stop_at_step``, else ``max_steps`` (the LR schedule's length)."""
+        return self.stop_at_step or self.max_steps
 
     @field_validator("output_dir")
     @classmethod

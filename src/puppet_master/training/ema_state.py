@@ -21,6 +21,8 @@ import re
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
 from ..errors import UserInputError
 
@@ -40,8 +42,6 @@ def save_ema_state(ema, names: list[str], folder: str | Path) -> None:
         names: the UNet's parameter names in ``parameters()`` order (one per shadow weight).
         folder: the checkpoint folder (written by the main process only).
     """
-    from safetensors.torch import save_file
-
     state = ema.state_dict()
     shadow = state.pop("shadow_params")
     if len(shadow) != len(names):
@@ -70,9 +70,6 @@ def read_ema_state(checkpoint: str | Path) -> tuple[list[str], list[torch.Tensor
         UserInputError: no EMA in the folder (a ``use_ema=false`` run, or the old pickle
             format only), or unreadable / inconsistent files.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     checkpoint = Path(checkpoint)
     weights, settings_file = checkpoint / EMA_WEIGHTS, checkpoint / EMA_SETTINGS
     if not weights.is_file() or not settings_file.is_file():

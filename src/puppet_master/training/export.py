@@ -1,10 +1,10 @@
 """Export the EMA weights of a training checkpoint as a pipeline folder.
 
-``puppet-master train`` exports ``OUTPUT_DIR/pipeline`` only when a run reaches
-``max_steps``. A run stopped earlier (a CPU session that ends, a job killed by the
-cluster) leaves ``checkpoints/step-*/``: accelerate state with the EMA shadow weights in
-``ema.safetensors`` (:mod:`.ema_state`). :func:`export_checkpoint` turns one into a
-pipeline that ``animate``, ``evaluate`` and ``train model.init=checkpoint`` accept.
+``puppet-master train`` exports ``OUTPUT_DIR/pipeline`` only when a run reaches its
+last step (``stop_at_step`` or ``max_steps``). A run stopped earlier (interrupted, or a
+job killed by the cluster) leaves ``checkpoints/step-*/``: accelerate state with the EMA
+shadow weights in ``ema.safetensors`` (:mod:`.ema_state`). :func:`export_checkpoint` turns
+one into a pipeline that ``animate``, ``evaluate`` and ``train model.init=checkpoint`` accept.
 
 Checkpoints written before the EMA moved to safetensors keep it in
 ``custom_checkpoint_0.pkl``; exporting reads that file with
@@ -20,7 +20,9 @@ from pathlib import Path
 import torch
 
 from ..errors import UserInputError
+from ..pipelines import PuppetMasterPipeline
 from .ema_state import LEGACY_EMA_FILE, has_legacy_ema, read_ema_state
+
 
 def load_ema_weights(checkpoint: str | Path) -> list[torch.Tensor]:
     """The EMA shadow weights of a ``checkpoints/step-*`` folder, in ``unet.parameters()`` order.
@@ -78,8 +80,6 @@ def export_checkpoint(
         UserInputError: missing checkpoint or EMA state, ``out`` exists without ``overwrite``,
             or a base whose UNet does not match the checkpoint (parameter count or shapes).
     """
-    from ..pipelines import PuppetMasterPipeline
-
     out = Path(out)
     if out.exists() and not overwrite:
         raise UserInputError(f"{out} already exists: choose another --out or pass --overwrite")

@@ -14,6 +14,8 @@ a resumed run and a data-parallel run reproduce the single-process run.
 from __future__ import annotations
 
 import contextlib
+import difflib
+import inspect
 import json
 import os
 import pickle
@@ -26,13 +28,19 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
+from diffusers import UNetSpatioTemporalConditionModel
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
 from .. import edm
+from ..drags import DragSet
 from ..errors import TrainingDiverged, UserInputError
 from ..models import UNetDragSpatioTemporalConditionModel
+from ..pipelines import PuppetMasterPipeline
+from ..pipelines.components import build_components, load_svd_components
+from ..video import draw_drags, to_uint8_frames, write_video
 from .config import TrainConfig
 from .data import PositionSampler, build_mixture, collate, steps_to_positions
 from .ema_state import LEGACY_EMA_FILE, custom_pickles, has_legacy_ema, load_ema_state, save_ema_state
@@ -136,9 +144,6 @@ def check_unet_options(options: dict) -> None:
         UserInputError: a key the constructor does not take (the message names it and
             the closest valid name).
     """
-    import difflib
-    import inspect
-
     valid = [n for n in inspect.signature(UNetDragSpatioTemporalConditionModel.__init__).parameters if n != "self"]
     for key in options:
         if key not in valid:
@@ -163,8 +168,6 @@ def build_unet(config: TrainConfig) -> UNetDragSpatioTemporalConditionModel:
         if m.init == "scratch":
             unet = UNetDragSpatioTemporalConditionModel(**kwargs)
         elif m.init == "svd":
-            from diffusers import UNetSpatioTemporalConditionModel
-
             svd = UNetSpatioTemporalConditionModel.from_pretrained(m.pretrained, subfolder="unet")
             kwargs.pop("num_frames")
             unet = UNetDragSpatioTemporalConditionModel.from_svd_unet(svd, num_frames=config.data.num_frames, **kwargs)
@@ -210,9 +213,6 @@ def param_groups(unet, lr: float, drag_lr_scale: float = 1.0) -> list[dict]:
 
 def load_components(config: TrainConfig, unet) -> dict | None:
     """VAE / image encoder / scheduler for validation and export, or ``None`` if not configured."""
-    from ..pipelines import PuppetMasterPipeline
-    from ..pipelines.components import build_components
-
     m = config.model
     source = m.components or (m.pretrained if m.init == "svd" else None)
     if source is None:
@@ -220,15 +220,7 @@ def load_components(config: TrainConfig, unet) -> dict | None:
     if source == "tiny":
         comps = build_components("tiny", seed=config.seed)
     elif m.init == "svd" and source == m.pretrained:
-        from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler
-        from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
-
-        comps = dict(
-            vae=AutoencoderKLTemporalDecoder.from_pretrained(source, subfolder="vae"),
-            image_encoder=CLIPVisionModelWithProjection.from_pretrained(source, subfolder="image_encoder"),
-            feature_extractor=CLIPImageProcessor.from_pretrained(source, subfolder="feature_extractor"),
-            scheduler=EulerDiscreteScheduler.from_pretrained(source, subfolder="scheduler"),
-        )
+        comps = load_svd_components(source)
     else:
         pipe = PuppetMasterPipeline.from_pretrained(source)
         comps = dict(vae=pipe.vae, image_encoder=pipe.image_encoder, feature_extractor=pipe.feature_extractor,
@@ -373,7 +365,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def train(self) -> TrainResult:
-        """Train until ``max_steps``; resume first if ``config.resume`` says so.
+        """Train until ``stop_at_step`` (default ``max_steps``); resume first if ``config.resume`` says so.
 
         Stages: :meth:`_setup` (model, optimizer, EMA, data), :meth:`_resume`,
         :meth:`_loader`, then per optimizer step :meth:`_step` and :meth:`_after_step`
@@ -391,11 +383,9 @@ class Trainer:
         frame_w = edm.frame_weights(cfg.data.num_frames, cfg.frame_weight_ramp, device=acc.device)
         self._start_logging()
 
-        from tqdm.auto import tqdm
-
         result = TrainResult(output_dir=self.output_dir)
         step = start_step
-        bar = tqdm(total=cfg.max_steps, initial=start_step, desc="training",
+        bar = tqdm(total=cfg.last_step, initial=start_step, desc="training",
                    disable=not (self.progress and acc.is_local_main_process))
         run.unet.train()
         acc_losses: list[float] = []
@@ -415,7 +405,7 @@ class Trainer:
             bar.update()
             self._after_step(run, step, mean_loss, now - t_last)
             t_last = now
-            if step >= cfg.max_steps:
+            if step >= cfg.last_step:
                 break
         bar.close()
         return self._finish(run, step, result)
@@ -453,7 +443,7 @@ class Trainer:
         cfg, acc = self.config, self.accelerator
         per_step = steps_to_positions(1, cfg.data.batch_size, cfg.gradient_accumulation_steps, acc.num_processes)
         loader = DataLoader(run.dataset, batch_size=cfg.data.batch_size,
-                            sampler=PositionSampler(start_step * per_step, (cfg.max_steps - start_step) * per_step),
+                            sampler=PositionSampler(start_step * per_step, max(cfg.last_step - start_step, 0) * per_step),
                             collate_fn=collate, num_workers=cfg.data.num_workers, drop_last=True)
         return acc.prepare_data_loader(loader, device_placement=True) if acc.num_processes > 1 else loader
 
@@ -498,7 +488,7 @@ class Trainer:
         if step % cfg.log_every == 0 and acc.log_with:
             acc.log({"loss": mean_loss, "lr": run.lr_scheduler.get_last_lr()[0],
                      "steps_per_s": 1.0 / max(seconds, 1e-9)}, step=step)
-        if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
+        if step % cfg.checkpoint_every == 0 or step == cfg.last_step:
             self._save_checkpoint(run, step)
         if cfg.validate_every and step % cfg.validate_every == 0:
             self.validate(run.unet, run.ema, run.dataset, step)
@@ -545,10 +535,6 @@ class Trainer:
         comps = self._components(model)
         if comps is None:
             return None
-        from ..pipelines import PuppetMasterPipeline
-        from ..video import draw_drags, to_uint8_frames, write_video
-        from ..drags import DragSet
-
         item = dataset[0]
         pipe = PuppetMasterPipeline(**comps).to(acc.device)
         pipe.set_progress_bar_config(disable=True)
@@ -579,8 +565,6 @@ class Trainer:
         comps = self._components(unet)
         if comps is None:
             return None
-        from ..pipelines import PuppetMasterPipeline
-
         with self._with_ema(unet, ema):
             pipe = PuppetMasterPipeline(**comps)
             tmp = out / ".pipeline-partial"

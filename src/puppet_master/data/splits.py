@@ -1,4 +1,6 @@
-"""Evaluation data: the authors' Drag-a-Move test batches and our own split folders (docs/design.md §7).
+"""Drag clips on disk: the authors' Drag-a-Move test batches and split folders (docs/design.md §6–7).
+
+Read by evaluation (test sets) and by training (latent caching, VAE frames).
 
 Both give :class:`EvalExample` objects at the evaluation size (256×256).
 
