@@ -136,7 +136,7 @@ def test_sd15_components_tokenizer_is_empty_prompt_ready():
 
 
 def test_evaluation_method_resizes_to_the_model_and_back(pipe, shared_dir):
-    from puppet_master.evaluation.datasets import EvalExample, load_eval_dataset
+    from puppet_master.data.splits import EvalExample, load_eval_dataset
     from puppet_master.evaluation.draganything import draganything_method
 
     ex = load_eval_dataset(shared_dir / "data" / "dragamove-test-dev", limit=1)[1][0]

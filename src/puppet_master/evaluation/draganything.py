@@ -16,7 +16,7 @@ import numpy as np
 import PIL.Image
 
 from ..drags import DragSet
-from .datasets import EvalExample
+from ..data.splits import EvalExample
 
 Generator = Callable[[EvalExample], np.ndarray]
 
