@@ -122,7 +122,6 @@ def edm_loss(unet, batch: dict, config: TrainConfig, frame_weights: torch.Tensor
         image_latents=batch["image_latents"] * edm.append_dims(keep_image, 4),
         encoder_hidden_states=batch["embedding"] * edm.append_dims(keep_image, 3),
         drags=batch["drags"] * edm.append_dims(keep_drags, 4),
-        force_drop_ids=torch.zeros(b, device=x.device),
     ).sample.float()
     denoised = pc.c_skip * noisy + pc.c_out * out
     pixel_w = motion_weights(x, config.motion_weight, config.motion_scale)
