@@ -240,6 +240,43 @@ class DragConditioning:
     def num_frames(self) -> int:
         return int(self.drags.shape[1])
 
+    def structure(self) -> tuple:
+        """Which entries are present (resolutions, modulation keys and layers): equal structures
+        give :meth:`tensors` lists that correspond one to one."""
+        return (
+            tuple(self.encodings), tuple(self.taps), tuple(self.pos_tokens), self.warped_latents is not None,
+            tuple((key, tuple(s is None for s, _ in layers)) for key, layers in self.modulation.items()),
+        )
+
+    def tensors(self) -> list[torch.Tensor]:
+        """Every tensor held, in a fixed order (see :meth:`structure`)."""
+        out = [self.drags, self.flat, self.used, self.used_flat, *self.encodings.values()]
+        for taps in self.taps.values():
+            out += [taps.index, taps.weight]
+        out += list(self.pos_tokens.values())
+        if self.warped_latents is not None:
+            out.append(self.warped_latents)
+        for layers in self.modulation.values():
+            for scale1, shift in layers:
+                out += [shift] if scale1 is None else [scale1, shift]
+        return out
+
+    def map_tensors(self, fn) -> "DragConditioning":
+        """A new conditioning with ``fn`` applied to every tensor (e.g. ``torch.clone``, a device move)."""
+        return DragConditioning(
+            drags=fn(self.drags),
+            flat=fn(self.flat),
+            used=fn(self.used),
+            used_flat=fn(self.used_flat),
+            encodings={k: fn(v) for k, v in self.encodings.items()},
+            taps={k: BilinearTaps(fn(t.index), fn(t.weight)) for k, t in self.taps.items()},
+            pos_tokens={k: fn(v) for k, v in self.pos_tokens.items()},
+            warped_latents=fn(self.warped_latents) if self.warped_latents is not None else None,
+            modulation={
+                k: [(fn(s) if s is not None else None, fn(b)) for s, b in layers] for k, layers in self.modulation.items()
+            },
+        )
+
     def encoding(self, h: int, w: int) -> torch.Tensor:
         """The ``(B·N, 6·K, h, w)`` encoding at one resolution.
 

@@ -254,6 +254,15 @@ class UNetDragSpatioTemporalConditionModel(ModelMixin, AttentionMixin, ConfigMix
         self.set_all_to_first_attention(all_to_first_attention)
         # leaner forwards of three diffusers layers (same weights and keys; models/fast_layers.py)
         install_fast_layers(self)
+        # diffusers creates AlphaBlender.mix_factor with torch.Tensor([...]), which ignores a
+        # `with torch.device(...)` context: put it where every other parameter was built
+        device = self.conv_in.weight.device
+        for module in self.modules():
+            for store in (module._parameters, module._buffers):
+                mix = store.get("mix_factor")
+                if mix is not None and mix.device != device:
+                    moved = mix.detach().to(device)
+                    store["mix_factor"] = nn.Parameter(moved, mix.requires_grad) if isinstance(mix, nn.Parameter) else moved
 
     # ------------------------------------------------------------------ attention
     def spatial_self_attention_names(self) -> list[str]:
