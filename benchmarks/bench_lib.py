@@ -213,3 +213,99 @@ def peak_gib(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+# ---------------------------------------------------------------------- training
+def synthetic_training_batch(batch: int, frames: int, latent: int, embed_dim: int, num_drags: int, device, step: int) -> dict:
+    """A random training batch (latent clips, first-frame latents, CLIP token, drags) on ``device``."""
+    g = torch.Generator().manual_seed(1000 + step)
+    drags = torch.zeros(batch, frames, num_drags, 4)
+    drags[:, :, 0, :2] = torch.tensor([0.3, 0.5])
+    drags[:, :, 0, 2:] = torch.tensor([0.3, 0.5]) + torch.linspace(0, 1, frames)[:, None] * torch.tensor([0.3, -0.1])
+    return dict(
+        latents=torch.randn(batch, frames, 4, latent, latent, generator=g).to(device),
+        image_latents=torch.randn(batch, 4, latent, latent, generator=g).to(device),
+        embedding=torch.randn(batch, 1, embed_dim, generator=g).to(device),
+        drags=drags.to(device),
+        key=torch.arange(step * batch, (step + 1) * batch),
+    )
+
+
+def inline_edm_loss(unet, batch: dict) -> torch.Tensor:
+    """The EDM loss of ``training.edm_loss`` with default options (no dropout), without the pydantic config.
+
+    For machines without pydantic; the compute (one UNet forward on ``c_in·(x+σε)``,
+    ``λ(σ)``-weighted error of ``D``) is the same.
+    """
+    from puppet_master import edm
+
+    x = batch["latents"]
+    g = torch.Generator().manual_seed(int(batch["key"][0]))
+    sigma = edm.sigma_from_normal(torch.randn(x.shape[0], generator=g)).to(x.device)
+    eps = torch.randn(x.shape, generator=g).to(x.device)
+    noisy = x + edm.append_dims(sigma, x.ndim) * eps
+    pc = edm.preconditioning(edm.append_dims(sigma, x.ndim))
+    out = unet(pc.c_in * noisy, pc.c_noise.reshape(-1), image_latents=batch["image_latents"],
+               encoder_hidden_states=batch["embedding"], drags=batch["drags"]).sample.float()
+    denoised = pc.c_skip * noisy + pc.c_out * out
+    return (((denoised - x) ** 2).mean(dim=(1, 2, 3, 4)) * edm.loss_weight(sigma)).mean()
+
+
+def training_figures(config: str, device: torch.device, batch: int, precision: str = "bf16",
+                     checkpointing: bool = True, steps: int = 5, frames: int = 14, optimizer: str = "adamw") -> dict:
+    """Seconds per optimizer step, samples/s and peak memory of the drag UNet's EDM training step.
+
+    The UNet (``config``: ``tiny``, ``small`` or ``full`` = SVD's size, 1.68 B parameters)
+    holds fp32 weights, built on ``meta`` and allocated on ``device``; the step is forward
+    + backward under ``precision`` autocast (``fp32`` = none), gradient clipping at 1 and
+    an AdamW update (``adamw8bit`` with bitsandbytes), as ``puppet-master train`` does.
+    Uses ``training.edm_loss`` when the training package imports (it needs pydantic), else
+    :func:`inline_edm_loss`.
+    """
+    from puppet_master.models import UNetDragSpatioTemporalConditionModel
+    from puppet_master.pipelines.components import SIZES
+
+    spec = dict(SIZES[config]["unet"])
+    with torch.device("meta"):
+        unet = UNetDragSpatioTemporalConditionModel(**spec, num_frames=frames)
+    unet = materialise(unet, device, torch.float32)
+    if checkpointing:
+        unet.enable_gradient_checkpointing()
+    unet.train()
+    try:
+        from puppet_master.training import edm_loss, load_config
+
+        cfg = load_config(None, ["cond_dropout_prob=0.0"])
+        frame_w = torch.ones(frames, device=device)
+        loss_fn, loss_name = (lambda u, b: edm_loss(u, b, cfg, frame_w)), "training.edm_loss"
+    except ImportError:
+        loss_fn, loss_name = inline_edm_loss, "inline EDM loss (no pydantic)"
+    if optimizer == "adamw8bit":
+        import bitsandbytes as bnb
+
+        opt = bnb.optim.AdamW8bit(unet.parameters(), lr=1e-5)
+    else:
+        opt = torch.optim.AdamW(unet.parameters(), lr=1e-5)
+    xdim = unet.config.cross_attention_dim
+    xdim = xdim if isinstance(xdim, int) else xdim[0]
+    latent = 32 if config != "tiny" else 8
+    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+    def step(i: int) -> None:
+        b = synthetic_training_batch(batch, frames, latent, xdim, unet.config.num_drags, device, i)
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            loss = loss_fn(unet, b)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    step(0)  # warm-up (allocates the optimizer state)
+    reset_peak(device)
+    times = time_call(lambda: step(1), device, steps, warmup=0)
+    s = median(times)
+    out = dict(config=config, batch=batch, precision=precision, checkpointing=checkpointing, optimizer=optimizer,
+               frames=frames, latent=latent, s_per_step=s, samples_per_s=batch / s, peak_gib=peak_gib(device),
+               params_m=sum(p.numel() for p in unet.parameters()) / 1e6, loss=loss_name)
+    del unet, opt
+    return out

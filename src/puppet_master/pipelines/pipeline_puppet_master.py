@@ -92,7 +92,8 @@ class PuppetMasterPipeline(DiffusionPipeline):
         self._graphed_unet: GraphedUNet | None = None
 
     # ------------------------------------------------------------------ fast path
-    def enable_compile(self, mode: str | None = None, fullgraph: bool = True, dynamic: bool = False) -> None:
+    def enable_compile(self, mode: str | None = None, fullgraph: bool = True, dynamic: bool = False,
+                       backend: str = "inductor") -> None:
         """Compile the UNet's forward with ``torch.compile`` (in place: weights and state-dict keys unchanged).
 
         The first call with new shapes compiles (tens of seconds on a GPU for the
@@ -105,8 +106,9 @@ class PuppetMasterPipeline(DiffusionPipeline):
                 "max-autotune", "max-autotune-no-cudagraphs").
             fullgraph: require one graph (the UNet forward has no graph breaks).
             dynamic: compile for dynamic shapes.
+            backend: ``torch.compile`` backend (``"inductor"`` generates fused kernels).
         """
-        self.unet.compile(mode=mode, fullgraph=fullgraph, dynamic=dynamic)
+        self.unet.compile(mode=mode, fullgraph=fullgraph, dynamic=dynamic, backend=backend)
         if self._graphed_unet is not None:
             self._graphed_unet.reset()
 
