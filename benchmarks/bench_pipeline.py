@@ -42,11 +42,18 @@ def main() -> None:
     ap.add_argument("--cuda-graph", action="store_true", help="replay the denoising step's UNet call from a CUDA graph")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--no-baseline", action="store_true", help="skip the SVD-UNet comparison")
+    ap.add_argument("--malloc-default", action="store_true",
+                    help="leave glibc's malloc at its defaults (by default the CPU run keeps freed memory, as "
+                         "`puppet-master animate` does: puppet_master.runtime.keep_freed_memory)")
     args = ap.parse_args()
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if device.type == "cpu":
+        from puppet_master.runtime import configure_cpu
+
+        configure_cpu(args.threads, keep_memory=not args.malloc_default)
+    elif args.threads:
+        torch.set_num_threads(args.threads)
     dtype = bl.DTYPES[args.dtype]
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -107,7 +114,8 @@ def main() -> None:
     count = f"{kernels} kernels/forward" if kernels is not None else f"kernels n/a on CPU ({ops} aten ops/forward)"
     print(
         f"config={args.config} device={device} dtype={args.dtype} path={path} size={args.size} frames={args.frames} "
-        f"steps={args.steps} threads={torch.get_num_threads()} unet={params:.1f}M params\n"
+        f"steps={args.steps} threads={torch.get_num_threads()} "
+        f"malloc={'default' if args.malloc_default or device.type != 'cpu' else 'keep-freed'} unet={params:.1f}M params\n"
         f"  pipeline: {bl.median(times):.2f} s/video (median of {len(times)}), {mem}; build {build_s:.1f} s, "
         f"warm-up (1 step{', compile' if args.compile else ''}) {warm_s:.1f} s\n"
         f"  UNet forward, CFG batch 2: {unet_s * 1e3:.1f} ms (median of {reps}), {count}{ratio}"

@@ -223,3 +223,51 @@ def test_components_built_under_a_device_context_land_on_it():
     with torch.device("meta"):
         comps = build_components("tiny", seed=0)
     assert {p.device.type for p in comps["unet"].parameters()} == {"meta"}
+
+
+def test_animate_threads_option(tmp_path, tiny_pipeline_dir):
+    from puppet_master.cli import main
+    from puppet_master.video import read_video
+
+    image = tmp_path / "in.png"
+    PIL.Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(image)
+    out = tmp_path / "out.gif"
+    before = torch.get_num_threads()
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["animate", str(image), "--drag", "20,20:40,30", "--model", str(tiny_pipeline_dir), "--output", str(out),
+                  "--steps", "1", "--frames", "4", "--size", "64", "--threads", "1", "-q"])
+        assert exit_info.value.code in (0, None)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    assert read_video(out).shape == (4, 64, 64, 3)
+
+
+def test_keep_freed_memory_serves_large_tensors_from_the_heap():
+    """Large tensors stop being mmap'ed blocks (each mapped fresh, page-faulted and zero-filled by the kernel)."""
+    import ctypes
+    import sys
+
+    from puppet_master.runtime import keep_freed_memory
+
+    if not sys.platform.startswith("linux"):
+        assert keep_freed_memory() is False
+        return
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                   "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = MallInfo2
+
+    def mmapped_bytes_while_holding(mib):
+        block = torch.ones(mib * 2**18)  # float32
+        held = libc.mallinfo2().hblkhd
+        del block
+        return held
+
+    base = libc.mallinfo2().hblkhd
+    assert keep_freed_memory() is True
+    assert mmapped_bytes_while_holding(64) - base < 2**20

@@ -10,7 +10,7 @@ output buffer is returned.
 The UNet forward is graph-safe when it gets a precomputed
 :class:`~puppet_master.models.DragConditioning` and a tensor timestep on the device: it
 then creates no host tensors, copies nothing between host and device and never reads a
-tensor value on the host (docs/design.md §8).
+tensor value on the host (``tests/test_fast_paths.py`` checks this on the ``meta`` device).
 """
 
 from __future__ import annotations

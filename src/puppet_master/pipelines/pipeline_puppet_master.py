@@ -62,7 +62,7 @@ class PuppetMasterPipeline(DiffusionPipeline):
     frame (:mod:`puppet_master.drags.warp`); the unconditional branch, having no drags,
     gets the plain latent.
 
-    Speed (docs/design.md §8): everything that depends only on the drags (encodings,
+    Speed (figures in benchmarks/README.md): everything that depends only on the drags (encodings,
     sampling positions, positional embeddings, warped latents and the modulation nets'
     outputs) is computed once per call. On a GPU, :meth:`enable_cuda_graph` replays each
     denoising step's UNet call from a CUDA graph and :meth:`enable_compile` compiles the
