@@ -184,6 +184,15 @@ def median(xs: list[float]) -> float:
 
 def count_kernels(fn: Callable[[], object], device: torch.device) -> tuple[int | None, int]:
     """``(CUDA kernels launched, aten ops called)`` by one call of ``fn`` (kernels ``None`` off CUDA)."""
+    kernels, ops, _ = profile_call(fn, device)
+    return kernels, ops
+
+
+def profile_call(fn: Callable[[], object], device: torch.device) -> tuple[int | None, int, float | None]:
+    """``(CUDA kernels, aten ops, GPU busy ms)`` of one call of ``fn`` (kernel figures ``None`` off CUDA).
+
+    GPU busy time is the sum of the kernels' durations (kernels of one stream do not overlap).
+    """
     from torch.profiler import ProfilerActivity, profile
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -194,12 +203,13 @@ def count_kernels(fn: Callable[[], object], device: torch.device) -> tuple[int |
     events = prof.events()
     ops = sum(1 for e in events if e.name.startswith("aten::"))
     if device.type != "cuda":
-        return None, ops
-    kernels = sum(
-        1 for e in events
+        return None, ops, None
+    kernel_events = [
+        e for e in events
         if e.device_type == torch.autograd.DeviceType.CUDA and not e.name.startswith(("Memcpy", "Memset"))
-    )
-    return kernels, ops
+    ]
+    busy_us = sum(float(getattr(e, "device_time", None) or getattr(e, "cuda_time", 0.0) or 0.0) for e in kernel_events)
+    return len(kernel_events), ops, busy_us / 1e3
 
 
 def reset_peak(device: torch.device) -> None:

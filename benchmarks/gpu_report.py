@@ -114,6 +114,15 @@ def _free(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
+def _safe_count(report: Report, fn, device) -> tuple:
+    """``(kernels, aten ops, GPU busy ms)`` of one call, or Nones with a note when the profiler fails."""
+    try:
+        return bl.profile_call(fn, device)
+    except Exception as exc:  # noqa: BLE001 - a profiler problem must not cost the timing figures
+        report.note(f"kernel count failed: {type(exc).__name__}: {str(exc)[:200]}")
+        return None, None, None
+
+
 def _run_part(report: Report, name: str, fn) -> None:
     t = time.perf_counter()
     try:
@@ -138,6 +147,7 @@ def main() -> None:
     ap.add_argument("--compile-backend", default="inductor", help="torch.compile backend (aot_eager for a quick CPU dry run)")
     ap.add_argument("--skip", default="", help="comma-separated parts to skip: unet,pipeline,svd,bf16,train,compile")
     ap.add_argument("--out", default=os.environ.get("OUT", "gpu-report"))
+    ap.add_argument("--commit", default=None, help="commit measured (default: git rev-parse, if the tree is a clone)")
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
 
@@ -151,7 +161,7 @@ def main() -> None:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     meta = dict(
-        config=args.config, date=datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), commit=_commit(),
+        config=args.config, date=datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), commit=args.commit or _commit(),
         device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         torch=torch.__version__, diffusers=diffusers.__version__, python=platform.python_version(),
         frames=args.frames, size=args.size, steps=args.steps, budget_s=args.budget_s,
@@ -200,9 +210,12 @@ def main() -> None:
             report.add(f"unet_eager_ms_{dtype_name}", eager * 1e3,
                        (f"UNet forward, CFG batch 2, {dtype_name}, eager", f"{ms(eager)}, peak {peak:.2f} GiB"))
             if dtype_name == "fp16":
-                kernels, ops = bl.count_kernels(lambda: pipe._unet_call(*args_), device)
+                kernels, ops, busy = _safe_count(report, lambda: pipe._unet_call(*args_), device)
                 report.add("kernels_per_forward_eager", kernels,
-                           ("kernels per UNet forward (eager)", f"{kernels} ({ops} aten ops)"))
+                           ("kernels per UNet forward (eager)",
+                            f"{kernels} ({ops} aten ops); GPU busy {busy if busy is None else round(busy, 1)} ms "
+                            f"of {ms(eager)} wall"))
+                report.add("gpu_busy_ms_eager", busy)
             from puppet_master.pipelines.cuda_graph import GraphedUNet
 
             runner = GraphedUNet(unet)
@@ -241,7 +254,7 @@ def main() -> None:
             fwd = lambda: svd(**sinp)  # noqa: E731
             if not graph:
                 eager = bl.median(bl.time_call(fwd, device, args.unet_repeats, warmup=2))
-                kernels, ops = bl.count_kernels(fwd, device)
+                kernels, ops, _ = _safe_count(report, fwd, device)
                 report.add(f"svd_unet_eager_ms_{dtype_name}", eager * 1e3,
                            (f"SVD UNet (same size, no drags), {dtype_name}, eager",
                             f"{ms(eager)}, {kernels} kernels ({ops} aten ops); drag UNet / SVD UNet = {ours_eager / eager:.2f}"))
@@ -276,15 +289,28 @@ def main() -> None:
             args_ = (inp["sample"], inp["timestep"][0], inp["image_latents"], inp["encoder_hidden_states"], cond)
             pipe.enable_compile(backend=args.compile_backend)  # fullgraph=True, default mode
             t = time.perf_counter()
-            pipe._unet_call(*args_)
+            fullgraph = True
+            try:
+                pipe._unet_call(*args_)
+            except Exception as exc:  # noqa: BLE001 - report why one graph failed, then try with breaks allowed
+                report.note(f"torch.compile fullgraph=True failed after {time.perf_counter() - t:.0f} s: "
+                            f"{type(exc).__name__}: {str(exc)[:400]}")
+                if not report.fits("torch.compile with graph breaks allowed", 90 * scale):
+                    return
+                torch._dynamo.reset()
+                pipe.unet._compiled_call_impl = None
+                pipe.enable_compile(fullgraph=False, backend=args.compile_backend)
+                fullgraph = False
+                t = time.perf_counter()
+                pipe._unet_call(*args_)
             bl.sync(device)
             compile_s = time.perf_counter() - t
-            report.add("compile_s", compile_s, (f"torch.compile(unet, fullgraph=True, backend={args.compile_backend}), "
+            report.add("compile_s", compile_s, (f"torch.compile(unet, fullgraph={fullgraph}, backend={args.compile_backend}), "
                                                 "first call", f"{compile_s:.0f} s"))
             comp = bl.median(bl.time_call(lambda: pipe._unet_call(*args_), device, args.unet_repeats, warmup=1))
-            kernels, _ = bl.count_kernels(lambda: pipe._unet_call(*args_), device)
+            kernels, _, busy = _safe_count(report, lambda: pipe._unet_call(*args_), device)
             report.add(f"unet_compiled_ms_{cname}", comp * 1e3,
-                       (f"UNet forward, CFG batch 2, {cname}, compiled", f"{ms(comp)}, {kernels} kernels"))
+                       (f"UNet forward, CFG batch 2, {cname}, compiled", f"{ms(comp)}, {kernels} kernels, GPU busy {busy} ms"))
             from puppet_master.pipelines.cuda_graph import GraphedUNet
 
             runner = GraphedUNet(unet)

@@ -168,6 +168,7 @@ def test_forward_creates_no_host_tensor(precomputed):
     assert spy.host_ops == []
 
 
+@pytest.mark.slow
 def test_fullgraph_compile_matches_eager():
     """``torch.compile(fullgraph=True)`` traces the whole forward (no graph break); AOT autograd backend."""
     torch._dynamo.reset()
