@@ -59,10 +59,10 @@ def materialise(module: torch.nn.Module, device: torch.device, dtype: torch.dtyp
 def build_pipeline(config: str, device: torch.device, dtype: torch.dtype, seed: int = 0):
     """A ``PuppetMasterPipeline`` on ``device`` in ``dtype``.
 
-    ``"default"``: the embedded trained model. ``"tiny"``/``"small"``: random weights built
-    on the CPU then moved. ``"full"`` (SVD-img2vid sizes, 1.68 B UNet parameters): built
-    on ``meta`` and allocated + initialised directly on ``device`` (seconds, not minutes).
-    Components are never built under ``with torch.device(device)``.
+    ``"default"``: the embedded trained model. Random-weight sizes (``"tiny"``, ``"small"``,
+    ``"full"`` = SVD-img2vid's, 1.68 B UNet parameters) are built on ``meta`` and allocated
+    + initialised directly on ``device`` with :func:`init_random_` (seconds, not minutes,
+    for the full size). Components are never built under ``with torch.device(device)``.
     """
     from puppet_master.pipelines import PuppetMasterPipeline, build_components
 
@@ -70,14 +70,12 @@ def build_pipeline(config: str, device: torch.device, dtype: torch.dtype, seed: 
         from puppet_master.pipelines.loading import load_pipeline
 
         return load_pipeline("default", device=device, torch_dtype=dtype)
-    if config == "full":
-        with torch.device("meta"):
-            comps = build_components("full", seed=seed)
-        for i, key in enumerate(("unet", "vae", "image_encoder")):
+    with torch.device("meta"):
+        comps = build_components(config, seed=seed)
+    for i, key in enumerate(("unet", "vae", "image_encoder")):
+        if comps[key] is not None:
             comps[key] = materialise(comps[key], device, dtype, seed + i)
-        pipe = PuppetMasterPipeline(**comps)
-    else:
-        pipe = PuppetMasterPipeline(**build_components(config, seed=seed)).to(device, dtype)
+    pipe = PuppetMasterPipeline(**comps)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
