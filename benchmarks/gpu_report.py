@@ -145,7 +145,7 @@ def main() -> None:
     ap.add_argument("--unet-repeats", type=int, default=10, help="timed UNet forwards per figure")
     ap.add_argument("--train-steps", type=int, default=3, help="timed optimizer steps per training figure")
     ap.add_argument("--compile-backend", default="inductor", help="torch.compile backend (aot_eager for a quick CPU dry run)")
-    ap.add_argument("--skip", default="", help="comma-separated parts to skip: unet,pipeline,svd,bf16,train,compile")
+    ap.add_argument("--skip", default="", help="comma-separated parts to skip: unet,pipeline,svd,bf16,train,channels_last,compile")
     ap.add_argument("--out", default=os.environ.get("OUT", "gpu-report"))
     ap.add_argument("--commit", default=None, help="commit measured (default: git rev-parse, if the tree is a clone)")
     args = ap.parse_args()
@@ -229,6 +229,30 @@ def main() -> None:
                         f"({eager / graphed:.2f}x eager; warm-up + capture {capture:.1f} s)"))
             state[f"unet_{dtype_name}"] = (eager, graphed)
             runner.reset()
+
+    def channels_last_part() -> None:
+        """Eager UNet with channels-last 2-D convolution weights (cuDNN's preferred layout), then restored."""
+        pipe = state["pipe"]
+        unet = pipe.unet
+        convs = [m for m in unet.modules() if isinstance(m, torch.nn.Conv2d)]
+        for m in convs:
+            m.weight.data = m.weight.data.contiguous(memory_format=torch.channels_last)
+        try:
+            h = w = size // pipe.vae_scale_factor
+            inp = bl.unet_inputs(unet, 2, frames, h, w, device, torch.float16)
+            dr = inp.pop("drags")
+            with torch.no_grad():
+                cond = unet.prepare_drag_conditioning(dr, h, w, image_latents=inp["image_latents"], precompute_modulation=True)
+                args_ = (inp["sample"], inp["timestep"][0], inp["image_latents"], inp["encoder_hidden_states"], cond)
+                t = bl.median(bl.time_call(lambda: pipe._unet_call(*args_), device, args.unet_repeats, warmup=2))
+                kernels, _, busy = _safe_count(report, lambda: pipe._unet_call(*args_), device)
+            base = state.get("unet_fp16", (float("nan"),))[0]
+            report.add("unet_eager_ms_fp16_channels_last", t * 1e3,
+                       ("UNet forward, CFG batch 2, fp16, eager, channels-last conv weights",
+                        f"{ms(t)} ({base / t:.2f}x the contiguous eager), {kernels} kernels, GPU busy {busy} ms"))
+        finally:
+            for m in convs:
+                m.weight.data = m.weight.data.contiguous()
 
     def pipeline_parts(dtype_name: str) -> None:
         pipe = state["pipe"]
@@ -337,6 +361,8 @@ def main() -> None:
         plan.append(("pipeline fp16 eager/graph", 20, lambda: pipeline_parts("fp16")))
     if "svd" not in skip:
         plan.append(("SVD UNet fp16 eager", 10, lambda: svd_parts("fp16", graph=False)))
+    if "channels_last" not in skip and "unet" not in skip:
+        plan.append(("UNet fp16 channels-last", 8, channels_last_part))
     if "bf16" not in skip:
         plan += [
             ("cast to bf16", 5, lambda: state["pipe"].to(dtype=torch.bfloat16)),
