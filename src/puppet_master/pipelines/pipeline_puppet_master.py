@@ -10,14 +10,17 @@ from typing import Any, Callable
 import numpy as np
 import PIL.Image
 import torch
-from diffusers import AutoencoderKL, AutoencoderKLTemporalDecoder, DiffusionPipeline, EulerDiscreteScheduler
+from diffusers import (AutoencoderKL, AutoencoderKLTemporalDecoder, DiffusionPipeline, EulerDiscreteScheduler,
+                       UNetSpatioTemporalConditionModel)
 from diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion import _resize_with_antialiasing
 from diffusers.utils import BaseOutput
 from diffusers.video_processor import VideoProcessor
+from safetensors.torch import load_file
 
 from ..drags import DragSet
 from ..errors import ModelLoadError, UserInputError
 from ..models import UNetDragSpatioTemporalConditionModel
+from .components import load_svd_components
 from .cuda_graph import GraphedUNet
 
 
@@ -142,7 +145,7 @@ class PuppetMasterPipeline(DiffusionPipeline):
             ModelLoadError: ``"default"`` asked for but no default model is installed.
         """
         if str(pretrained_model_name_or_path) == "default" and not Path("default").exists():
-            from .loading import resolve_model
+            from .loading import resolve_model  # deferred: .loading imports this module
 
             pretrained_model_name_or_path = resolve_model("default")
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
@@ -174,21 +177,11 @@ class PuppetMasterPipeline(DiffusionPipeline):
         Raises:
             ModelLoadError: a missing folder, file or subfolder.
         """
-        from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
-
-        try:
-            vae = AutoencoderKLTemporalDecoder.from_pretrained(svd, subfolder="vae", torch_dtype=torch_dtype)
-            image_encoder = CLIPVisionModelWithProjection.from_pretrained(svd, subfolder="image_encoder", dtype=torch_dtype)
-            feature_extractor = CLIPImageProcessor.from_pretrained(svd, subfolder="feature_extractor")
-            scheduler = EulerDiscreteScheduler.from_pretrained(svd, subfolder="scheduler")
-        except (OSError, ValueError) as exc:
-            raise ModelLoadError(f"cannot load Stable Video Diffusion components from {str(svd)!r}: {exc}") from exc
+        components = load_svd_components(svd, torch_dtype)
         if unet_weights is not None:
             unet = UNetDragSpatioTemporalConditionModel(**unet_kwargs)
             unet.load_state_dict(load_unet_state_dict(unet_weights), strict=True)
         else:
-            from diffusers import UNetSpatioTemporalConditionModel
-
             try:
                 svd_unet = UNetSpatioTemporalConditionModel.from_pretrained(svd, subfolder="unet")
             except (OSError, ValueError) as exc:
@@ -196,7 +189,7 @@ class PuppetMasterPipeline(DiffusionPipeline):
             unet = UNetDragSpatioTemporalConditionModel.from_svd_unet(svd_unet, **unet_kwargs)
         if torch_dtype is not None:
             unet = unet.to(torch_dtype)
-        return cls(vae=vae, unet=unet, scheduler=scheduler, image_encoder=image_encoder, feature_extractor=feature_extractor)
+        return cls(unet=unet, **components)
 
     # ------------------------------------------------------------------ encoders
     @torch.no_grad()
@@ -417,8 +410,6 @@ def load_unet_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise ModelLoadError(f"UNet weights file {str(path)!r} does not exist")
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             state = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)

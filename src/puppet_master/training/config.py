@@ -11,9 +11,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..errors import UserInputError
 
-#: Training mixture of the paper (docs/design.md §6).
-PAPER_MIXTURE = {"drag-a-move": 0.3, "human-shape": 0.25, "animals": 0.25, "daily-used": 0.05, "other": 0.15}
-
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -114,7 +111,9 @@ class TrainConfig(_Strict):
 
     output_dir: str = "runs/puppet-master"
     seed: int = 0
-    max_steps: int = Field(1000, ge=1, description="optimizer steps")
+    max_steps: int = Field(1000, ge=1, description="optimizer steps; also the length of the LR schedule")
+    stop_at_step: int | None = Field(None, ge=1, description=(
+        "end the run at this step (checkpoint and export there) while the LR schedule keeps max_steps' length"))
     gradient_accumulation_steps: int = Field(1, ge=1)
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     gradient_checkpointing: bool = False
@@ -147,6 +146,17 @@ class TrainConfig(_Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
 
+    @model_validator(mode="after")
+    def _stop_within_schedule(self):
+        if self.stop_at_step is not None and self.stop_at_step > self.max_steps:
+            raise ValueError(f"stop_at_step={self.stop_at_step} is past max_steps={self.max_steps}")
+        return self
+
+    @property
+    def last_step(self) -> int:
+        """The step the run ends at: ``stop_at_step``, else ``max_steps`` (the LR schedule's length)."""
+        return self.stop_at_step or self.max_steps
+
     @field_validator("output_dir")
     @classmethod
     def _nonempty(cls, v: str) -> str:
@@ -177,22 +187,44 @@ def _set(tree: dict, dotted: str, value: Any) -> None:
             raise UserInputError(f"override {dotted!r}: {keys[depth - 1]!r} is not a section")
 
 
+#: Largest config file read (a config is a few hundred lines of YAML).
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def _read_yaml(path: Path) -> Any:
+    """The YAML document of a config file (``None`` when empty).
+
+    Raises:
+        UserInputError: larger than :data:`MAX_CONFIG_BYTES`, not UTF-8 text, or not YAML.
+    """
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise UserInputError(f"config file {str(path)!r} is larger than {MAX_CONFIG_BYTES >> 20} MiB: not a config")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserInputError(f"config file {str(path)!r} is not UTF-8 text (byte {exc.start}): give a YAML file") from None
+    try:
+        return yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise UserInputError(f"config file {str(path)!r} is not valid YAML: {' '.join(str(exc).split())}") from None
+    except RecursionError:
+        raise UserInputError(f"config file {str(path)!r} is nested too deeply to be a config") from None
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
     """Read a YAML config and apply ``key.sub=value`` overrides (values parsed as YAML).
 
     Raises:
-        UserInputError: missing file, invalid YAML, malformed override, or a value that
-            fails validation (the message names the field and the problem).
+        UserInputError: missing, oversized or non-UTF-8 file, invalid YAML, malformed
+            override, or a value that fails validation (the message names the field and
+            the problem).
     """
     tree: dict = {}
     if path is not None:
         p = Path(path)
         if not p.is_file():
             raise UserInputError(f"config file {str(p)!r} does not exist")
-        try:
-            tree = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise UserInputError(f"config file {str(p)!r} is not valid YAML: {exc}") from exc
+        tree = _read_yaml(p)
         if not isinstance(tree, dict):
             raise UserInputError(f"config file {str(p)!r} must hold a mapping of settings")
     for item in overrides or []:
@@ -203,6 +235,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             value = yaml.safe_load(raw)
         except yaml.YAMLError:
             value = raw
+        except RecursionError:
+            raise UserInputError(f"override {key.strip()!r}: the value is nested too deeply") from None
         _set(tree, key.strip(), value)
     try:
         return TrainConfig.model_validate(tree)
