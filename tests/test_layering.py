@@ -21,6 +21,7 @@ _BASE = {"errors", "edm", "video", "drags", "preprocessing"}
 #: What each part of the package may import (besides itself).
 ALLOWED = {
     "errors": set(),
+    "runtime": set(),
     "edm": set(),
     "video": {"errors"},
     "drags": {"errors"},
@@ -31,7 +32,7 @@ ALLOWED = {
     "training": _BASE | {"models", "pipelines", "data"},
     "evaluation": _BASE | {"models", "pipelines", "data", "training"},
     "app": _BASE | {"models", "pipelines", "data", "training", "evaluation"},
-    "cli": _BASE | {"models", "pipelines", "data", "training", "evaluation", "app"},
+    "cli": _BASE | {"runtime", "models", "pipelines", "data", "training", "evaluation", "app"},
 }
 
 

@@ -11,6 +11,7 @@ from typing import Optional
 import typer
 
 from ..errors import UserInputError
+from ..runtime import keep_freed_memory
 from .options import MODEL_DEFAULT_SHOWN, MODEL_HELP, THREADS, progress_bar_config, quiet_loading, set_threads
 
 
@@ -97,8 +98,6 @@ def run_animate(opts: AnimateOptions) -> Path:
     """
     set_threads(opts.threads)
     if opts.device == "cpu":
-        from ..runtime import keep_freed_memory
-
         keep_freed_memory()  # freed tensor memory stays in the process: fewer page faults per step
     square, model_drags = read_inputs(opts)
     pipe = load_model(opts, model_drags.num_drags)
