@@ -138,7 +138,8 @@ def edm_loss(unet, batch: dict, config: TrainConfig, frame_weights: torch.Tensor
         image_latents=batch["image_latents"] * edm.append_dims(keep_image, 4),
         encoder_hidden_states=batch["embedding"] * edm.append_dims(keep_image, 3),
         drags=batch["drags"] * edm.append_dims(keep_drags, 4),
-    ).sample.float()
+    ).sample
+    out = out.to(torch.promote_types(out.dtype, torch.float32))  # half precision → float32; float64 stays
     denoised = pc.c_skip * noisy + pc.c_out * out
     pixel_w = motion_weights(x, config.motion_weight, config.motion_scale)
     per_frame = (pixel_w * (denoised - x) ** 2).mean(dim=(2, 3, 4))  # (B, N)
