@@ -21,6 +21,7 @@ _BASE = {"errors", "edm", "video", "drags", "preprocessing"}
 #: What each part of the package may import (besides itself).
 ALLOWED = {
     "errors": set(),
+    "runtime": set(),
     "edm": set(),
     "video": {"errors"},
     "drags": {"errors"},
@@ -33,7 +34,7 @@ ALLOWED = {
     "training": _BASE | {"models", "pipelines", "data"},
     "evaluation": _BASE | {"segmentation", "entity", "models", "pipelines", "data", "training"},
     "app": _BASE | {"segmentation", "entity", "models", "pipelines", "data", "training", "evaluation"},
-    "cli": _BASE | {"segmentation", "entity", "models", "pipelines", "data", "training", "evaluation", "app"},
+    "cli": _BASE | {"runtime", "segmentation", "entity", "models", "pipelines", "data", "training", "evaluation", "app"},
 }
 
 

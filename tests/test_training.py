@@ -244,9 +244,10 @@ def test_drag_lr_scale_multiplies_the_update_of_the_drag_modules_only(tmp_path):
 
 def test_two_process_ddp_matches_one_process_with_doubled_batch(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    # float64: float32 reduction-order noise on parameters with ~zero true gradient (biases before
-    # GroupNorm) is amplified by a random-init network over steps; in float64 both runs must agree
-    sgd = ["--float64", "optim.optimizer=adamw", "optim.lr=1e-3", "optim.grad_clip=1.0"]
+    # float64 and plain SGD: the updates are then a linear function of the averaged gradients, so
+    # both runs agree to ~1e-8 (AdamW divides by sqrt(v) and turns reduction-order noise on
+    # parameters with ~zero true gradient into full-size updates: 1e-6..1e-5 apart by chance)
+    sgd = ["--float64", "optim.optimizer=sgd", "optim.lr=1e-2", "optim.grad_clip=1.0"]
     one = subprocess.run([sys.executable, str(HELPER), str(tmp_path / "one"), "2", *sgd], env=env,
                          capture_output=True, text=True, timeout=600)
     assert one.returncode == 0, one.stderr[-3000:]

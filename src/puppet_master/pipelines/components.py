@@ -76,8 +76,14 @@ SIZES: dict[str, dict[str, Any]] = {
 
 
 def make_scheduler() -> EulerDiscreteScheduler:
-    """SVD's ``EulerDiscreteScheduler`` (EDM, Karras σ, v-prediction, continuous timesteps)."""
-    return EulerDiscreteScheduler(**SVD_SCHEDULER_CONFIG)
+    """SVD's ``EulerDiscreteScheduler`` (EDM, Karras σ, v-prediction, continuous timesteps).
+
+    Always built on the CPU, also inside a ``with torch.device(...)`` context: the
+    scheduler keeps its tables (``alphas_cumprod``, ``sigmas``) on the host and moves only
+    the timesteps to the device in ``set_timesteps``.
+    """
+    with torch.device("cpu"):
+        return EulerDiscreteScheduler(**SVD_SCHEDULER_CONFIG)
 
 
 def make_vae(block_out_channels=(128, 256, 512, 512), layers_per_block: int = 2) -> AutoencoderKLTemporalDecoder:

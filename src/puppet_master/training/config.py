@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any, Literal
 
@@ -80,7 +81,9 @@ class ModelConfig(_Strict):
 
 
 class OptimConfig(_Strict):
-    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    optimizer: Literal["adamw", "adamw8bit", "adam", "sgd"] = Field("adamw", description=(
+        "adamw8bit: bitsandbytes' 8-bit AdamW (optimizer state in 8 bits, ~75 % less optimizer memory; "
+        "needs the bitsandbytes package and a CUDA GPU)"))
     lr: float = Field(1e-5, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
@@ -93,6 +96,14 @@ class OptimConfig(_Strict):
         description="learning rate of the drag modules (modulation nets, drag-token MLPs) = lr × this; "
                     "the zero-initialised drag path of a model trained from scratch learns slowly at the backbone's lr",
     )
+
+    @field_validator("optimizer")
+    @classmethod
+    def _bitsandbytes_installed(cls, v: str) -> str:
+        if v == "adamw8bit" and importlib.util.find_spec("bitsandbytes") is None:
+            raise ValueError("adamw8bit needs the bitsandbytes package (pip install bitsandbytes; CUDA GPUs only); "
+                             "install it or use adamw")
+        return v
 
 
 class TrainConfig(_Strict):
@@ -111,6 +122,14 @@ class TrainConfig(_Strict):
     p_mean: float = 0.7
     p_std: float = Field(1.6, gt=0)
     frame_weight_ramp: bool = False
+    non_first_frame_weight: float = Field(1.0, ge=1, description=(
+        "authors' loss option: frames 1..N-1 weigh this much more than frame 0 (1 = off); not renormalised"))
+    weight_increasing: bool = Field(False, description=(
+        "authors' loss option: with non_first_frame_weight = w, frame weights rise linearly from 1 (frame 0) "
+        "to w (last frame) instead of (1, w, ..., w)"))
+    scale_model_input: bool = Field(True, description=(
+        "feed the UNet c_in·(x + σε) (EDM, as at sampling time); false feeds x + σε unscaled, as the authors' "
+        "training script does although their sampler applies c_in"))
     motion_weight: float = Field(0.0, ge=0, description="extra loss weight on moving latent cells (trainer.motion_weights)")
     motion_scale: float = Field(0.25, gt=0, description="latent difference from frame 0 counted as fully moving")
     use_ema: bool = True

@@ -41,7 +41,7 @@ from ..models import UNetDragSpatioTemporalConditionModel
 from ..pipelines import PuppetMasterPipeline
 from ..pipelines.components import build_components, load_svd_components
 from ..video import draw_drags, to_uint8_frames, write_video
-from .config import TrainConfig
+from .config import OptimConfig, TrainConfig
 from .data import PositionSampler, build_mixture, collate, steps_to_positions
 from .ema_state import LEGACY_EMA_FILE, custom_pickles, has_legacy_ema, load_ema_state, save_ema_state
 
@@ -110,9 +110,19 @@ def edm_loss(unet, batch: dict, config: TrainConfig, frame_weights: torch.Tensor
     over frames (with ``frame_weights``), channels and pixels; with
     ``config.motion_weight > 0`` each pixel's squared error is first multiplied by
     :func:`motion_weights`.
+
+    Options of the authors' training script (off by default, which is EDM-consistent):
+
+    * ``config.non_first_frame_weight = w > 1``: frames ``1…N−1`` weigh ``w`` (frame 0
+      weighs 1); with ``config.weight_increasing`` the weights rise linearly from 1 at
+      frame 0 to ``w`` at the last frame. Not renormalised (the loss scale grows, as in
+      the authors' script).
+    * ``config.scale_model_input = False``: the UNet sees ``x + σε`` without ``c_in``
+      (the authors' training does this while their sampler applies ``c_in``; a model
+      trained so expects unscaled inputs, which our sampler does not give it).
     """
     x = batch["latents"]
-    b = x.shape[0]
+    b, n = x.shape[:2]
     sigma, eps, drop_drags, drop_image = sample_noise(
         batch["key"].cpu(), config.seed, tuple(x.shape[1:]), config.p_mean, config.p_std,
         config.cond_dropout_prob, config.image_dropout_prob,
@@ -123,18 +133,48 @@ def edm_loss(unet, batch: dict, config: TrainConfig, frame_weights: torch.Tensor
     noisy = x + edm.append_dims(sigma, x.ndim) * eps
     pc = edm.preconditioning(edm.append_dims(sigma, x.ndim))
     out = unet(
-        pc.c_in * noisy,
+        pc.c_in * noisy if config.scale_model_input else noisy,
         pc.c_noise.reshape(b),
         image_latents=batch["image_latents"] * edm.append_dims(keep_image, 4),
         encoder_hidden_states=batch["embedding"] * edm.append_dims(keep_image, 3),
         drags=batch["drags"] * edm.append_dims(keep_drags, 4),
-        force_drop_ids=torch.zeros(b, device=x.device),
-    ).sample.float()
+    ).sample
+    out = out.to(torch.promote_types(out.dtype, torch.float32))  # half precision → float32; float64 stays
     denoised = pc.c_skip * noisy + pc.c_out * out
     pixel_w = motion_weights(x, config.motion_weight, config.motion_scale)
     per_frame = (pixel_w * (denoised - x) ** 2).mean(dim=(2, 3, 4))  # (B, N)
-    per_sample = (per_frame * frame_weights).mean(dim=1) * edm.loss_weight(sigma)
+    w = config.non_first_frame_weight
+    if config.weight_increasing:
+        authors_w = torch.linspace(1.0, w, n, device=x.device)
+    else:
+        authors_w = torch.full((n,), w, device=x.device)
+        authors_w[0] = 1.0
+    per_sample = (per_frame * frame_weights * authors_w).mean(dim=1) * edm.loss_weight(sigma)
     return per_sample.mean()
+
+
+def make_optimizer(groups: list[dict], optim: OptimConfig) -> torch.optim.Optimizer:
+    """The optimizer of ``optim.optimizer`` over parameter ``groups``.
+
+    ``adamw8bit`` is bitsandbytes' ``AdamW8bit`` (8-bit optimizer state, CUDA only).
+
+    Raises:
+        UserInputError: ``adamw8bit`` asked for but bitsandbytes is not installed.
+    """
+    if optim.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=optim.lr, weight_decay=optim.weight_decay)
+    kwargs = dict(lr=optim.lr, betas=optim.betas, eps=optim.eps, weight_decay=optim.weight_decay)
+    if optim.optimizer == "adamw8bit":
+        try:
+            import bitsandbytes as bnb
+        except ImportError:
+            raise UserInputError(
+                "optim.optimizer=adamw8bit needs the bitsandbytes package (pip install bitsandbytes; CUDA GPUs only): "
+                "install it or use optim.optimizer=adamw"
+            ) from None
+        return bnb.optim.AdamW8bit(groups, **kwargs)
+    opt_cls = torch.optim.AdamW if optim.optimizer == "adamw" else torch.optim.Adam
+    return opt_cls(groups, **kwargs)
 
 
 def check_unet_options(options: dict) -> None:
@@ -419,12 +459,7 @@ class Trainer:
             unet.enable_gradient_checkpointing()
         groups = param_groups(unet, cfg.optim.lr, cfg.optim.drag_lr_scale)
         params = [p for g in groups for p in g["params"]]
-        if cfg.optim.optimizer == "sgd":
-            optimizer = torch.optim.SGD(groups, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-        else:
-            opt_cls = torch.optim.AdamW if cfg.optim.optimizer == "adamw" else torch.optim.Adam
-            optimizer = opt_cls(groups, lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps,
-                                weight_decay=cfg.optim.weight_decay)
+        optimizer = make_optimizer(groups, cfg.optim)
         lr_scheduler = get_scheduler(cfg.optim.lr_scheduler, optimizer, num_warmup_steps=cfg.optim.warmup_steps,
                                      num_training_steps=cfg.max_steps)
         ema = None
