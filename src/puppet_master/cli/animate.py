@@ -131,7 +131,6 @@ def run_animate(opts: AnimateOptions) -> Path:
 
         if opts.compile_unet:
             raise UserInputError("--compile is for --method puppet-master; leave it out for draganything")
-
         return run_animate_draganything(opts)
     if opts.method != "puppet-master":
         raise UserInputError(f"unknown --method {opts.method!r}: choose puppet-master or draganything")
