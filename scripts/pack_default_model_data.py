@@ -9,7 +9,7 @@ writes into OUT:
 * ``clips/``: every training clip as ``NAME.json`` + ``NAME.webp`` (lossless animated WebP,
   the same pixels as the GIF at about two thirds of its size; checked on every clip);
 * ``photos/``: the photographs bundled with installed packages (scikit-image, scikit-learn),
-  at most 512 px on a side, as PNG, for the VAE;
+  at most 512 px on a side, as JPEG (quality 95), for the VAE;
 * ``val-NAME/``: frame 0 of every example of each ``--val`` folder at 256×256 as PNG, to
   measure the VAE on (never trained on).
 
@@ -80,7 +80,7 @@ def main() -> int:
                 scale = 512 / max(im.size)
                 if scale < 1:  # at most 512 px: enough for 128-px crops, a fifth of the bytes
                     im = im.resize((round(im.width * scale), round(im.height * scale)), PIL.Image.LANCZOS)
-                im.save(photos / f"{package}-{src.stem}.png")
+                im.save(photos / f"{package}-{src.stem}.jpg", quality=95)
     for item in args.val:
         name, _, folder = item.partition("=")
         _, examples = load_eval_dataset(folder)

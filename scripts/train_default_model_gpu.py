@@ -76,6 +76,27 @@ def reconstruct(vae, frames: list[np.ndarray], device: str) -> np.ndarray:
 
 
 def main() -> int:
+    from puppet_master.errors import UserInputError
+
+    try:
+        return run()
+    except UserInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Exception:  # keep the traceback in the log that comes back with the weights
+        import traceback
+
+        out = _OUT.get("out")
+        if out is not None:
+            with open(out / "train-log.jsonl", "a") as fh:
+                fh.write(json.dumps({"event": "error", "traceback": traceback.format_exc()}) + "\n")
+        raise
+
+
+_OUT: dict = {}
+
+
+def run() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True, help="training split folder (NAME.json + NAME.webp/.gif)")
     parser.add_argument("--photos", type=Path, default=None, help="folder of photographs for the VAE")
@@ -95,11 +116,28 @@ def main() -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     t0 = time.perf_counter()
+    vals = {}
+    for spec in args.val:
+        name, _, folder = spec.partition("=")
+        vals[name] = read_images(Path(folder)) if Path(folder).is_dir() else []
+        if not name or not vals[name]:
+            print(f"error: --val {spec!r} must be NAME=DIR with PNG/JPEG frames in DIR", file=sys.stderr)
+            return 2
+    if not args.data.is_dir():
+        print(f"error: --data {str(args.data)!r} is not a folder (a split folder of NAME.json + NAME.webp)", file=sys.stderr)
+        return 2
+    if args.photos is not None and not args.photos.is_dir():
+        print(f"error: --photos {str(args.photos)!r} is not a folder", file=sys.stderr)
+        return 2
     out = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    log_file = open(out / "train-log.jsonl", "a", buffering=1)
+    log_file = None
 
     def log(entry: dict) -> None:
+        nonlocal log_file
+        if log_file is None:
+            out.mkdir(parents=True, exist_ok=True)
+            _OUT["out"] = out
+            log_file = open(out / "train-log.jsonl", "a", buffering=1)
         entry = {"t": round(time.perf_counter() - t0, 2), **entry}
         line = json.dumps(entry)
         log_file.write(line + "\n")
@@ -111,24 +149,17 @@ def main() -> int:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
-    log({"event": "start", "args": {k: str(v) for k, v in vars(args).items()}, "torch": torch.__version__,
-         "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"})
+    log({"event": "start", "args": {k: str(v) for k, v in vars(args).items()}, "torch": torch.__version__})
 
     from diffusers import AutoencoderKL, EulerDiscreteScheduler
 
     from puppet_master.models import UNetDragSpatioTemporalConditionModel
     from puppet_master.pipelines import PuppetMasterPipeline
 
-    examples = load_split_clips(args.data, limit=args.max_clips, workers=min(16, os.cpu_count() or 1))
     photos = read_images(args.photos) if args.photos else []
-    vals = {}
-    for spec in args.val:
-        name, _, folder = spec.partition("=")
-        vals[name] = read_images(Path(folder)) if Path(folder).is_dir() else []
-        if not name or not vals[name]:
-            print(f"error: --val {spec!r} must be NAME=DIR with PNG/JPEG frames in DIR", file=sys.stderr)
-            return 2
-    log({"event": "data", "clips": len(examples), "photos": len(photos), "val": {k: len(v) for k, v in vals.items()}})
+    examples = load_split_clips(args.data, limit=args.max_clips, workers=min(16, os.cpu_count() or 1))
+    log({"event": "data", "clips": len(examples), "photos": len(photos), "val": {k: len(v) for k, v in vals.items()},
+         "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"})
 
     # ---- 1. VAE (built on CPU, then moved)
     vae = AutoencoderKL.from_pretrained(args.base, subfolder="vae", torch_dtype=torch.float32)

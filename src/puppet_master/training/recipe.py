@@ -79,12 +79,12 @@ def encode_clips(vae, examples: list, device: str, flip: bool = True, batch_fram
             drag_list.append(drags_f)
     n = clips[0].shape[0]
     flat = np.concatenate(clips)  # (M·N, H, W, 3) uint8
-    use_cuda = str(device).startswith("cuda")
     out = []
     for i in range(0, len(flat), batch_frames):
         x = torch.from_numpy(flat[i : i + batch_frames]).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_cuda):
-            z = vae.encode(x.contiguous(memory_format=torch.channels_last)).latent_dist.mode()
+        # float32 (no autocast): these latents are the UNet's targets and its first-frame conditioning,
+        # which the pipeline computes in float32
+        z = vae.encode(x.contiguous(memory_format=torch.channels_last)).latent_dist.mode()
         out.append(z.float())
     lat = torch.cat(out)
     lat = lat.reshape(len(clips), n, *lat.shape[1:])
@@ -160,7 +160,7 @@ def train_unet_in_memory(unet, data: dict, scaling_factor: float, cfg: UNetRecip
     frame_w = edm.frame_weights(n, device=device)
     planned = steps
     timing_steps = 10
-    step, losses, last_save, t_timing = 0, [], time.perf_counter(), None
+    step, losses, last_save, t_timing, bad = 0, [], time.perf_counter(), None, 0
 
     def ema_copy():
         model = copy.deepcopy(unet).float()
@@ -191,8 +191,13 @@ def train_unet_in_memory(unet, data: dict, scaling_factor: float, cfg: UNetRecip
                 u[:, 0] < cfg.cond_dropout_prob, u[:, 1] < cfg.image_dropout_prob, frame_w,
                 cfg.motion_weight, cfg.motion_scale,
             )
-        if not torch.isfinite(loss):
-            raise RuntimeError(f"UNet loss became {loss.item()} at step {step}")
+        if not torch.isfinite(loss):  # skip the step; a run of them ends the stage (weights as last saved)
+            bad += 1
+            if log:
+                log({"stage": "unet", "event": "non-finite loss", "step": step, "count": bad})
+            if bad >= 20:
+                break
+            continue
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
@@ -225,4 +230,5 @@ def train_unet_in_memory(unet, data: dict, scaling_factor: float, cfg: UNetRecip
     if save:
         save(ema_copy(), step)
     loss = torch.stack(losses[-50:]).float().mean().item() if losses else float("nan")
-    return {"steps_planned": planned, "steps_done": step, "seconds": time.perf_counter() - t0, "loss": loss}
+    return {"steps_planned": planned, "steps_done": step, "seconds": time.perf_counter() - t0, "loss": loss,
+            "skipped_steps": bad}

@@ -553,7 +553,7 @@ def train_vae_fast(vae, frames: torch.Tensor, photos: list[torch.Tensor], cfg: F
                               chroma_weight=cfg.chroma_weight)
     planned = steps
     timing_steps = 12
-    step, last, last_save, t_timing = 0, {}, time.perf_counter(), None
+    step, last, last_save, t_timing, bad = 0, {}, time.perf_counter(), None, 0
     while True:
         total = planned if planned is not None else 10**9
         if step >= total or time.perf_counter() - t0 > budget_s:
@@ -565,8 +565,13 @@ def train_vae_fast(vae, frames: torch.Tensor, photos: list[torch.Tensor], cfg: F
         x = _vae_batch(frames, photos, cfg, g).contiguous(memory_format=torch.channels_last)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_cuda):
             loss, stats = vae_loss(vae, x, loss_cfg)
-        if not torch.isfinite(loss):
-            raise RuntimeError(f"VAE loss became {loss.item()} at step {step}")
+        if not torch.isfinite(loss):  # skip the step; a run of them ends the stage (weights as last saved)
+            bad += 1
+            if log:
+                log({"stage": "vae", "event": "non-finite loss", "step": step, "count": bad})
+            if bad >= 20:
+                break
+            continue
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -593,4 +598,5 @@ def train_vae_fast(vae, frames: torch.Tensor, photos: list[torch.Tensor], cfg: F
     vae.eval()
     if save:
         save(vae, step)
-    return {"steps_planned": planned, "steps_done": step, "seconds": time.perf_counter() - t0, "last_losses": last}
+    return {"steps_planned": planned, "steps_done": step, "seconds": time.perf_counter() - t0, "last_losses": last,
+            "skipped_steps": bad}
