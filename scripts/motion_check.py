@@ -1,6 +1,6 @@
 """Animate the shipped example images with a pipeline and say whether the dragged part moves.
 
-    python scripts/motion_check.py training-state/default-model/pipeline --steps 10 --seeds 0 1
+    python scripts/motion_check.py default --steps 10 --seeds 0 1
 
 For each example in ``src/puppet_master/assets/examples`` (IMAGE.png + IMAGE-drags.json) and
 each seed, prints: PSNR of frame 0 against the input (dB), how far the first drag's origin

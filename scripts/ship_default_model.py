@@ -1,15 +1,19 @@
 """Copy a trained pipeline into the package as the embedded default model (fp16 safetensors).
 
-    python scripts/ship_default_model.py runs/default-model/unet/pipeline
+    python scripts/ship_default_model.py runs/default-model/unet-stage3b/pipeline
 
 writes ``src/puppet_master/assets/default-model/`` (replacing it atomically) with the
-UNet and VAE stored in float16; ``load_pipeline`` upcasts to float32 on CPU. Prints the
-size on disk, which must stay within 40 MB (issue #7).
+UNet and VAE stored in float16; ``load_pipeline`` upcasts to float32 on CPU. The model
+card (``README.md``) and the provenance (``training.json``) beside the weights are kept:
+update them for the new weights. Config files are written without ``_name_or_path`` (the
+folder the weights were loaded from, a path on the machine that trained them). Prints the
+size on disk, which must stay within 40 MB.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -20,6 +24,15 @@ from puppet_master.pipelines import PuppetMasterPipeline
 from puppet_master.pipelines.loading import DEFAULT_MODEL_DIR
 
 LIMIT_BYTES = 40 * 1000 * 1000
+KEEP = ("README.md", "training.json", "evaluation")  # written by people, not by save_pretrained
+
+
+def strip_local_paths(folder: Path) -> None:
+    """Drop ``_name_or_path`` from every config JSON under ``folder`` (it names a local folder)."""
+    for f in folder.rglob("*.json"):
+        config = json.loads(f.read_text())
+        if isinstance(config, dict) and config.pop("_name_or_path", None) is not None:
+            f.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def main() -> int:
@@ -34,9 +47,10 @@ def main() -> int:
     if tmp.exists():
         shutil.rmtree(tmp)
     pipe.save_pretrained(tmp, safe_serialization=True)
-    # keep the model card and figures that live beside the weights
+    strip_local_paths(tmp)
+    # keep the model card, provenance and figures that live beside the weights
     if args.out.exists():
-        for keep in ("README.md", "evaluation"):
+        for keep in KEEP:
             if (args.out / keep).exists():
                 src = args.out / keep
                 (shutil.copytree if src.is_dir() else shutil.copy2)(src, tmp / keep)

@@ -1,4 +1,10 @@
-"""Shared fixtures: the reference data in ../shared and a tiny random pipeline saved to disk."""
+"""Common fixtures: the reference data folder and a tiny random pipeline saved to disk.
+
+The reference data (golden tensors of the authors' code, the 20 Drag-a-Move dev examples) is
+not in the repository: tests find it in ``../shared`` beside the clone, or where
+``PUPPET_MASTER_SHARED`` points. Without it the tests that need it are skipped with the
+reason; with ``PUPPET_MASTER_REQUIRE_SHARED=1`` (set by ``.ci/run``) they fail instead.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +24,10 @@ GOLDEN_A = SHARED / "reference" / "puppet_master_golden_A.safetensors"
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     if not SHARED.is_dir():
-        pytest.fail(f"reference data folder {SHARED} is missing (CI has ../shared beside the clone)")
+        reason = f"reference data folder {SHARED} is missing (put shared/ beside the clone or set PUPPET_MASTER_SHARED)"
+        if os.environ.get("PUPPET_MASTER_REQUIRE_SHARED"):
+            pytest.fail(reason)
+        pytest.skip(reason)
     return SHARED
 
 

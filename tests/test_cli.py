@@ -41,6 +41,7 @@ def test_animate_happy_path_subprocess(tmp_path, image_file, tiny_pipeline_dir):
         capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""  # -q: no progress, loading bar or library chatter
     frames = read_video(out)
     assert frames.shape == (6, 64, 64, 3)
     assert not list(tmp_path.glob(".*"))  # no temporary file left behind
@@ -64,7 +65,7 @@ def test_animate_mp4_and_drags_json(tmp_path, image_file, tiny_pipeline_dir):
         (["missing.png", "--drag", "1,1:2,2"], "does not exist"),
         (["NOTIMAGE", "--drag", "1,1:2,2"], "cannot read image"),
         (["IMAGE", "--drag", "1,1:2"], "X0,Y0:X1,Y1"),
-        (["IMAGE", "--drag", "1,1:200,2"], "leaves the image"),
+        (["IMAGE", "--drag", "101,1:2,2"], "starts outside the image"),
         (["IMAGE"] + ["--drag", "1,1:2,2"] * 6, "at most 5"),
         (["IMAGE"], "no drags given"),
         (["IMAGE", "--drags-json", "BADJSON"], "not valid JSON"),
@@ -119,7 +120,21 @@ def test_random_model_command(tmp_path, capsys):
 
 def test_help_says_pixel_coordinates(capsys):
     assert _cli("animate", "--help") == 0
-    assert "PIXELS" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "PIXELS" in text
+    # real metavars, the default model named, --threads offered
+    assert "animate [OPTIONS] IMAGE" in text and "{" not in text and "<path>" not in text
+    assert "-o, --output VIDEO" in text and "--drag X0,Y0:X1,Y1" in text and "--threads N" in text
+    assert "[default: (the model shipped in the package)]" in text
+
+
+def test_progress_bar_stays_in_a_log():
+    from puppet_master.cli.options import progress_bar_config
+
+    # pytest captures stderr (not a terminal): the bar is kept in the log and updates every few seconds
+    assert progress_bar_config("denoising", quiet=False) == {"disable": False, "desc": "denoising", "leave": True,
+                                                              "mininterval": 5.0}
+    assert progress_bar_config("denoising", quiet=True)["disable"] is True
 
 
 @pytest.mark.parametrize("name", ["cabinet", "laptop", "bucket"])

@@ -15,7 +15,7 @@ import torch
 from puppet_master.data.blender_env import find_blender_python
 from puppet_master.data.build import BuildConfig, build
 from puppet_master.data.curation import MotionClassifier, VLMFilter, read_labels
-from puppet_master.data.dataset import DragVideoDataset, mixture_weights
+from puppet_master.data.dataset import PAPER_MIXTURE, DragVideoDataset, group_mixture
 from puppet_master.data.renders import RenderedAsset
 from puppet_master.data.sources import AssetTask, folder_tasks, objaverse_uids, procedural_tasks
 from puppet_master.errors import UserInputError
@@ -104,7 +104,7 @@ def test_drag_samples_visible_origins_dedup_and_format(built):
 
 
 def test_samples_folder_is_an_evaluation_split(built):
-    from puppet_master.evaluation.datasets import load_eval_dataset
+    from puppet_master.data.splits import load_eval_dataset
 
     out, _ = built
     fmt, examples = load_eval_dataset(out / "samples")
@@ -126,12 +126,14 @@ def test_dataset_yields_normalised_samples(built):
     used = d.abs().sum((0, 2)) > 0
     assert torch.all(d[:, used, :2] == d[:1, used, :2]) and torch.allclose(d[0, used, 2:], d[0, used, :2])
     assert DragVideoDataset(out, size=32)[0]["frames"].shape == (14, 3, 32, 32)
-    groups = [item["group"] for item in (ds[i] for i in range(len(ds)))]
-    w = mixture_weights(groups)
-    assert torch.isclose(w.sum(), torch.tensor(1.0, dtype=torch.double))
-    by_group = {g: float(w[[i for i, x in enumerate(groups) if x == g]].sum()) for g in set(groups)}
-    if {"drag-a-move", "animals"} <= set(by_group):
-        assert abs(by_group["drag-a-move"] / by_group["animals"] - 0.3 / 0.25) < 1e-6  # docs/design.md §6 proportions
+    # the source groups drawn with the paper's probabilities (docs/design.md §6), renormalised over those present
+    mix = group_mixture(ds, seed=0)
+    source_groups = [{ds[i]["group"] for i in subset.indices} for subset in mix.sources]
+    assert all(len(g) == 1 for g in source_groups) and sum(len(s) for s in mix.sources) == len(ds)
+    present = [g.pop() for g in source_groups]
+    total = sum(PAPER_MIXTURE[g] for g in present)
+    np.testing.assert_allclose(mix.probs, [PAPER_MIXTURE[g] / total for g in present])
+    assert mix[3]["key"] == 3 and torch.equal(mix[3]["drags"], mix[3]["drags"])
 
 
 def test_curation_on_held_out_labelled_set(tmp_path, blender_python):
@@ -204,6 +206,54 @@ if __name__ == "__main__":
     names = [p.name for p in (out / "samples").glob("*.json")]
     assert len(names) == len(set(names))
     assert sum(r["num_samples"] for r in manifest.values()) == len(names)
+
+
+def test_killed_build_leaves_no_process_running(tmp_path, blender_python):
+    """SIGKILL of the build's main process: its pool workers, their Blender processes and the
+    resource tracker exit too (parent-death signal + watchdog), instead of rendering on for minutes."""
+    import psutil
+
+    script = f"""
+from puppet_master.data.build import BuildConfig, build
+from puppet_master.data.sources import AssetTask
+if __name__ == "__main__":
+    tasks = [AssetTask(f"w-{{i}}", "procedural", kind=k, seed=70 + i) for i, k in enumerate(["box", "safe", "laptop", "table"])]
+    cfg = BuildConfig(out={str(tmp_path / "ds")!r}, views=1, frames=16, resolution=32, cycles_samples=1,
+                      blender_python={blender_python!r})
+    build(tasks, cfg, workers=2, progress=False)
+"""
+    (tmp_path / "run.py").write_text(script)
+    proc = subprocess.Popen([sys.executable, str(tmp_path / "run.py")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    main_process = psutil.Process(proc.pid)
+
+    def blender_running(children):
+        for child in children:
+            try:
+                if "worker.py" in " ".join(child.cmdline()):
+                    return True
+            except psutil.Error:
+                pass
+        return False
+
+    deadline = time.time() + 180
+    children = []
+    while time.time() < deadline and not blender_running(children):
+        children = main_process.children(recursive=True)
+        time.sleep(0.2)
+    assert blender_running(children), "no Blender process started"
+    proc.kill()
+    proc.wait()
+
+    def running(process):
+        try:
+            return process.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
+    deadline = time.time() + 30
+    while time.time() < deadline and any(running(c) for c in children):
+        time.sleep(0.5)
+    assert not [c.pid for c in children if running(c)], "processes outlived the killed build"
 
 
 def test_ray_executor_on_a_local_instance(tmp_path, built, blender_python):

@@ -29,6 +29,9 @@ def test_default_model_ships_within_the_size_budget():
     files = [f for f in DEFAULT_MODEL_DIR.rglob("*") if f.is_file()]
     assert (DEFAULT_MODEL_DIR / "model_index.json").is_file()
     assert (DEFAULT_MODEL_DIR / "README.md").is_file(), "the model card lives beside the weights"
+    assert (DEFAULT_MODEL_DIR / "training.json").is_file(), "and so does their provenance"
+    for config in DEFAULT_MODEL_DIR.rglob("*.json"):
+        assert "_name_or_path" not in json.loads(config.read_text()), f"{config} names a local folder"
     weights = [f for f in files if f.suffix == ".safetensors"]
     assert {f.parent.name for f in weights} == {"unet", "vae"}
     assert sum(f.stat().st_size for f in files) <= 40 * 1000 * 1000
@@ -46,7 +49,7 @@ def test_from_pretrained_default_is_the_embedded_model(default_pipe):
     assert torch.equal(a[name].float(), b[name])
 
 
-# The shipped model (stage 3 step 2000, session 14) follows the laptop's and the bucket's drags
+# The shipped model (training.json) follows the laptop's and the bucket's drags
 # (97-99 px of 99, 56-68 px of 76 at 10 steps); the cabinet's drawer follows with one seed and
 # not the other (model card, "Limitations"), so that example is not asserted on.
 @pytest.mark.slow

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +17,10 @@ import torch
 from puppet_master.training.cache import flip_example
 from puppet_master.training.config import load_config
 from puppet_master.training.vae import CropDataset, VAETrainConfig, train_vae
+from puppet_master.pipelines import DEFAULT_MODEL_DIR
 from puppet_master.video import write_video
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def _split(folder, n=3, size=64, frames=4):
@@ -79,7 +85,7 @@ def test_list_overrides_index_sources():
 
 def test_random_model_small_with_a_trained_vae(tmp_path):
     from puppet_master.pipelines import PuppetMasterPipeline
-    from puppet_master.training.vae import make_image_vae
+    from puppet_master.pipelines.components import make_image_vae
 
     make_image_vae((8, 16, 16, 16, 16), latent_channels=8, scaling_factor=0.5).save_pretrained(tmp_path / "vae")
     run = subprocess.run([sys.executable, "-m", "puppet_master.cli", "random-model", str(tmp_path / "m"), "--size", "small",
@@ -97,7 +103,8 @@ def test_random_model_small_with_a_trained_vae(tmp_path):
 
 
 def test_foreground_mask_and_object_psnr():
-    from puppet_master.training.vae import foreground_mask, make_image_vae, reconstruction_psnr
+    from puppet_master.pipelines.components import make_image_vae
+    from puppet_master.training.vae import foreground_mask, reconstruction_psnr
 
     x = torch.ones(1, 3, 8, 8)
     x[:, 0, 2:4, 2:4] = -1.0  # a cyan square on white
@@ -125,3 +132,58 @@ def test_chroma_l1_sees_colour_but_not_brightness():
     half = x.clone()
     half[..., 4:] = grey[..., 4:]  # colour lost only where the weight is 1
     assert chroma_l1(half, x, weight).item() < chroma_l1(half, x).item()
+
+
+def _option_pairs(tokens):
+    """``--flag value`` pairs and bare ``--flags`` of a command line, without its output folder and -q."""
+    pairs, i = set(), 0
+    while i < len(tokens):
+        if tokens[i].startswith("--") and i + 1 < len(tokens) and not tokens[i + 1].startswith("-"):
+            pairs.add((tokens[i], tokens[i + 1]))
+            i += 2
+        else:
+            pairs.add((tokens[i], None))
+            i += 1
+    return {p for p in pairs if p[0] not in ("--out", "--data", "-q")}
+
+
+def test_recipe_script_runs_the_stages_that_made_the_shipped_weights():
+    """scripts/train_default_model.sh (printed with DRY_RUN=1) = the provenance shipped beside the weights."""
+    run = subprocess.run(["bash", str(REPO / "scripts" / "train_default_model.sh")], capture_output=True, text=True,
+                         env={**os.environ, "DRY_RUN": "1"}, timeout=60)
+    assert run.returncode == 0, run.stderr
+    commands = [shlex.split(line) for line in run.stdout.splitlines() if line.strip()]
+    provenance = json.loads((DEFAULT_MODEL_DIR / "training.json").read_text())
+
+    # data and VAE: the same options as recorded
+    built = [_option_pairs(c[3:]) for c in commands if c[:3] == ["puppet-master", "data", "build"]]
+    for recorded in (provenance["data"]["train"], provenance["data"]["held_out"]):
+        assert _option_pairs(shlex.split(recorded)[3:]) in built
+    vae = next(c for c in commands if c[:2] == ["puppet-master", "train-vae"])
+    assert _option_pairs(vae[2:]) == _option_pairs(shlex.split(provenance["vae"]["command"])[2:])
+    latents = next(c for c in commands if c[:2] == ["puppet-master", "cache-latents"])
+    latents_dir = latents[latents.index("--out") + 1]
+
+    # UNet stages: steps, schedule length, lr, warm-up, seed, EMA, and each starts from the previous one's export
+    trains = [c for c in commands if c[:2] == ["puppet-master", "train"]]
+    stages = provenance["unet_stages"]
+    assert len(trains) == len(stages)
+    previous = None
+    for tokens, stage in zip(trains, stages):
+        assert tokens[2] == "--config"
+        cfg = load_config(REPO / tokens[3], [t for t in tokens[4:] if not t.startswith("resume=")])
+        assert cfg.output_dir == stage["output_dir"], stage["name"]
+        assert (cfg.stop_at_step or cfg.max_steps, cfg.max_steps) == (stage["steps"], stage["lr_schedule_steps"]), stage["name"]
+        assert (cfg.optim.lr, cfg.optim.lr_scheduler, cfg.optim.warmup_steps) == (
+            stage["lr"], stage["lr_scheduler"], stage["warmup_steps"]), stage["name"]
+        assert (cfg.seed, cfg.ema_decay) == (stage["seed"], stage["ema_decay"]), stage["name"]
+        assert {s.path for s in cfg.data.sources} == {latents_dir}
+        if previous is None:
+            assert cfg.model.init == "scratch"
+        else:
+            assert cfg.model.init == "checkpoint" and cfg.model.pretrained == stage["starts_from"] == f"{previous}/pipeline"
+        previous = cfg.output_dir
+    assert cfg.model.unet["drag_warp_image_latents"] is True
+
+    ship = next(c for c in commands if any(t.endswith("ship_default_model.py") for t in c))
+    assert ship[-1] == f"{stages[-1]['output_dir']}/pipeline"

@@ -152,6 +152,25 @@ def test_square_input_and_alpha():
     assert none is None
 
 
+@pytest.mark.parametrize("size", [9, 32])
+def test_demo_squares_an_odd_sized_image_like_the_command_line(size):
+    """An odd margin (9x6 → 1.5 px each side) lands where prepare_input puts it, in the demo too."""
+    from puppet_master.drags import DragSet
+    from puppet_master.preprocessing import prepare_input
+
+    rgb = np.full((6, 9, 3), 255, np.uint8)
+    rgb[1:5, 2:7] = (200, 40, 40)
+    rgb[2, 4] = (0, 0, 255)  # the dragged point
+    image = PIL.Image.fromarray(rgb)
+    square, drags, transform = prepare_input(image, DragSet.from_pairs([((4.5, 2.5), (6.5, 2.5))], 9, 6), size=size)
+    demo_square, mask = square_input(image, size)
+    assert mask is None and np.array_equal(np.asarray(demo_square), np.asarray(square))
+    assert transform.pad == (0.0, 2.0)  # round(1.5) = 2, as the image is placed on whole pixels
+    if size == 9:  # no resampling: the dragged pixel is exactly under the drag's start
+        x, y = drags.trajectories[0, 0]
+        assert np.asarray(demo_square)[int(y), int(x)].tolist() == [0, 0, 255]
+
+
 def test_grabcut_separates_object_from_background():
     arr = np.full((64, 64, 3), 240, np.uint8)
     arr[16:48, 20:44] = (30, 60, 160)

@@ -66,8 +66,21 @@ def test_json_start_end_and_rescaling_to_the_actual_image():
         (lambda: DragSet.from_pairs([], 10, 10), "no drags"),
         (lambda: DragSet.from_pairs([((1, 1), (2, 2))] * 6, 10, 10), "at most 5"),
         (lambda: DragSet.from_pairs([((1, float("nan")), (2, 2))], 10, 10), "non-finite"),
-        (lambda: DragSet.from_pairs([((1, 1), (2, 12))], 10, 10), "leaves the image"),
-        (lambda: DragSet.from_pairs([((-1, 1), (2, 2))], 10, 10), "leaves the image"),
+        (lambda: DragSet.from_pairs([((-1, 1), (2, 2))], 10, 10), "starts outside the image"),
+        (lambda: DragSet.from_pairs([((1, 1), (2, 25))], 10, 10), "more than one image size outside"),
+        (lambda: DragSet.from_json('{"image_size": {"a": 1}, "drags": [{"start": [1, 1], "end": [2, 2]}]}'), "image_size"),
+        (lambda: DragSet.from_json('{"image_size": [1e999, 64], "drags": [{"start": [1, 1], "end": [2, 2]}]}'), "finite"),
+        (lambda: DragSet.from_json('{"image_size": [10.5, 64], "drags": [{"start": [1, 1], "end": [2, 2]}]}'), "whole"),
+        (lambda: DragSet.from_json('{"drags": [{"start": [1, true], "end": [2, 2]}]}', 10, 10), "number"),
+        (lambda: DragSet.from_json('{"drags": [{"start": [1, 1, 1], "end": [2, 2]}]}', 10, 10), r"\[x, y\]"),
+        (lambda: DragSet.from_json('{"drags": "abc"}', 10, 10), "non-empty list"),
+        (lambda: DragSet.from_json('{"drags": [[1, 2]]}', 10, 10), "must be an object"),
+        (lambda: DragSet.from_json({"drags": [{"start": [1, 1], "end": [2, 2]}] * 6}, 10, 10), "at most 5"),
+        (lambda: DragSet.from_json("[" * 100_000 + "]" * 100_000, 10, 10), "nested too deeply"),
+        (lambda: DragSet.from_json({"drags": [{"trajectory": [[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]}]}, 10, 10), "nested too deeply"),
+        (lambda: DragSet.from_tensor(torch.zeros(14, 5, 4, dtype=torch.int64), 10, 10), "float"),
+        (lambda: DragSet.from_tensor(torch.zeros(1).expand(14, 2**31, 4), 10, 10), "1 to 64 slots"),
+        (lambda: DragSet.from_tensor(torch.full((14, 5, 4), float("nan")), 10, 10), "non-finite"),
         (lambda: DragSet.from_trajectories([[(1, 1)] * 4, [(1, 1)] * 5], 10, 10), "same number of frames"),
         (lambda: DragSet.from_trajectories([[(1, 1)] * 4], 10, 10, num_frames=14), "14 frames"),
         (lambda: DragSet.from_json('{"drags": [{"start": [1, 1]}]}', 10, 10), "start"),
@@ -80,6 +93,23 @@ def test_json_start_end_and_rescaling_to_the_actual_image():
 def test_invalid_drags_raise_clear_errors(build, message):
     with pytest.raises(DragError, match=message):
         build()
+
+
+def test_later_points_may_leave_the_image_start_may_not(tmp_path):
+    # a part moving out of view (Drag-a-Move holds normalised points up to 1.10): valid, clipped by the encoding
+    d = DragSet.from_pairs([((5, 5), (11, 2))], 10, 10, num_frames=3)
+    np.testing.assert_allclose(d.ends[0], [11, 2])
+    t = d.to_tensor()
+    assert float(t[-1, 0, 2]) == pytest.approx(1.1)
+    drags = torch.zeros(14, 5, 4)
+    drags[:, 0, :2] = torch.tensor([0.5, 0.5])
+    drags[:, 0, 2] = torch.linspace(0.5, 1.1, 14)
+    drags[:, 0, 3] = 0.5
+    back = DragSet.from_tensor(drags, 256, 256)
+    assert back.trajectories[0, -1, 0] == pytest.approx(1.1 * 256)
+    (tmp_path / "d.json").write_bytes(b'{"drags": [{"start": [1, 1], "end": [2, 2]}]}\xff\xfe')
+    with pytest.raises(DragError, match="not UTF-8"):
+        DragSet.from_json(tmp_path / "d.json", 10, 10)
 
 
 def test_parse_drag_argument():

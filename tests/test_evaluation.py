@@ -6,7 +6,7 @@ import pytest
 
 from puppet_master.cli import main
 from puppet_master.evaluation.baselines import static_video, warp_video
-from puppet_master.evaluation.datasets import load_eval_dataset, load_split_example
+from puppet_master.data.splits import load_eval_dataset, load_split_example
 from puppet_master.evaluation.metrics import (
     flow_errors,
     foreground_points,
@@ -147,7 +147,8 @@ def test_evaluate_report_schema_and_files(shared_dir, tmp_path):
                       DISTracker(), tmp_path, limit=2, progress=False)
     data = json.loads((tmp_path / "report.json").read_text())
     Report.model_validate(data)  # the documented shape
-    assert set(data) == {"dataset", "num_examples", "tracker", "tracker_noise_drag", "methods", "per_example"}
+    assert set(data) == {"dataset", "num_examples", "tracker", "tracker_noise_drag", "methods", "per_example", "skipped"}
+    assert data["skipped"] == []
     # the tracker's noise floor: its error on the ground truth itself, recomputed here
     tracker = DISTracker()
     floors = []
@@ -188,7 +189,7 @@ def test_evaluate_command_with_model(shared_dir, tmp_path, tiny_pipeline_dir, ca
 def test_autoencoder_method_round_trips_each_frame_through_the_vae(shared_dir, tiny_pipeline_dir):
     import torch
 
-    from puppet_master.evaluation.datasets import EvalExample
+    from puppet_master.data.splits import EvalExample
     from puppet_master.pipelines.loading import load_pipeline
 
     pipe = load_pipeline(str(tiny_pipeline_dir))

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from puppet_master.errors import UserInputError
-from puppet_master.evaluation import UnsafePickleError, safe_load_pickle
+from puppet_master.data.safe_pickle import UnsafePickleError, safe_load_pickle
 
 
 def test_reads_the_published_test_batches(shared_dir):

@@ -7,8 +7,10 @@ with it, so the user's pixel coordinates keep pointing at the same object points
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import PIL.Image
@@ -20,11 +22,25 @@ from .errors import UserInputError
 WHITE = (255, 255, 255)
 
 
-def load_image(path: str | Path) -> PIL.Image.Image:
-    """Open an image file fully (RGB or RGBA).
+#: Largest input image accepted, in pixels (a 8192×8192 photo); larger ones are refused
+#: before they are decoded.
+MAX_IMAGE_PIXELS = 8192 * 8192
+
+
+def load_image(path: str | Path, notice: Callable[[str], None] | None = None) -> PIL.Image.Image:
+    """Open an image file fully, as RGB or RGBA (8 bits per channel).
+
+    High-bit-depth images (16-bit greyscale PNG ``I;16``, 32-bit integer ``I``, float
+    ``F``) are rescaled to 8 bits by their value range, not clipped. Of an animated file
+    (GIF, APNG, WebP) the first frame is used and ``notice`` is told so.
+
+    Args:
+        path: image file.
+        notice: called with a one-line message about a silent choice (animated input).
 
     Raises:
-        UserInputError: the file is missing, a folder, or not a readable image.
+        UserInputError: the file is missing, a folder, not a readable image, or larger
+            than :data:`MAX_IMAGE_PIXELS` (checked before decoding).
     """
     path = Path(path)
     if not path.exists():
@@ -32,12 +48,41 @@ def load_image(path: str | Path) -> PIL.Image.Image:
     if not path.is_file():
         raise UserInputError(f"image {str(path)!r} is not a file")
     try:
-        with PIL.Image.open(path) as img:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", PIL.Image.DecompressionBombWarning)
+            img = PIL.Image.open(path)
+        with img:
+            w, h = img.size
+            if w * h > MAX_IMAGE_PIXELS:
+                raise UserInputError(f"image {str(path)!r} is {w}x{h} pixels, more than the "
+                                     f"{MAX_IMAGE_PIXELS // 10**6} megapixel limit: downscale it first")
+            frames = getattr(img, "n_frames", 1)
             img.load()
-            has_alpha = img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
-            return img.convert("RGBA" if has_alpha else "RGB")
-    except (PIL.UnidentifiedImageError, OSError, ValueError) as exc:
-        raise UserInputError(f"cannot read image {str(path)!r}: {exc}") from exc
+            if frames > 1 and notice is not None:
+                notice(f"{path.name} is animated ({frames} frames): the first frame is used")
+            return _to_rgb_or_rgba(img)
+    except (PIL.Image.DecompressionBombError, PIL.Image.DecompressionBombWarning):
+        raise UserInputError(f"image {str(path)!r} is larger than the {MAX_IMAGE_PIXELS // 10**6} megapixel limit: "
+                             "downscale it first") from None
+    except (PIL.UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise UserInputError(f"cannot read image {str(path)!r}: {exc}") from None
+
+
+def _to_rgb_or_rgba(img: PIL.Image.Image) -> PIL.Image.Image:
+    """8-bit RGB, or RGBA when the image has transparency; high bit depths rescaled, not clipped."""
+    if img.mode in ("I", "F") or img.mode.startswith("I;"):
+        arr = np.asarray(img, dtype=np.float64)
+        if img.mode == "F":
+            top = 1.0 if arr.size and np.nanmax(arr) <= 1.0 else 255.0
+        else:
+            top = 65535.0 if img.mode.startswith("I;16") or (arr.size and arr.max() > 255) else 255.0
+        if arr.size and (np.nanmin(arr) < 0 or np.nanmax(arr) > top):  # outside any usual range: stretch
+            lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
+            arr, top = arr - lo, max(hi - lo, 1e-12)
+        grey = np.clip(np.nan_to_num(arr) / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return PIL.Image.fromarray(grey).convert("RGB")
+    has_alpha = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (img.mode == "P" and "transparency" in img.info)
+    return img.convert("RGBA" if has_alpha else "RGB")
 
 
 def composite_on_white(image: PIL.Image.Image) -> PIL.Image.Image:
@@ -69,6 +114,29 @@ class SquareTransform:
         return np.asarray(points, dtype=np.float64) / self.scale - np.asarray(self.pad)
 
 
+def square_pad(image: PIL.Image.Image, size: int) -> tuple[PIL.Image.Image, SquareTransform]:
+    """Pad an RGB or RGBA image to a centred square (aspect kept) and resize it to ``size × size``.
+
+    The margins are white (transparent white for an RGBA image, so its alpha channel still
+    marks the foreground); an odd margin is split by rounding half to even, so the image
+    lands on whole pixels. Resizing uses Lanczos filtering and is skipped when the square's
+    side is already ``size``. Used by the command line, the Python API (through
+    :func:`prepare_input`) and the demo alike.
+
+    Returns:
+        ``(square image of the input's mode, transform from input to square pixels)``.
+    """
+    w, h = image.size
+    side = max(w, h)
+    left, top = int(round((side - w) / 2.0)), int(round((side - h) / 2.0))
+    fill = WHITE + (0,) if image.mode == "RGBA" else WHITE
+    square = PIL.Image.new(image.mode, (side, side), fill)
+    square.paste(image, (left, top))
+    if side != size:
+        square = square.resize((size, size), PIL.Image.Resampling.LANCZOS)
+    return square, SquareTransform(scale=size / side, pad=(float(left), float(top)), size=size)
+
+
 def prepare_input(image: PIL.Image.Image, drags: DragSet, size: int = 256) -> tuple[PIL.Image.Image, DragSet, SquareTransform]:
     """Composite on white, pad to a centred square (aspect kept) and resize to ``size``.
 
@@ -87,13 +155,7 @@ def prepare_input(image: PIL.Image.Image, drags: DragSet, size: int = 256) -> tu
     w, h = image.size
     if (drags.width, drags.height) != (w, h):
         raise UserInputError(f"drags are for a {drags.width}x{drags.height} image but the image is {w}x{h}")
-    rgb = composite_on_white(image)
-    side = max(w, h)
-    pad = ((side - w) / 2.0, (side - h) / 2.0)
-    square = PIL.Image.new("RGB", (side, side), WHITE)
-    square.paste(rgb, (int(round(pad[0])), int(round(pad[1]))))
-    pad = (float(int(round(pad[0]))), float(int(round(pad[1]))))
-    square = square.resize((size, size), PIL.Image.Resampling.LANCZOS) if side != size else square
-    transform = SquareTransform(scale=size / side, pad=pad, size=size)
+    square, transform = square_pad(composite_on_white(image), size)
+    pad = transform.pad
     mapped = drags.transformed(transform.scale, (pad[0] * transform.scale, pad[1] * transform.scale), size, size)
     return square, mapped, transform

@@ -3,38 +3,48 @@
 (No ``from __future__ import annotations`` here: Gradio reads the ``gr.SelectData``
 annotation of the click handler at run time.)
 
-Per-session state (``gr.State``) keeps each browser tab's image and drags separate;
+Per-tab state (``gr.State``) keeps each browser tab's image and drags separate;
 generation is queued one at a time per process. User mistakes are reported in the
-status line, never as a stack trace.
+status line (or, for an upload that is not a usable image, in an alert naming the
+reason), never as a stack trace. Generated videos live in one temporary folder per
+server, holding at most :data:`MAX_KEPT_VIDEOS` files and removed when the server stops.
 """
 
-
-
+import atexit
 import copy
+import logging
+import shutil
+import signal
+import sys
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
+import gradio as gr
 import numpy as np
 import PIL.Image
-
-import logging
+import torch
 
 from ..drags import DragSet
 from ..errors import UserInputError
+from ..pipelines.loading import load_pipeline
+from ..preprocessing import composite_on_white, load_image, square_pad
+from ..video import DRAG_COLORS, draw_drags, to_uint8_frames, write_video
 
 logger = logging.getLogger(__name__)
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "assets" / "examples"
 #: The canvas shows the model input enlarged by this factor so clicks are precise.
 DISPLAY_SCALE = 2
-MAX_DRAGS = 5
+#: Generated videos kept on disk at a time (older ones are deleted; the browser already has them).
+MAX_KEPT_VIDEOS = 16
 
 
 @dataclass
 class DemoState:
-    """One browser session: the square model image and the drags (model pixels)."""
+    """One browser tab's state: the square model image and the drags (model pixels)."""
 
     image: "PIL.Image.Image | None" = None  # RGB square, model size (background not yet handled)
     alpha: np.ndarray | None = None  # (S, S) foreground mask from the alpha channel, if any
@@ -53,17 +63,58 @@ class DemoState:
 
 
 def square_input(image: PIL.Image.Image, size: int) -> tuple[PIL.Image.Image, np.ndarray | None]:
-    """Pad to a centred square on white (aspect kept) and resize to ``size``; also the alpha mask."""
-    w, h = image.size
-    side = max(w, h)
-    canvas = PIL.Image.new("RGBA", (side, side), (255, 255, 255, 0))
-    canvas.paste(image.convert("RGBA"), ((side - w) // 2, (side - h) // 2))
-    canvas = canvas.resize((size, size), PIL.Image.Resampling.LANCZOS)
-    alpha = np.asarray(canvas)[..., 3]
+    """The model's square input (:func:`~puppet_master.preprocessing.square_pad`, on white) and the alpha mask.
+
+    Returns:
+        ``(RGB image size × size, bool (size, size) foreground mask or None without transparency)``.
+    """
+    square, _ = square_pad(composite_on_white(image), size)  # what prepare_input gives the model
     has_alpha = image.mode in ("RGBA", "LA") and (np.asarray(image.convert("RGBA"))[..., 3] < 250).any()
-    rgb = PIL.Image.new("RGB", canvas.size, (255, 255, 255))
-    rgb.paste(canvas.convert("RGB"), mask=canvas.getchannel("A"))
-    return rgb, (alpha > 127) if has_alpha else None
+    if not has_alpha:
+        return square, None
+    alpha = np.asarray(square_pad(image.convert("RGBA"), size)[0])[..., 3]
+    return square, alpha > 127
+
+
+class OutputFolder:
+    """One temporary folder for the demo's videos: bounded while running, removed at exit.
+
+    Args:
+        max_files: files kept; writing one more deletes the oldest.
+    """
+
+    def __init__(self, max_files: int = MAX_KEPT_VIDEOS) -> None:
+        self.path = Path(tempfile.mkdtemp(prefix="puppet-master-demo-"))
+        self.max_files = max_files
+        self._count = 0
+        self._lock = threading.Lock()
+        atexit.register(self.cleanup)
+
+    def new_file(self, suffix: str = ".mp4") -> Path:
+        """A fresh file name in the folder (the oldest files beyond ``max_files - 1`` are deleted first)."""
+        with self._lock:
+            self.path.mkdir(exist_ok=True)
+            existing = sorted(self.path.glob("video-*"), key=lambda p: p.stat().st_mtime_ns)
+            for old in existing[: max(0, len(existing) - self.max_files + 1)]:
+                old.unlink(missing_ok=True)
+            self._count += 1
+            return self.path / f"video-{self._count:06d}{suffix}"
+
+    def cleanup(self) -> None:
+        """Remove the folder and everything in it."""
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def read_upload(path: str | Path, name: str | None = None) -> "PIL.Image.Image":
+    """An uploaded image, read with the command line's checks (size limit, bit depth, animation).
+
+    Raises:
+        UserInputError: not a usable image; the message names the upload by ``name``.
+    """
+    try:
+        return load_image(path)
+    except UserInputError as exc:
+        raise UserInputError(str(exc).replace(repr(str(path)), repr(name or Path(path).name))) from None
 
 
 def grabcut_foreground(image: PIL.Image.Image, seeds: list[tuple[float, float]], iterations: int = 5) -> np.ndarray:
@@ -102,8 +153,6 @@ def render_canvas(state: DemoState) -> np.ndarray | None:
     """The model image enlarged ``DISPLAY_SCALE``× with drags as arrows and a pending start dot."""
     if state.image is None:
         return None
-    from ..video import DRAG_COLORS
-
     s = DISPLAY_SCALE
     canvas = np.array(state.image.resize((state.image.width * s, state.image.height * s)))  # writable copy
     for k, ((x0, y0), (x1, y1)) in enumerate(state.drags):
@@ -122,10 +171,27 @@ def build_demo(pipe, size: int = 256, num_frames: int = 14, default_steps: int =
     Returns:
         ``gr.Blocks`` (call ``.queue().launch(...)``).
     """
-    import gradio as gr
-    import torch
+    max_drags = pipe.unet.config.num_drags  # as many drag slots as the loaded model has
 
-    from ..video import draw_drags, to_uint8_frames, write_video
+    outputs = OutputFolder()
+
+    def checked_upload(component):
+        """Make an Image input read uploads with :func:`read_upload`: a file that is not a usable
+        image raises ``gr.Error`` with the reason (shown in the browser) instead of Gradio's
+        generic error. (Set on the instance: a ``gr.Image`` subclass would make Gradio write
+        a ``.pyi`` stub next to this module.)"""
+        default = component.preprocess
+
+        def preprocess(payload):
+            if payload is None or payload.path is None:
+                return default(payload)
+            try:
+                return read_upload(payload.path, payload.orig_name)
+            except UserInputError as exc:
+                raise gr.Error(f"Cannot use this upload: {exc}") from None
+
+        component.preprocess = preprocess
+        return component
 
     def on_upload(image, state):
         state = DemoState()
@@ -140,8 +206,8 @@ def build_demo(pipe, size: int = 256, num_frames: int = 14, default_steps: int =
             return state, None, "Upload an image first."
         x, y = (float(v) / DISPLAY_SCALE for v in evt.index[:2])
         if state.pending is None:
-            if len(state.drags) >= MAX_DRAGS:
-                return state, render_canvas(state), f"At most {MAX_DRAGS} drags: undo or clear one first."
+            if len(state.drags) >= max_drags:
+                return state, render_canvas(state), f"At most {max_drags} drags: undo or clear one first."
             state.pending = (x, y)
         else:
             state.drags.append((state.pending, (x, y)))
@@ -190,18 +256,19 @@ def build_demo(pipe, size: int = 256, num_frames: int = 14, default_steps: int =
         video = to_uint8_frames(frames)
         if overlay:
             video = draw_drags(video, drags.trajectories)
-        out = Path(tempfile.mkdtemp(prefix="puppet-master-")) / "puppet-master.mp4"
+        out = outputs.new_file(".mp4")
         write_video(video, out, fps=7)
         return str(out), str(out), f"Generated {num_frames} frames with {len(state.drags)} drag(s){notice}."
 
-    with gr.Blocks(title="Puppet-Master") as demo:
+    with gr.Blocks(title="Puppet-Master", delete_cache=(600, 3600)) as demo:
         gr.Markdown("# Puppet-Master — drag parts of an object, get a video\n"
                     "Upload an image (or pick an example), click a **start** then an **end** point for each drag "
-                    f"(up to {MAX_DRAGS}), then Generate.")
+                    f"(up to {max_drags}), then Generate.")
         state = gr.State(DemoState())
         with gr.Row():
             with gr.Column():
-                upload = gr.Image(label="Input image", type="pil", image_mode="RGBA", sources=["upload"], elem_id="upload")
+                upload = checked_upload(gr.Image(label="Input image", type="pil", image_mode="RGBA",
+                                                 sources=["upload"], elem_id="upload"))
                 examples = sorted(str(p) for p in EXAMPLES_DIR.glob("*.png"))
                 if examples:
                     gr.Examples(examples=examples, inputs=upload)
@@ -232,9 +299,9 @@ def build_demo(pipe, size: int = 256, num_frames: int = 14, default_steps: int =
 def launch(model: str | None = None, host: str = "127.0.0.1", port: int = 7860, device: str = "cpu",
            steps: int = 25, size: int = 256, frames: int = 14) -> None:
     """Load the model and serve the demo (blocking)."""
-    from ..pipelines.loading import load_pipeline
-
     pipe = load_pipeline(model, device=device)
     demo = build_demo(pipe, size=size, num_frames=frames, default_steps=steps)
+    # SIGTERM (e.g. from a process manager) exits through Python, so atexit removes the temporary videos
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     demo.queue(default_concurrency_limit=1).launch(server_name=host, server_port=port, show_error=False,
                                                      share=False, inbrowser=False)

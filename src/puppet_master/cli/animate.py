@@ -4,105 +4,173 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from ..errors import UserInputError
+from ..runtime import keep_freed_memory
+from .options import MODEL_DEFAULT_SHOWN, MODEL_HELP, THREADS, progress_bar_config, quiet_loading, set_threads
 
 
-def _fail(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
-    raise typer.Exit(code=2)
+@dataclass(frozen=True)
+class AnimateOptions:
+    """Everything ``animate`` needs (one field per command-line option).
+
+    Coordinates of ``drags`` and of pixel-coordinate JSON are pixels of the input image
+    as given (x right, y down), before it is padded to a square and resized to ``size``.
+    """
+
+    image: Path
+    output: Path
+    drags: list[str] = field(default_factory=list)
+    drags_json: Optional[Path] = None
+    model: Optional[str] = None
+    steps: int = 50
+    guidance: float = 5.0
+    min_guidance: float = 1.0
+    seed: int = 0
+    frames: int = 14
+    size: int = 256
+    fps: float = 7.0
+    overlay: bool = False
+    device: str = "cpu"
+    overwrite: bool = False
+    quiet: bool = False
+    threads: Optional[int] = None
+    compile_unet: bool = False
 
 
 def animate(
-    image: Path = typer.Argument(..., help="Input image (PNG/JPEG/...). An alpha channel is used as foreground mask."),
-    output: Path = typer.Option(..., "--output", "-o", help="Output video: .mp4, .gif or .webp."),
+    image: Path = typer.Argument(..., metavar="IMAGE",
+                                 help="Input image (PNG/JPEG/...). An alpha channel is used as foreground mask."),
+    output: Path = typer.Option(..., "--output", "-o", metavar="VIDEO", help="Output video: .mp4, .gif or .webp."),
     drag: list[str] = typer.Option(
-        [], "--drag", "-d",
-        help="A drag X0,Y0:X1,Y1 from start to end point, in PIXELS of the input image "
-             "(x right, y down, origin top-left). Repeat for up to 5 drags.",
+        [], "--drag", "-d", metavar="X0,Y0:X1,Y1",
+        help="A drag from start to end point, in PIXELS of the input image (x right, y down, origin top-left). "
+             "Repeat for up to 5 drags. The start must be on the image; the end may leave it.",
     ),
     drags_json: Optional[Path] = typer.Option(
-        None, "--drags-json", help="JSON file with drags (start/end pairs or full trajectories); see README."
+        None, "--drags-json", metavar="FILE",
+        help="JSON file with drags (start/end pairs or full trajectories); see README.",
     ),
-    model: Optional[str] = typer.Option(
-        None, "--model", "-m", help="Pipeline folder saved by save_pretrained, a hub id, or 'default' (embedded model)."
-    ),
-    steps: int = typer.Option(50, "--steps", min=1, help="Euler sampling steps."),
-    guidance: float = typer.Option(5.0, "--guidance", help="Maximum CFG weight (reached at the last frame)."),
-    min_guidance: float = typer.Option(1.0, "--min-guidance", help="CFG weight at the first frame."),
-    seed: int = typer.Option(0, "--seed", help="Random seed of the initial noise."),
-    frames: int = typer.Option(14, "--frames", min=2, help="Number of frames to generate."),
-    size: int = typer.Option(256, "--size", min=8, help="Side of the square the model works at, in pixels."),
-    fps: float = typer.Option(7.0, "--fps", min=0.1, help="Frames per second of the output video."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", metavar="DIR|HUB_ID", help=MODEL_HELP,
+                                        show_default=MODEL_DEFAULT_SHOWN),
+    steps: int = typer.Option(50, "--steps", min=1, metavar="N", help="Euler sampling steps."),
+    guidance: float = typer.Option(5.0, "--guidance", metavar="W", help="Maximum CFG weight (reached at the last frame)."),
+    min_guidance: float = typer.Option(1.0, "--min-guidance", metavar="W", help="CFG weight at the first frame."),
+    seed: int = typer.Option(0, "--seed", metavar="N", help="Random seed of the initial noise."),
+    frames: int = typer.Option(14, "--frames", min=2, metavar="N", help="Number of frames to generate."),
+    size: int = typer.Option(256, "--size", min=8, metavar="PX", help="Side of the square the model works at, in pixels."),
+    fps: float = typer.Option(7.0, "--fps", min=0.1, metavar="FPS", help="Frames per second of the output video."),
     overlay: bool = typer.Option(False, "--overlay", help="Draw the drag arrows on the output video."),
-    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, ..."),
+    device: str = typer.Option("cpu", "--device", metavar="DEVICE", help="cpu, cuda, cuda:1, ..."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUTPUT if it exists."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or loading bars."),
+    compile_unet: bool = typer.Option(
+        False, "--compile",
+        help="torch.compile the UNet (one-off compile: tens of seconds on a GPU, minutes on a CPU; then faster "
+             "steps) and, on a GPU, replay each step from a CUDA graph.",
+    ),
+    threads: Optional[int] = THREADS,
 ) -> None:
     """Animate IMAGE so that its parts move along the drags; write the video to OUTPUT.
 
     Coordinates of --drag and of pixel-coordinate JSON are in pixels of the input image
     as given (before it is padded to a square and resized to --size).
     """
-    try:
-        _run(image, output, drag, drags_json, model, steps, guidance, min_guidance, seed, frames, size, fps,
-             overlay, device, overwrite, quiet)
-    except UserInputError as exc:
-        _fail(str(exc))
+    run_animate(AnimateOptions(image=image, output=output, drags=list(drag), drags_json=drags_json, model=model,
+                               steps=steps, guidance=guidance, min_guidance=min_guidance, seed=seed, frames=frames,
+                               size=size, fps=fps, overlay=overlay, device=device, overwrite=overwrite, quiet=quiet,
+                               threads=threads, compile_unet=compile_unet))
 
 
-def _run(image, output, drag, drags_json, model, steps, guidance, min_guidance, seed, frames, size, fps,
-         overlay, device, overwrite, quiet) -> None:
-    # Cheap checks first: nothing is loaded or written before all input is known good.
+def run_animate(opts: AnimateOptions) -> Path:
+    """Check the inputs, load the model, sample and write the video; returns the output path.
+
+    Everything that can be checked cheaply (output path, image, drags) is checked before
+    the model is loaded, and nothing is written before sampling has finished.
+
+    Raises:
+        UserInputError: any bad input (the message names it and the fix).
+    """
+    set_threads(opts.threads)
+    if opts.device == "cpu":
+        keep_freed_memory()  # freed tensor memory stays in the process: fewer page faults per step
+    square, model_drags = read_inputs(opts)
+    pipe = load_model(opts, model_drags.num_drags)
+    start = time.perf_counter()
+    video = generate(pipe, square, model_drags, opts)
+    from ..video import draw_drags, write_video
+
+    if opts.overlay:
+        video = draw_drags(video, model_drags.trajectories)
+    path = write_video(video, opts.output, fps=opts.fps, overwrite=opts.overwrite)
+    if not opts.quiet:
+        print(f"wrote {path} ({len(video)} frames, {opts.size}x{opts.size}) in {time.perf_counter() - start:.1f} s",
+              file=sys.stderr)
+    return path
+
+
+def read_inputs(opts: AnimateOptions):
+    """The output check, the image and the drags: ``(square RGB image, drags in its pixels)``."""
     from ..drags import DragSet, parse_drag_argument
     from ..preprocessing import load_image, prepare_input
-    from ..video import check_output_path, draw_drags, to_uint8_frames, write_video
+    from ..video import check_output_path
 
-    check_output_path(output, overwrite)
-    img = load_image(image)
+    check_output_path(opts.output, opts.overwrite)
+    img = load_image(opts.image, notice=lambda message: print(f"note: {message}", file=sys.stderr))
     width, height = img.size
-    if drag and drags_json is not None:
+    if opts.drags and opts.drags_json is not None:
         raise UserInputError("give drags either with --drag or with --drags-json, not both")
-    if drags_json is not None:
-        drags = DragSet.from_json(drags_json, width=width, height=height, num_frames=frames)
-    elif drag:
-        drags = DragSet.from_pairs([parse_drag_argument(d) for d in drag], width, height, num_frames=frames)
+    if opts.drags_json is not None:
+        drags = DragSet.from_json(opts.drags_json, width=width, height=height, num_frames=opts.frames)
+    elif opts.drags:
+        drags = DragSet.from_pairs([parse_drag_argument(d) for d in opts.drags], width, height, num_frames=opts.frames)
     else:
         raise UserInputError("no drags given: add --drag X0,Y0:X1,Y1 (pixels of the input image) or --drags-json FILE")
-    square, model_drags, _ = prepare_input(img, drags, size)
+    square, model_drags, _ = prepare_input(img, drags, opts.size)
+    return square, model_drags
 
-    import torch
 
+def load_model(opts: AnimateOptions, num_drags: int):
+    """The pipeline of ``--model``, checked against the drags and ``--size``."""
     from ..pipelines.loading import load_pipeline
 
-    pipe = load_pipeline(model, device=device)
-    if model_drags.num_drags > pipe.unet.config.num_drags:
-        raise UserInputError(f"{model_drags.num_drags} drags given but this model takes at most {pipe.unet.config.num_drags}")
+    if opts.quiet:
+        quiet_loading()
+    pipe = load_pipeline(opts.model, device=opts.device)
+    if num_drags > pipe.unet.config.num_drags:
+        raise UserInputError(f"{num_drags} drags given but this model takes at most {pipe.unet.config.num_drags}")
     stride = pipe.vae_scale_factor * pipe.unet.spatial_stride
-    if size % stride:
-        raise UserInputError(f"--size must be a multiple of {stride} for this model, got {size}")
-    pipe.set_progress_bar_config(disable=quiet, desc="denoising", leave=False)
-    generator = torch.Generator(device="cpu").manual_seed(seed)
-    start = time.perf_counter()
+    if opts.size % stride:
+        raise UserInputError(f"--size must be a multiple of {stride} for this model, got {opts.size}")
+    if opts.compile_unet:
+        pipe.enable_compile()
+        if pipe.device.type == "cuda":
+            pipe.enable_cuda_graph()
+    return pipe
+
+
+def generate(pipe, square, drags, opts: AnimateOptions):
+    """Sample the video: uint8 ``(N, S, S, 3)``."""
+    import torch
+
+    from ..video import to_uint8_frames
+
+    pipe.set_progress_bar_config(**progress_bar_config("denoising", opts.quiet))
     result = pipe(
         square,
-        model_drags,
-        num_frames=frames,
-        height=size,
-        width=size,
-        num_inference_steps=steps,
-        min_guidance_scale=min_guidance,
-        max_guidance_scale=guidance,
-        generator=generator,
+        drags,
+        num_frames=opts.frames,
+        height=opts.size,
+        width=opts.size,
+        num_inference_steps=opts.steps,
+        min_guidance_scale=opts.min_guidance,
+        max_guidance_scale=opts.guidance,
+        generator=torch.Generator(device="cpu").manual_seed(opts.seed),
         output_type="np",
     )
-    video = to_uint8_frames(result.frames[0])
-    if overlay:
-        video = draw_drags(video, model_drags.trajectories)
-    path = write_video(video, output, fps=fps, overwrite=overwrite)
-    if not quiet:
-        print(f"wrote {path} ({len(video)} frames, {size}x{size}) in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    return to_uint8_frames(result.frames[0])

@@ -10,14 +10,10 @@ from typing import Optional
 import typer
 
 from ..errors import UserInputError
+from .options import Command
 
 data_app = typer.Typer(help="Animated 3D assets → Blender renders → curation → drags → training samples.",
                        no_args_is_help=True, rich_markup_mode=None)
-
-
-def _fail(exc: Exception) -> None:
-    print(f"error: {exc}", file=sys.stderr)
-    raise typer.Exit(code=2)
 
 
 def _summary(records: dict) -> str:
@@ -27,15 +23,12 @@ def _summary(records: dict) -> str:
     return ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
 
 
-def _config(out, views, frames, resolution, samples, num_frames, samples_per_view, seed, curation_model, vlm_url,
-            vlm_model, tracks_gif, stages, masks=True, textures=False, motion_episodes=1):
+def _config(out: Path, stages: tuple[str, ...], curation_model: Optional[Path] = None, **settings):
+    """The build's :class:`~puppet_master.data.build.BuildConfig`: settings by keyword, defaults for the rest."""
     from ..data.build import BuildConfig
 
-    return BuildConfig(out=str(out), views=views, frames=frames, resolution=resolution, cycles_samples=samples,
-                       num_frames=num_frames, samples_per_view=samples_per_view, seed=seed,
-                       curation_model=str(curation_model) if curation_model else None, vlm_url=vlm_url,
-                       vlm_model=vlm_model, tracks_gif=tracks_gif, stages=stages, masks=masks,
-                       textures=textures, motion_episodes=motion_episodes)
+    return BuildConfig(out=str(out), stages=stages, curation_model=str(curation_model) if curation_model else None,
+                       **settings)
 
 
 OUT = typer.Option(..., "--out", help="Dataset folder (created; re-running resumes).")
@@ -62,7 +55,7 @@ TEXTURES = typer.Option(False, "--textures", help="Procedural assets get image t
                         "colour) instead of flat colours: like real assets, and trackable inside a part.")
 
 
-@data_app.command("setup-blender")
+@data_app.command("setup-blender", cls=Command)
 def setup_blender_cmd(
     path: Optional[Path] = typer.Option(None, "--path", help="Where to create the environment."),
     python: Optional[str] = typer.Option(None, "--python", help="A Python 3.11 to base it on."),
@@ -70,14 +63,11 @@ def setup_blender_cmd(
     """Create the Blender Python (bpy 5.0.1 needs Python 3.11 and numpy<2, so it gets its own venv)."""
     from ..data.blender_env import DEFAULT_ENV, setup_blender
 
-    try:
-        exe = setup_blender(path or DEFAULT_ENV, python)
-    except UserInputError as exc:
-        _fail(exc)
+    exe = setup_blender(path or DEFAULT_ENV, python)
     print(f"Blender Python ready: {exe}", file=sys.stderr)
 
 
-@data_app.command("generate-assets")
+@data_app.command("generate-assets", cls=Command)
 def generate_assets(out: Path = OUT, num_assets: int = typer.Option(8, "--num-assets", min=1), seed: int = SEED,
                     frames: int = FRAMES, bad_fraction: float = typer.Option(0.2, "--bad-fraction", min=0, max=1),
                     textures: bool = TEXTURES, motion_episodes: int = EPISODES, num_frames: int = NUMF,
@@ -86,16 +76,13 @@ def generate_assets(out: Path = OUT, num_assets: int = typer.Option(8, "--num-as
     from ..data.build import build
     from ..data.sources import procedural_tasks
 
-    try:
-        cfg = _config(out, 1, frames, 64, 1, num_frames, 1, seed, None, None, "", False, ("asset",), textures=textures,
-                      motion_episodes=motion_episodes)
-        recs = build(procedural_tasks(num_assets, seed, bad_fraction), cfg, workers=workers, progress=not quiet)
-    except UserInputError as exc:
-        _fail(exc)
+    cfg = _config(out, ("asset",), frames=frames, num_frames=num_frames, seed=seed, textures=textures,
+                  motion_episodes=motion_episodes)
+    recs = build(procedural_tasks(num_assets, seed, bad_fraction), cfg, workers=workers, progress=not quiet)
     print(f"assets in {out / 'assets'}: {_summary(recs)}", file=sys.stderr)
 
 
-@data_app.command("render")
+@data_app.command("render", cls=Command)
 def render(out: Path = OUT, assets: Optional[Path] = typer.Option(None, "--assets", help="Folder of .glb/.gltf (default: OUT/assets)."),
            views: int = VIEWS, frames: int = FRAMES, resolution: int = RES, cycles_samples: int = SAMPLES,
            seed: int = SEED, workers: int = WORKERS, executor: str = EXECUTOR, ray_address: Optional[str] = RAY,
@@ -104,44 +91,37 @@ def render(out: Path = OUT, assets: Optional[Path] = typer.Option(None, "--asset
     from ..data.build import build, tasks_from_assets
     from ..data.sources import folder_tasks
 
-    try:
-        tasks = folder_tasks(assets) if assets else tasks_from_assets(out)
-        cfg = _config(out, views, frames, resolution, cycles_samples, 14, 1, seed, None, None, "", False, ("asset", "render"))
-        recs = build(tasks, cfg, workers=workers, executor=executor, ray_address=ray_address, progress=not quiet)
-    except UserInputError as exc:
-        _fail(exc)
+    tasks = folder_tasks(assets) if assets else tasks_from_assets(out)
+    cfg = _config(out, ("asset", "render"), views=views, frames=frames, resolution=resolution,
+                  cycles_samples=cycles_samples, seed=seed)
+    recs = build(tasks, cfg, workers=workers, executor=executor, ray_address=ray_address, progress=not quiet)
     print(f"rendered: {_summary(recs)}", file=sys.stderr)
 
 
-@data_app.command("curate")
+@data_app.command("curate", cls=Command)
 def curate_cmd(out: Path = OUT, curation_model: Optional[Path] = MODEL, vlm_url: Optional[str] = VLM,
                vlm_model: str = VLM_MODEL, workers: int = WORKERS, quiet: bool = QUIET) -> None:
     """Motion statistics + random forest (+ optional VLM filter) for every rendered asset; reasons in OUT/curation."""
     from ..data.build import build, tasks_from_assets
 
-    try:
-        cfg = _config(out, 1, 2, 16, 1, 14, 1, 0, curation_model, vlm_url, vlm_model, False, ("curate",))
-        recs = build(tasks_from_assets(out), cfg, workers=workers, progress=not quiet)
-    except UserInputError as exc:
-        _fail(exc)
+    cfg = _config(out, ("curate",), curation_model=curation_model, vlm_url=vlm_url, vlm_model=vlm_model)
+    recs = build(tasks_from_assets(out), cfg, workers=workers, progress=not quiet)
     print(f"curated: {_summary(recs)}", file=sys.stderr)
 
 
-@data_app.command("sample-drags")
+@data_app.command("sample-drags", cls=Command)
 def sample_drags_cmd(out: Path = OUT, num_frames: int = NUMF, samples_per_view: int = SPV, seed: int = SEED,
                      tracks_gif: bool = TRACKS, workers: int = WORKERS, quiet: bool = QUIET) -> None:
     """Sample drags for every kept asset; write OUT/samples/*.json + .gif."""
     from ..data.build import build, tasks_from_assets
 
-    try:
-        cfg = _config(out, 1, 2, 16, 1, num_frames, samples_per_view, seed, None, None, "", tracks_gif, ("sample",))
-        recs = build(tasks_from_assets(out), cfg, workers=workers, progress=not quiet)
-    except UserInputError as exc:
-        _fail(exc)
+    cfg = _config(out, ("sample",), num_frames=num_frames, samples_per_view=samples_per_view, seed=seed,
+                  tracks_gif=tracks_gif)
+    recs = build(tasks_from_assets(out), cfg, workers=workers, progress=not quiet)
     print(f"sampled: {_summary(recs)}", file=sys.stderr)
 
 
-@data_app.command("build")
+@data_app.command("build", cls=Command)
 def build_cmd(
     out: Path = OUT,
     source: str = typer.Option("procedural", "--source", help="procedural, folder or objaverse."),
@@ -157,33 +137,31 @@ def build_cmd(
     from ..data.build import build
     from ..data.sources import folder_tasks, objaverse_tasks, procedural_tasks
 
-    try:
-        if source == "procedural":
-            tasks = procedural_tasks(num_assets, seed)
-        elif source == "folder":
-            if assets is None:
-                raise UserInputError("--source folder needs --assets FOLDER")
-            tasks = folder_tasks(assets)
-        elif source == "objaverse":
-            tasks = objaverse_tasks(objaverse_list, num_assets)
-        else:
-            raise UserInputError(f"unknown --source {source!r}: use procedural, folder or objaverse")
-        if num_frames > frames and (motion_episodes == 1 or source != "procedural"):
-            raise UserInputError(f"--num-frames {num_frames} is more than the {frames} rendered --frames")
-        cfg = _config(out, views, frames, resolution, cycles_samples, num_frames, samples_per_view, seed, curation_model,
-                      vlm_url, vlm_model, tracks_gif, ("asset", "render", "curate", "sample"), textures=textures,
-                      motion_episodes=motion_episodes)
-        recs = build(tasks, cfg, workers=workers, executor=executor, ray_address=ray_address, progress=not quiet)
-    except UserInputError as exc:
-        _fail(exc)
+    if source == "procedural":
+        tasks = procedural_tasks(num_assets, seed)
+    elif source == "folder":
+        if assets is None:
+            raise UserInputError("--source folder needs --assets FOLDER")
+        tasks = folder_tasks(assets)
+    elif source == "objaverse":
+        tasks = objaverse_tasks(objaverse_list, num_assets)
+    else:
+        raise UserInputError(f"unknown --source {source!r}: use procedural, folder or objaverse")
+    if num_frames > frames and (motion_episodes == 1 or source != "procedural"):
+        raise UserInputError(f"--num-frames {num_frames} is more than the {frames} rendered --frames")
+    cfg = _config(out, ("asset", "render", "curate", "sample"), curation_model=curation_model, views=views,
+                  frames=frames, resolution=resolution, cycles_samples=cycles_samples, num_frames=num_frames,
+                  samples_per_view=samples_per_view, seed=seed, vlm_url=vlm_url, vlm_model=vlm_model,
+                  tracks_gif=tracks_gif, textures=textures, motion_episodes=motion_episodes)
+    recs = build(tasks, cfg, workers=workers, executor=executor, ray_address=ray_address, progress=not quiet)
     print(f"{out}: {_summary(recs)} (manifest: {out / 'manifest.json'})", file=sys.stderr)
 
 
-@data_app.command("label")
+@data_app.command("label", cls=Command)
 def label_cmd(out: Path = OUT, labels: Path = typer.Option(..., "--labels", help="CSV to write (asset_id,label).")) -> None:
     """Write a labels file to edit: one line per rendered asset, pre-filled for procedural assets (1 keep / 0 reject)."""
     if labels.exists():
-        _fail(UserInputError(f"{labels} already exists: edit it or choose another name"))
+        raise UserInputError(f"{labels} already exists: edit it or choose another name")
     rows = ["asset_id,label"]
     for f in sorted((out / "assets").glob("*.json")):
         info = json.loads(f.read_text())
@@ -193,7 +171,7 @@ def label_cmd(out: Path = OUT, labels: Path = typer.Option(..., "--labels", help
     print(f"wrote {len(rows) - 1} assets to {labels}; fill in the empty labels (1 = realistic part-level motion)", file=sys.stderr)
 
 
-@data_app.command("fit-curation")
+@data_app.command("fit-curation", cls=Command)
 def fit_curation(out: Path = OUT, labels: Path = typer.Option(..., "--labels"),
                  model_out: Path = typer.Option(..., "--model-out", help="Curation model JSON to write.")) -> None:
     """Fit the random-forest curation model on labelled rendered assets."""
@@ -203,17 +181,14 @@ def fit_curation(out: Path = OUT, labels: Path = typer.Option(..., "--labels"),
     from ..data.motion import motion_features
     from ..data.renders import RenderedAsset
 
-    try:
-        labelled = read_labels(labels)
-        feats, ys, ids = [], [], []
-        for asset_id, y in sorted(labelled.items()):
-            rdir = out / "renders" / asset_id
-            if not (rdir / "meta.json").is_file():
-                raise UserInputError(f"asset {asset_id!r} of {labels} has no render in {out / 'renders'}")
-            feats.append(motion_features(RenderedAsset.load(rdir).positions))
-            ys.append(y)
-            ids.append(asset_id)
-        MotionClassifier(np.array(feats), np.array(ys), ids=ids).save(model_out)
-    except UserInputError as exc:
-        _fail(exc)
+    labelled = read_labels(labels)
+    feats, ys, ids = [], [], []
+    for asset_id, y in sorted(labelled.items()):
+        rdir = out / "renders" / asset_id
+        if not (rdir / "meta.json").is_file():
+            raise UserInputError(f"asset {asset_id!r} of {labels} has no render in {out / 'renders'}")
+        feats.append(motion_features(RenderedAsset.load(rdir).positions))
+        ys.append(y)
+        ids.append(asset_id)
+    MotionClassifier(np.array(feats), np.array(ys), ids=ids).save(model_out)
     print(f"fit on {len(ids)} assets; wrote {model_out}", file=sys.stderr)

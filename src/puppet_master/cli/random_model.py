@@ -9,9 +9,11 @@ from typing import Optional
 
 import typer
 
+from ..errors import UserInputError
+
 
 def random_model(
-    out_dir: Path = typer.Argument(..., help="Folder to create (must not exist)."),
+    out_dir: Path = typer.Argument(..., metavar="OUT_DIR", help="Folder to create (must not exist)."),
     size: str = typer.Option("tiny", "--size", help="tiny (seconds on CPU), small (the default model's architecture) or full (SVD-img2vid sizes, ~7 GB)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random weights."),
     no_image_encoder: bool = typer.Option(False, "--no-image-encoder", help="Leave out the CLIP image encoder."),
@@ -24,11 +26,9 @@ def random_model(
     a model from scratch (docs/default-model.md).
     """
     if out_dir.exists():
-        print(f"error: {str(out_dir)!r} already exists: choose a new folder", file=sys.stderr)
-        raise typer.Exit(code=2)
+        raise UserInputError(f"{str(out_dir)!r} already exists: choose a new folder")
     if size not in ("tiny", "small", "full"):
-        print(f"error: --size must be tiny, small or full, got {size!r}", file=sys.stderr)
-        raise typer.Exit(code=2)
+        raise UserInputError(f"--size must be tiny, small or full, got {size!r}")
     from ..pipelines import PuppetMasterPipeline, build_components
 
     trained_vae = None
@@ -37,13 +37,11 @@ def random_model(
 
         config_file = vae / "config.json"
         if not config_file.is_file():
-            print(f"error: VAE folder {str(vae)!r} has no config.json (save it with save_pretrained)", file=sys.stderr)
-            raise typer.Exit(code=2)
+            raise UserInputError(f"VAE folder {str(vae)!r} has no config.json (save it with save_pretrained)")
         try:
             class_name = json.loads(config_file.read_text()).get("_class_name")
-        except (json.JSONDecodeError, AttributeError):
-            print(f"error: {str(config_file)!r} is not a diffusers VAE config (JSON object)", file=sys.stderr)
-            raise typer.Exit(code=2)
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            raise UserInputError(f"{str(config_file)!r} is not a diffusers VAE config (JSON object)") from None
         cls = AutoencoderKLTemporalDecoder if class_name == AutoencoderKLTemporalDecoder.__name__ else AutoencoderKL
         trained_vae = cls.from_pretrained(vae)
     pipe = PuppetMasterPipeline(**build_components(size, seed=seed, with_image_encoder=not no_image_encoder, vae=trained_vae))

@@ -9,35 +9,33 @@ from typing import Optional
 import typer
 
 from ..errors import UserInputError
+from .options import THREADS, quiet_loading, set_threads
 
 
 def train(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (see configs/)."),
-    overrides: Optional[list[str]] = typer.Argument(None, help="Overrides such as optim.lr=1e-4 data.batch_size=2."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    overrides: Optional[list[str]] = typer.Argument(None, metavar="KEY=VALUE", help="Overrides such as optim.lr=1e-4 data.batch_size=2."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or loading bars."),
+    threads: Optional[int] = THREADS,
 ) -> None:
     """Train with accelerate; run under `accelerate launch` for several GPUs or nodes.
 
     Writes OUTPUT_DIR/checkpoints/step-*/ (resume with resume=latest), logs/ (TensorBoard),
     validation/*.gif, unet-ema/ and pipeline/ (for `puppet-master animate --model`).
     """
-    from ..training import Trainer, TrainingDiverged, load_config
+    from ..training import Trainer, load_config
 
-    try:
-        cfg = load_config(config, overrides or [])
-        result = Trainer(cfg, progress=not quiet).train()
-    except UserInputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise typer.Exit(code=2)
-    except TrainingDiverged as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise typer.Exit(code=1)
+    set_threads(threads)
+    if quiet:
+        quiet_loading()
+    cfg = load_config(config, overrides or [])
+    result = Trainer(cfg, progress=not quiet).train()
     if result.pipeline_dir is not None:
         print(f"trained {result.global_step} steps; pipeline saved to {result.pipeline_dir}", file=sys.stderr)
 
 
 def export_checkpoint(
-    checkpoint: Path = typer.Argument(..., help="OUTPUT_DIR/checkpoints/step-NNNNNNNN of `puppet-master train`."),
+    checkpoint: Path = typer.Argument(..., metavar="CHECKPOINT", help="OUTPUT_DIR/checkpoints/step-NNNNNNNN of `puppet-master train`."),
     base: Path = typer.Option(..., "--base", help="Pipeline the run was trained from (its model.components folder)."),
     out: Path = typer.Option(..., "--out", "-o", help="Pipeline folder to write."),
     fp16: bool = typer.Option(False, "--fp16", help="Store the weights in float16 (half the size)."),
@@ -48,11 +46,7 @@ def export_checkpoint(
 
     from ..training.export import export_checkpoint as run
 
-    try:
-        path = run(checkpoint, base, out, dtype=torch.float16 if fp16 else torch.float32, overwrite=overwrite)
-    except UserInputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise typer.Exit(code=2)
+    path = run(checkpoint, base, out, dtype=torch.float16 if fp16 else torch.float32, overwrite=overwrite)
     print(f"exported the EMA weights of {checkpoint} to {path}", file=sys.stderr)
 
 
@@ -65,15 +59,15 @@ def cache_latents(
     limit: Optional[int] = typer.Option(None, "--limit", min=1),
     flip: bool = typer.Option(False, "--flip", help="Also cache every clip mirrored left-right (NAME_flip)."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
+    threads: Optional[int] = THREADS,
 ) -> None:
     """Encode clips once (VAE latents, first-frame latent and image embedding) for training."""
     from ..training.cache import build_cache
 
-    try:
-        n = build_cache(data, model, out, size=size, device=device, limit=limit, progress=not quiet, flip=flip)
-    except UserInputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise typer.Exit(code=2)
+    set_threads(threads)
+    if quiet:
+        quiet_loading()
+    n = build_cache(data, model, out, size=size, device=device, limit=limit, progress=not quiet, flip=flip)
     print(f"cached {n} new clips in {out}", file=sys.stderr)
 
 
@@ -92,23 +86,20 @@ def train_vae(
     no_photos: bool = typer.Option(False, "--no-photos", help="Do not mix in scikit-image's sample photographs."),
     seed: int = typer.Option(0, "--seed"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
+    threads: Optional[int] = THREADS,
 ) -> None:
     """Train a small image VAE from scratch (the default model's autoencoder)."""
     from ..training.vae import VAETrainConfig, train_vae as run
 
+    set_threads(threads)
     try:
         block_out = tuple(int(c) for c in channels.split(","))
     except ValueError:
-        print(f"error: --channels must be integers separated by commas, got {channels!r}", file=sys.stderr)
-        raise typer.Exit(code=2)
+        raise UserInputError(f"--channels must be integers separated by commas, got {channels!r}") from None
     cfg = VAETrainConfig(data=[str(d) for d in data], output_dir=str(out), block_out_channels=block_out,
                          latent_channels=latent_channels, crop=crop, batch_size=batch_size, max_steps=steps, lr=lr,
                          use_photos=not no_photos, fg_weight=fg_weight, chroma_weight=chroma_weight, seed=seed)
-    try:
-        report = run(cfg, progress=not quiet)
-    except UserInputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise typer.Exit(code=2)
+    report = run(cfg, progress=not quiet)
     print(f"VAE saved to {out / 'vae'}: held-out PSNR {report['held_out_psnr_db']:.2f} dB "
           f"(object pixels {report['held_out_foreground_psnr_db']:.2f} dB), "
           f"scaling factor {report['scaling_factor']:.4f}", file=sys.stderr)

@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import UserInputError
+from .lifetime import child_dies_with_parent
 
 ENV_VAR = "PUPPET_MASTER_BLENDER_PYTHON"
 DEFAULT_ENV = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "puppet-master" / "blender-python"
@@ -81,6 +82,8 @@ def setup_blender(path: str | Path = DEFAULT_ENV, python: str | None = None) -> 
 def run_worker(command: str, spec: dict, timeout: float = 1800, python: str | None = None) -> dict:
     """Run ``worker.py command`` with ``spec`` in the Blender Python; return its JSON result.
 
+    The Blender process is ended (SIGTERM) if the calling process dies.
+
     Raises:
         BlenderError: the worker failed, crashed or timed out (message has the reason).
     """
@@ -90,7 +93,8 @@ def run_worker(command: str, spec: dict, timeout: float = 1800, python: str | No
         spec_file = fh.name
     try:
         proc = subprocess.run([python, str(WORKER), command, "--spec", spec_file], capture_output=True, text=True,
-                              timeout=timeout, env={**os.environ, "PYTHONNOUSERSITE": "1"})
+                              timeout=timeout, env={**os.environ, "PYTHONNOUSERSITE": "1"},
+                              preexec_fn=child_dies_with_parent if os.name == "posix" else None)
     except subprocess.TimeoutExpired:
         raise BlenderError(f"Blender {command} timed out after {timeout:.0f} s") from None
     finally:

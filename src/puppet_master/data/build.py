@@ -20,14 +20,22 @@ Ray cluster.
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
 import os
 import shutil
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from ..errors import UserInputError
 from .blender_env import BlenderError, find_blender_python, run_worker
+from .curation import MotionClassifier, VLMFilter, curate
+from .drag_sampling import sample_drags, write_sample
+from .lifetime import exit_with_parent
+from .renders import RenderedAsset
 from .sources import AssetTask, fetch_objaverse
 
 STAGES = ("asset", "render", "curate", "sample")
@@ -70,19 +78,37 @@ def _atomic_json(path: Path, data) -> None:
     os.replace(tmp, path)
 
 
+class BuildConfigError(UserInputError):
+    """A build setting that cannot work for any asset: it stops the build with one error line
+    instead of being recorded as a failure of every asset."""
+
+
 _CLASSIFIER = {}
 
 
 def _classifier(path):
-    from .curation import MotionClassifier
-
     if path not in _CLASSIFIER:
-        _CLASSIFIER[path] = MotionClassifier.load(path)
+        try:
+            _CLASSIFIER[path] = MotionClassifier.load(path)
+        except UserInputError as exc:
+            raise BuildConfigError(str(exc)) from None
     return _CLASSIFIER[path]
 
 
+#: Errors that mean "this asset is broken" (recorded as ``failed``; the build goes on).
+ASSET_ERRORS = (BlenderError, OSError, ValueError, RuntimeError, UserInputError, KeyError)
+
+
 def process_asset(task: dict, cfg: dict) -> dict:
-    """Run the configured stages for one asset; returns its record. Never raises for a bad asset."""
+    """Run the configured stages for one asset; returns its record.
+
+    Stages, each skipped when its output exists: :func:`_asset_stage` (GLB + info),
+    :func:`_render_stage`, :func:`_curate_stage`, :func:`_sample_stage`. A broken asset
+    is recorded as ``failed`` with its error and never raises.
+
+    Raises:
+        BuildConfigError: a setting that cannot work for any asset (stops the build).
+    """
     t = AssetTask(**task)
     c = BuildConfig(**{**cfg, "stages": tuple(cfg.get("stages", STAGES))})
     out = Path(c.out)
@@ -93,91 +119,113 @@ def process_asset(task: dict, cfg: dict) -> dict:
               "category": "", "label": None, "num_samples": 0}
     start = time.perf_counter()
     try:
-        glb = out / "assets" / f"{t.asset_id}.glb"
-        info_file = out / "assets" / f"{t.asset_id}.json"
-        if "asset" in c.stages and not info_file.exists():
-            glb.parent.mkdir(parents=True, exist_ok=True)
-            tmp = glb.with_name(f".{glb.name}.partial.glb")
-            info = {"task": t.to_dict()}
-            if t.source == "procedural":
-                episodic = c.motion_episodes > 1
-                info.update(run_worker("generate", {"kind": t.kind, "seed": t.seed,
-                                                    "num_frames": c.num_frames * c.motion_episodes if episodic else c.frames,
-                                                    "out_glb": str(tmp), "textured": c.textures,
-                                                    "episodes": c.motion_episodes},
-                                       c.timeout, c.blender_python))
-                info.pop("ok", None)
-            elif t.source == "folder":
-                shutil.copyfile(t.path, tmp)
-            else:
-                fetch_objaverse(t.uid, tmp)
-            os.replace(tmp, glb)
-            _atomic_json(info_file, info)
-        info = json.loads(info_file.read_text()) if info_file.exists() else {"task": t.to_dict()}
-        record["category"], record["label"] = info.get("category", ""), info.get("label")
-        if not glb.exists():
-            record.update(status="pending", reason="asset stage not run yet")
-            return record
-
-        render_dir = out / "renders" / t.asset_id
-        if "render" in c.stages and not (render_dir / "meta.json").exists():
-            tmp_dir = out / "renders" / f".tmp-{t.asset_id}"
-            shutil.rmtree(tmp_dir, ignore_errors=True)
-            # an episodic asset is rendered at its own frames, so episodes start at whole frames
-            frames = info["num_frames"] if info.get("episodes", 1) > 1 else c.frames
-            run_worker("render", {"glb": str(glb), "out_dir": str(tmp_dir), "views": c.views, "frames": frames,
-                                  "resolution": c.resolution, "seed": c.seed, "samples": c.cycles_samples,
-                                  "images": True, "masks": c.masks}, c.timeout, c.blender_python)
-            shutil.rmtree(render_dir, ignore_errors=True)
-            os.replace(tmp_dir, render_dir)
-        if not (render_dir / "meta.json").exists():
-            record.update(status="pending", reason="render stage not run yet")
-            return record
-
-        from .curation import VLMFilter, curate
-        from .renders import RenderedAsset
-
-        render = RenderedAsset.load(render_dir)
-        cur_file = out / "curation" / f"{t.asset_id}.json"
-        if "curate" in c.stages and not cur_file.exists():
-            decision = curate(render.positions, _classifier(c.curation_model), windows=_episode_windows(info, render))
-            result = asdict(decision)
-            if decision.keep and c.vlm_url:
-                frames = [render.rgb_on_white(0, f) for f in range(render.num_frames)]
-                vlm = VLMFilter(c.vlm_url, c.vlm_model)(frames)
-                result["vlm"] = asdict(vlm)
-                if not vlm.keep:
-                    result.update(keep=False, reason=vlm.reason)
-            _atomic_json(cur_file, result)
-        if not cur_file.exists():
-            record.update(status="pending", reason="curation stage not run yet")
-            return record
-        cur = json.loads(cur_file.read_text())
-        record["reason"] = cur["reason"]
-        if not cur["keep"]:
-            record["status"] = "rejected"
-        elif "sample" in c.stages:
-            from .drag_sampling import sample_drags, write_sample
-
-            windows = _episode_windows(info, render)
-            n = min(c.num_frames, render.num_frames)
-            if windows and n > windows[0][1]:
-                raise UserInputError(f"drag samples of {n} frames do not fit the asset's {windows[0][1]}-frame motion "
-                                     "episodes: build with the --num-frames the assets were generated with")
-            samples = sample_drags(render, num_frames=n, samples_per_view=c.samples_per_view, seed=c.seed,
-                                   asset_id=t.asset_id, start_frames=[w[0] for w in windows] if windows else None)
-            for k, s in enumerate(samples):
-                write_sample(s, render, out / "samples", f"{t.asset_id}_v{s.view:02d}_s{k:02d}", record["category"],
-                             tracks_gif=c.tracks_gif)
-            record.update(status="done", num_samples=len(samples))
-        else:
-            record.update(status="pending", reason="sample stage not run yet")
-            return record
-    except (BlenderError, OSError, ValueError, RuntimeError, UserInputError, KeyError) as exc:
+        for stage in (_asset_stage, _render_stage, _curate_stage, _sample_stage):
+            pending = stage(t, c, out, record)
+            if pending:
+                record.update(status="pending", reason=f"{pending} stage not run yet")
+                return record
+    except BuildConfigError:
+        raise
+    except ASSET_ERRORS as exc:
         record.update(status="failed", error=f"{type(exc).__name__}: {exc}")
     record["seconds"] = round(time.perf_counter() - start, 2)
     _atomic_json(status_file, record)
     return record
+
+
+def _asset_info(t: AssetTask, out: Path) -> dict:
+    info_file = out / "assets" / f"{t.asset_id}.json"
+    return json.loads(info_file.read_text()) if info_file.exists() else {"task": t.to_dict()}
+
+
+def _asset_stage(t: AssetTask, c: BuildConfig, out: Path, record: dict) -> str | None:
+    """Write ``assets/ID.glb`` + ``ID.json`` (procedural generation, a copy, or a download)."""
+    glb = out / "assets" / f"{t.asset_id}.glb"
+    info_file = out / "assets" / f"{t.asset_id}.json"
+    if "asset" in c.stages and not info_file.exists():
+        glb.parent.mkdir(parents=True, exist_ok=True)
+        tmp = glb.with_name(f".{glb.name}.partial.glb")
+        info = {"task": t.to_dict()}
+        if t.source == "procedural":
+            episodic = c.motion_episodes > 1
+            info.update(run_worker("generate", {"kind": t.kind, "seed": t.seed,
+                                                "num_frames": c.num_frames * c.motion_episodes if episodic else c.frames,
+                                                "out_glb": str(tmp), "textured": c.textures,
+                                                "episodes": c.motion_episodes},
+                                   c.timeout, c.blender_python))
+            info.pop("ok", None)
+        elif t.source == "folder":
+            shutil.copyfile(t.path, tmp)
+        else:
+            fetch_objaverse(t.uid, tmp)
+        os.replace(tmp, glb)
+        _atomic_json(info_file, info)
+    info = _asset_info(t, out)
+    record["category"], record["label"] = info.get("category", ""), info.get("label")
+    return None if glb.exists() else "asset"
+
+
+def _render_stage(t: AssetTask, c: BuildConfig, out: Path, record: dict) -> str | None:
+    """Render ``renders/ID/`` with Blender (into a temporary folder renamed at the end)."""
+    render_dir = out / "renders" / t.asset_id
+    if "render" in c.stages and not (render_dir / "meta.json").exists():
+        info = _asset_info(t, out)
+        tmp_dir = out / "renders" / f".tmp-{t.asset_id}"
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        # an episodic asset is rendered at its own frames, so episodes start at whole frames
+        frames = info["num_frames"] if info.get("episodes", 1) > 1 else c.frames
+        run_worker("render", {"glb": str(out / "assets" / f"{t.asset_id}.glb"), "out_dir": str(tmp_dir),
+                              "views": c.views, "frames": frames, "resolution": c.resolution, "seed": c.seed,
+                              "samples": c.cycles_samples, "images": True, "masks": c.masks},
+                   c.timeout, c.blender_python)
+        shutil.rmtree(render_dir, ignore_errors=True)
+        os.replace(tmp_dir, render_dir)
+    return None if (render_dir / "meta.json").exists() else "render"
+
+
+def _curate_stage(t: AssetTask, c: BuildConfig, out: Path, record: dict) -> str | None:
+    """Decide keep / reject from motion statistics (+ the optional VLM filter); write ``curation/ID.json``."""
+    cur_file = out / "curation" / f"{t.asset_id}.json"
+    if "curate" in c.stages and not cur_file.exists():
+        render = RenderedAsset.load(out / "renders" / t.asset_id)
+        decision = curate(render.positions, _classifier(c.curation_model),
+                          windows=_episode_windows(_asset_info(t, out), render))
+        result = asdict(decision)
+        if decision.keep and c.vlm_url:
+            frames = [render.rgb_on_white(0, f) for f in range(render.num_frames)]
+            vlm = VLMFilter(c.vlm_url, c.vlm_model)(frames)
+            result["vlm"] = asdict(vlm)
+            if not vlm.keep:
+                result.update(keep=False, reason=vlm.reason)
+        _atomic_json(cur_file, result)
+    if not cur_file.exists():
+        return "curation"
+    cur = json.loads(cur_file.read_text())
+    record["reason"] = cur["reason"]
+    if not cur["keep"]:
+        record["status"] = "rejected"
+    return None
+
+
+def _sample_stage(t: AssetTask, c: BuildConfig, out: Path, record: dict) -> str | None:
+    """Sample drags of a kept asset; write ``samples/ID_vVV_sKK.{json,gif}``."""
+    if record["status"] == "rejected":
+        return None
+    if "sample" not in c.stages:
+        return "sample"
+    render = RenderedAsset.load(out / "renders" / t.asset_id)
+    windows = _episode_windows(_asset_info(t, out), render)
+    n = min(c.num_frames, render.num_frames)
+    if windows and n > windows[0][1]:
+        raise BuildConfigError(f"drag samples of {n} frames do not fit the asset's {windows[0][1]}-frame motion "
+                               "episodes: build with the --num-frames the assets were generated with")
+    samples = sample_drags(render, num_frames=n, samples_per_view=c.samples_per_view, seed=c.seed,
+                           asset_id=t.asset_id, start_frames=[w[0] for w in windows] if windows else None)
+    for k, s in enumerate(samples):
+        write_sample(s, render, out / "samples", f"{t.asset_id}_v{s.view:02d}_s{k:02d}", record["category"],
+                     tracks_gif=c.tracks_gif)
+    record.update(status="done", num_samples=len(samples))
+    return None
 
 
 def _episode_windows(info: dict, render) -> list[tuple[int, int]] | None:
@@ -206,15 +254,20 @@ def build(tasks: list[AssetTask], cfg: BuildConfig, workers: int = 2, executor: 
     Returns:
         ``{asset_id: record}`` for every task.
 
+    Local pool workers (and the Blender processes under them) exit when this process
+    dies, so killing a build leaves nothing running.
+
     Raises:
         UserInputError: no Blender Python, unknown executor.
+        BuildConfigError: a setting that fails for every asset (e.g. a missing curation
+            model), before any asset is processed where it can be checked up front.
     """
-    from tqdm.auto import tqdm
-
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     if cfg.blender_python is None and any(s in cfg.stages for s in ("asset", "render")):
         cfg.blender_python = find_blender_python()
+    if "curate" in cfg.stages:
+        _classifier(cfg.curation_model)  # a missing or foreign curation model stops the build now
+    out.mkdir(parents=True, exist_ok=True)
     manifest_file = out / "manifest.json"
     records = json.loads(manifest_file.read_text())["assets"] if manifest_file.exists() else {}
     cfg_dict = {**asdict(cfg), "stages": list(cfg.stages)}
@@ -232,16 +285,18 @@ def build(tasks: list[AssetTask], cfg: BuildConfig, workers: int = 2, executor: 
             for t in tasks:
                 finish(process_asset(t.to_dict(), cfg_dict))
         else:
-            import multiprocessing as mp
-            from concurrent.futures import ProcessPoolExecutor, as_completed
-
-            with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+            with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
+                                     initializer=exit_with_parent, initargs=(os.getpid(),)) as pool:
                 futures = [pool.submit(process_asset, t.to_dict(), cfg_dict) for t in tasks]
-                for fut in as_completed(futures):
-                    finish(fut.result())
+                try:
+                    for fut in as_completed(futures):
+                        finish(fut.result())
+                except BaseException:  # a BuildConfigError or Ctrl-C: do not start the remaining assets
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    raise
     elif executor == "ray":
         try:
-            import ray
+            import ray  # optional dependency, only for --executor ray
         except ImportError:
             raise UserInputError("--executor ray needs the ray package: pip install 'ray[default]'") from None
         started_here = not ray.is_initialized()

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import PIL.Image
+from sklearn.ensemble import RandomForestClassifier
 
 from ..errors import UserInputError
 from .motion import FEATURE_NAMES, is_static, motion_features
@@ -55,8 +57,6 @@ class MotionClassifier:
 
     def __init__(self, features: np.ndarray, labels: np.ndarray, threshold: float = 0.5, n_estimators: int = 200,
                  seed: int = 0, ids: list[str] | None = None) -> None:
-        from sklearn.ensemble import RandomForestClassifier
-
         features, labels = np.asarray(features, float), np.asarray(labels, int)
         if features.ndim != 2 or features.shape[1] != len(FEATURE_NAMES):
             raise UserInputError(f"curation features must be (N, {len(FEATURE_NAMES)}), got {features.shape}")
@@ -162,8 +162,6 @@ class VLMFilter:
 
     def request_body(self, images: list) -> dict:
         """The chat request: the App. B question and 4 PNG images as data URLs."""
-        import PIL.Image
-
         content = [{"type": "text", "text": VLM_PROMPT}]
         for img in images:
             buf = io.BytesIO()

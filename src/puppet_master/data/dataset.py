@@ -1,5 +1,9 @@
 """Training samples from a built dataset folder (``OUT/samples``), and the source mixture (docs/design.md §6).
 
+The mixture is one mechanism, :class:`MixtureDataset` (sources drawn by weight, reproducible
+per position), used for a training run's configured sources and, by :func:`group_mixture`,
+for the source groups of a clip dataset with the paper's probabilities :data:`PAPER_MIXTURE`.
+
 :class:`DragVideoDataset` reads each drag sample's JSON and its rendered RGBA frames
 (composited on white) and yields
 
@@ -18,14 +22,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, WeightedRandomSampler
+from safetensors.torch import load_file
+from torch.utils.data import Dataset, Subset
 
 from ..drags import K_MAX, DragSet
 from ..errors import UserInputError
 from .renders import RenderedAsset
 
-#: Mixture of the paper (docs/design.md §6).
-DEFAULT_GROUP_PROBS = {"drag-a-move": 0.3, "human-shape": 0.25, "animals": 0.25, "daily-used": 0.05, "other": 0.15}
+#: The paper's training mixture: probability of each source group (docs/design.md §6).
+PAPER_MIXTURE = {"drag-a-move": 0.3, "human-shape": 0.25, "animals": 0.25, "daily-used": 0.05, "other": 0.15}
 #: Categories of the Drag-a-Move set (PartNet-Mobility) and of animals.
 DRAG_A_MOVE_CATEGORIES = {"StorageFurniture", "Table", "Laptop", "Bucket", "Refrigerator", "Dishwasher", "Box", "Safe",
                           "Toilet", "Oven", "Microwave", "WashingMachine", "Door", "Window", "Faucet"}
@@ -95,27 +100,64 @@ class DragVideoDataset(Dataset):
         item = {"frames": video, "image": video[0], "drags": drags, "category": spec.get("category", ""),
                 "group": category_group(spec.get("category", ""))}
         if self.latent_cache is not None:
-            from safetensors.torch import load_file
-
             cached = load_file(str(self.latent_cache / f"{self.files[i].stem}.safetensors"))
             item.update({k: cached[k] for k in ("latents", "image_latents", "embedding")})
         return item
 
 
-def mixture_weights(groups: list[str], probs: dict[str, float] | None = None) -> torch.Tensor:
-    """Per-sample weights so that groups are drawn with ``probs`` (renormalised over the groups present)."""
-    probs = probs or DEFAULT_GROUP_PROBS
-    present = {g for g in groups if probs.get(g, 0) > 0}
+def group_mixture(dataset: DragVideoDataset, probs: dict[str, float] | None = None, seed: int = 0,
+                  epoch_length: int | None = None) -> "MixtureDataset":
+    """The samples of ``dataset`` drawn by source group with ``probs`` (default: :data:`PAPER_MIXTURE`).
+
+    Groups absent from the dataset are left out and the others' probabilities renormalised;
+    within a group every sample is equally likely. Position ``g`` of the result is the same
+    sample in every run with the same seed (:class:`MixtureDataset`).
+
+    Raises:
+        UserInputError: no sample belongs to a group with a positive probability.
+    """
+    probs = PAPER_MIXTURE if probs is None else probs
+    groups = [category_group(c) for c in dataset.categories()]
+    present = [g for g in dict.fromkeys(groups) if probs.get(g, 0) > 0]
     if not present:
         raise UserInputError(f"none of the samples' groups {sorted(set(groups))} has a mixture probability")
-    total = sum(probs[g] for g in present)
-    counts = {g: groups.count(g) for g in present}
-    return torch.tensor([probs[g] / total / counts[g] if g in present else 0.0 for g in groups], dtype=torch.double)
+    subsets = [Subset(dataset, [i for i, x in enumerate(groups) if x == g]) for g in present]
+    return MixtureDataset(subsets, [probs[g] for g in present], seed, epoch_length or len(dataset))
 
 
-def mixture_sampler(dataset: DragVideoDataset, num_samples: int, probs: dict[str, float] | None = None,
-                    seed: int = 0) -> WeightedRandomSampler:
-    """A sampler drawing groups with the docs/design.md §6 probabilities (default)."""
-    groups = [category_group(c) for c in dataset.categories()]
-    return WeightedRandomSampler(mixture_weights(groups, probs), num_samples, replacement=True,
-                                 generator=torch.Generator().manual_seed(seed))
+class MixtureDataset(Dataset):
+    """Stateless weighted mixture: position ``g`` → (source drawn by weight, uniform item).
+
+    The one mixing mechanism of training data: the configured sources of a training run
+    (``training.data.build_mixture``) and the source groups of a clip dataset
+    (:func:`group_mixture`). Items are the sources' dicts plus ``key`` = the position,
+    which seeds the sample's noise in training. ``len`` is the epoch length; positions past
+    it wrap into later "epochs" and are still valid (the sampler asks for any non-negative
+    position).
+
+    Raises:
+        UserInputError: no sources.
+    """
+
+    def __init__(self, sources: list[Dataset], weights: list[float], seed: int, epoch_length: int | None = None):
+        if not sources:
+            raise UserInputError("no training data sources configured")
+        self.sources = sources
+        w = np.asarray(weights, dtype=np.float64)
+        self.probs = w / w.sum()
+        self.seed = seed
+        self.epoch_length = epoch_length or sum(len(s) for s in sources)
+
+    def __len__(self) -> int:
+        return self.epoch_length
+
+    def locate(self, position: int) -> tuple[int, int]:
+        rng = np.random.default_rng([self.seed, int(position)])
+        source = int(rng.choice(len(self.sources), p=self.probs))
+        return source, int(rng.integers(len(self.sources[source])))
+
+    def __getitem__(self, position: int) -> dict:
+        source, index = self.locate(position)
+        item = dict(self.sources[source][index])
+        item["key"] = int(position)
+        return item

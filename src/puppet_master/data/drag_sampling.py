@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ..drags import K_MAX, deduplicate_trajectories
+from ..video import draw_drags, write_video
 from .renders import RenderedAsset
 
 
@@ -115,8 +116,6 @@ def sample_drags(
 def write_sample(sample: DragSample, render: RenderedAsset, out_dir: str | Path, name: str, category: str = "",
                  tracks_gif: bool = False) -> Path:
     """Write ``NAME.json`` + ``NAME.gif`` (+ ``NAME_tracks.gif``) atomically; returns the JSON path."""
-    from ..video import draw_drags, write_video
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     n = sample.trajectories.shape[1]

@@ -86,7 +86,7 @@ def fetch_objaverse(uid: str, out_file: Path) -> Path:
         UserInputError: the package is missing. Network errors propagate (recorded per asset).
     """
     try:
-        import objaverse
+        import objaverse  # optional dependency, only for the Objaverse source
     except ImportError:
         raise UserInputError("the Objaverse source needs the objaverse package: pip install objaverse") from None
     paths = objaverse.load_objects(uids=[uid], download_processes=1)

@@ -6,6 +6,7 @@ from .core import (
     DragSet,
     deduplicate_trajectories,
     parse_drag_argument,
+    read_drags_json,
     stack_drag_tensors,
 )
 from .encoding import CHANNELS_PER_DRAG, encode_drags, used_drag_slots
@@ -18,6 +19,7 @@ __all__ = [
     "deduplicate_trajectories",
     "encode_drags",
     "parse_drag_argument",
+    "read_drags_json",
     "stack_drag_tensors",
     "used_drag_slots",
 ]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import reprlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -37,14 +38,42 @@ DEFAULT_NUM_FRAMES = 14
 DEDUP_PIXELS_PER_FRAME = 20.0
 #: Resolution at which the de-duplication threshold is defined.
 DEDUP_REFERENCE_SIZE = 256.0
+#: Later trajectory points may leave the image (a part moving out of view; the encoding
+#: clips them to the border, docs/design.md §3) but not by more than this many image sizes.
+OUTSIDE_MARGIN = 1.0
+#: Limits on a drags JSON file: size in bytes, nesting depth, largest image side.
+MAX_JSON_BYTES = 1 << 20
+MAX_JSON_DEPTH = 16
+MAX_IMAGE_SIDE = 1 << 16
+#: Limits on a drag tensor read from a file (:meth:`DragSet.from_tensor`).
+MAX_TENSOR_FRAMES = 1024
+MAX_TENSOR_SLOTS = 64
 
 
 def _as_point_array(values: Any, what: str) -> np.ndarray:
     try:
         arr = np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise DragError(f"{what} must be numbers, got {values!r}") from exc
+    except (TypeError, ValueError, OverflowError, RecursionError) as exc:
+        raise DragError(f"{what} must be numbers, got {_short(values)}") from exc
     return arr
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """``repr`` of a user value cut to ``limit`` characters (for error messages)."""
+    text = reprlib.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _interpolate(starts: np.ndarray, ends: np.ndarray, num_frames: int) -> np.ndarray:
+    """Linear start → end trajectories ``(K, num_frames, 2)`` from ``(K, 2)`` starts and ends.
+
+    Frame 0 is exactly the start and the last frame exactly the end (docs/design.md §2).
+    """
+    t = np.linspace(0.0, 1.0, num_frames)[None, :, None]
+    traj = starts[:, None] + (ends - starts)[:, None] * t
+    traj[:, 0] = starts
+    traj[:, -1] = ends
+    return traj
 
 
 @dataclass(frozen=True)
@@ -56,9 +85,13 @@ class DragSet:
             point ``(x, y)`` in **pixels** (x right, y down). Frame 0 is the start.
         width, height: size in pixels of the image the coordinates refer to.
 
+    A drag must *start* on the image; its later points may leave it (a part moving out
+    of view, as in the Drag-a-Move test set) by up to :data:`OUTSIDE_MARGIN` image sizes.
+
     Raises:
         DragError: on construction, if there are no drags, more than ``max_drags``,
-            fewer than 2 frames, non-finite values, or points outside the image.
+            fewer than 2 frames, non-finite values, a start outside the image, or a
+            point more than one image size outside it.
     """
 
     trajectories: np.ndarray
@@ -85,13 +118,20 @@ class DragSet:
         if not np.isfinite(traj).all():
             bad = int(np.argwhere(~np.isfinite(traj))[0][0])
             raise DragError(f"drag {bad + 1} has a non-finite coordinate (NaN or inf)")
+        size = np.array([self.width, self.height], dtype=np.float64)
         for idx in range(k):
-            xs, ys = traj[idx, :, 0], traj[idx, :, 1]
-            if xs.min() < 0 or ys.min() < 0 or xs.max() > self.width or ys.max() > self.height:
-                worst = traj[idx][np.argmax((xs < 0) | (ys < 0) | (xs > self.width) | (ys > self.height))]
+            x0, y0 = traj[idx, 0]
+            if not (0 <= x0 <= self.width and 0 <= y0 <= self.height):
                 raise DragError(
-                    f"drag {idx + 1} leaves the image: point ({worst[0]:g}, {worst[1]:g}) is outside "
-                    f"[0, {self.width}] x [0, {self.height}] pixels"
+                    f"drag {idx + 1} starts outside the image: ({x0:g}, {y0:g}) is not in "
+                    f"[0, {self.width}] x [0, {self.height}] pixels; a drag must start on the image"
+                )
+            far = (traj[idx] < -size * OUTSIDE_MARGIN) | (traj[idx] > size * (1 + OUTSIDE_MARGIN))
+            if far.any():
+                x, y = traj[idx][np.argmax(far.any(axis=-1))]
+                raise DragError(
+                    f"drag {idx + 1} goes to ({x:g}, {y:g}), more than one image size outside the "
+                    f"{self.width}x{self.height} image: check the coordinates (pixels or normalised?)"
                 )
 
     # ------------------------------------------------------------------ builders
@@ -127,10 +167,7 @@ class DragSet:
             raise DragError("no drags given: add at least one drag (e.g. --drag X0,Y0:X1,Y1)")
         if arr.ndim != 3 or arr.shape[1:] != (2, 2):
             raise DragError(f"each drag must be a pair of (x, y) points, got array of shape {arr.shape}")
-        t = np.linspace(0.0, 1.0, num_frames)[None, :, None]
-        traj = arr[:, None, 0] + (arr[:, None, 1] - arr[:, None, 0]) * t
-        traj[:, 0] = arr[:, 0]
-        traj[:, -1] = arr[:, 1]
+        traj = _interpolate(arr[:, 0], arr[:, 1], num_frames)
         if normalized:
             traj = traj * np.array([width, height], dtype=np.float64)
         return cls(traj, width, height, max_drags)
@@ -156,10 +193,13 @@ class DragSet:
             DragError: ragged or malformed trajectories, a wrong frame count, or any of
                 the :class:`DragSet` checks.
         """
-        trajectories = list(trajectories)
+        try:
+            trajectories = list(trajectories)
+            lengths = {len(t) for t in trajectories}
+        except TypeError:
+            raise DragError(f"drag trajectories must be lists of (x, y) points, got {_short(trajectories)}") from None
         if not trajectories:
             raise DragError("no drags given: add at least one drag")
-        lengths = {len(t) for t in trajectories}
         if len(lengths) != 1:
             raise DragError(f"all drag trajectories must have the same number of frames, got lengths {sorted(lengths)}")
         traj = _as_point_array(trajectories, "drag trajectories")
@@ -190,97 +230,79 @@ class DragSet:
                        {"trajectory": [[x, y], ...]}]}
 
         A bare list of drag objects is accepted too. Start/end drags are interpolated
-        over ``num_frames``; trajectories must have ``num_frames`` points.
+        over ``num_frames``; trajectories must have ``num_frames`` points. Pixel
+        coordinates given for an ``image_size`` other than ``width x height`` are
+        rescaled to this image.
 
         Raises:
-            DragError: unreadable file, invalid JSON, missing keys, or failed checks.
+            DragError: unreadable, non-UTF-8, oversized or too deeply nested file;
+                invalid JSON; wrong types or sizes; non-finite numbers; failed checks.
         """
-        data = source
-        if isinstance(source, Path) or (isinstance(source, str) and not source.lstrip().startswith(("{", "["))):
-            path = Path(source)
-            try:
-                text = path.read_text()
-            except OSError as exc:
-                raise DragError(f"cannot read drags file {str(path)!r}: {exc.strerror or exc}") from exc
-            try:
-                data = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise DragError(f"drags file {str(path)!r} is not valid JSON: {exc.msg} (line {exc.lineno})") from exc
-        elif isinstance(source, str):
-            try:
-                data = json.loads(source)
-            except json.JSONDecodeError as exc:
-                raise DragError(f"drags JSON is not valid: {exc.msg} (line {exc.lineno})") from exc
+        data = read_drags_json(source)
         if isinstance(data, list):
             data = {"drags": data}
         if not isinstance(data, dict) or "drags" not in data:
             raise DragError('drags JSON must be an object with a "drags" list (or a list of drags)')
         coords = data.get("coordinates", "pixels")
         if coords not in ("pixels", "normalized"):
-            raise DragError(f'"coordinates" must be "pixels" or "normalized", got {coords!r}')
-        size = data.get("image_size")
-        if size is not None:
-            try:
-                json_w, json_h = int(size[0]), int(size[1])
-                if len(size) != 2 or json_w <= 0 or json_h <= 0:
-                    raise ValueError
-            except (TypeError, ValueError, IndexError):
-                raise DragError('"image_size" must be [width, height] with positive integers') from None
-            if width is None or height is None:
-                width, height = json_w, json_h
+            raise DragError(f'"coordinates" must be "pixels" or "normalized", got {_short(coords)}')
+        json_size = _json_image_size(data.get("image_size"))
         if width is None or height is None:
-            raise DragError('drags JSON needs "image_size": [width, height] when no image is given')
+            if json_size is None:
+                raise DragError('drags JSON needs "image_size": [width, height] when no image is given')
+            width, height = json_size
         items = data["drags"]
         if not isinstance(items, list) or not items:
             raise DragError('"drags" must be a non-empty list')
-        trajs = []
-        for i, item in enumerate(items):
-            if not isinstance(item, dict):
-                raise DragError(f"drag {i + 1} must be an object with start/end or trajectory")
-            if "trajectory" in item:
-                t = _as_point_array(item["trajectory"], f"drag {i + 1} trajectory")
-                if t.ndim != 2 or t.shape[-1] != 2:
-                    raise DragError(f"drag {i + 1} trajectory must be a list of [x, y] points")
-                if t.shape[0] != num_frames:
-                    raise DragError(f"drag {i + 1} trajectory has {t.shape[0]} points but {num_frames} frames are generated")
-            elif "start" in item and "end" in item:
-                s = _as_point_array(item["start"], f"drag {i + 1} start")
-                e = _as_point_array(item["end"], f"drag {i + 1} end")
-                if s.shape != (2,) or e.shape != (2,):
-                    raise DragError(f"drag {i + 1} start and end must be [x, y]")
-                tt = np.linspace(0.0, 1.0, num_frames)[:, None]
-                t = s[None] + (e - s)[None] * tt
-                t[0], t[-1] = s, e
-            else:
-                raise DragError(f'drag {i + 1} needs "start" and "end", or "trajectory"')
-            trajs.append(t)
-        traj = np.stack(trajs)
+        if len(items) > max_drags:
+            raise DragError(f"{len(items)} drags given but the model takes at most {max_drags}: remove {len(items) - max_drags}")
+        traj = np.stack([_json_drag(item, i, num_frames) for i, item in enumerate(items)])
         if coords == "normalized":
             traj = traj * np.array([width, height], dtype=np.float64)
-        elif size is not None and (json_w, json_h) != (width, height):
+        elif json_size is not None and json_size != (width, height):
             # pixel coordinates of an image of another size: rescale to this image
-            traj = traj * np.array([width / json_w, height / json_h], dtype=np.float64)
+            traj = traj * (np.array([width, height], dtype=np.float64) / np.array(json_size, dtype=np.float64))
         return cls(traj, width, height, max_drags)
 
     @classmethod
     def from_tensor(cls, drags: torch.Tensor | np.ndarray, width: int, height: int, max_drags: int | None = None) -> "DragSet":
         """Inverse of :meth:`to_tensor`: read the used slots of a ``(N, K_max, 4)`` layout.
 
+        The shape is checked before any data is copied, so a tensor that only claims a
+        huge size (e.g. zero strides) is refused without allocating it.
+
         Args:
             drags: float ``(N, K_max, 4)`` (or ``(1, N, K_max, 4)``), normalised.
             width, height: pixel size to express the trajectories in.
 
         Raises:
-            DragError: wrong shape or no used slot.
+            DragError: not a float array, wrong shape, more than :data:`MAX_TENSOR_FRAMES`
+                frames or :data:`MAX_TENSOR_SLOTS` slots, non-finite values, no used slot,
+                or any of the :class:`DragSet` checks.
         """
-        arr = drags.detach().cpu().double().numpy() if isinstance(drags, torch.Tensor) else np.asarray(drags, np.float64)
-        if arr.ndim == 4 and arr.shape[0] == 1:
-            arr = arr[0]
-        if arr.ndim != 3 or arr.shape[-1] != 4:
-            raise DragError(f"drag tensor must have shape (N, K_max, 4), got {arr.shape}")
+        if isinstance(drags, torch.Tensor):
+            floating = drags.is_floating_point()
+        else:
+            try:
+                drags = np.asarray(drags)
+            except (TypeError, ValueError, OverflowError, RecursionError) as exc:
+                raise DragError(f"drag tensor must be a float array of shape (N, K_max, 4): {exc}") from None
+            floating = drags.dtype.kind == "f"
+        shape = tuple(drags.shape)
+        if len(shape) == 4 and shape[0] == 1:
+            shape, drags = shape[1:], drags[0]
+        if not floating or len(shape) != 3 or shape[-1] != 4:
+            raise DragError(f"drag tensor must be a float array of shape (N, K_max, 4), got shape {shape} "
+                            f"of {drags.dtype}")
+        if not (2 <= shape[0] <= MAX_TENSOR_FRAMES and 1 <= shape[1] <= MAX_TENSOR_SLOTS):
+            raise DragError(f"drag tensor of shape {shape} must have 2 to {MAX_TENSOR_FRAMES} frames and "
+                            f"1 to {MAX_TENSOR_SLOTS} slots")
+        arr = drags.detach().cpu().double().numpy() if isinstance(drags, torch.Tensor) else drags.astype(np.float64)
+        if not np.isfinite(arr).all():
+            raise DragError("drag tensor holds non-finite values (NaN or inf)")
         used = np.abs(arr).sum(axis=(0, 2)) > 0
         traj = np.transpose(arr[:, used, 2:4], (1, 0, 2)) * np.array([width, height], dtype=np.float64)
-        return cls(traj, width, height, max_drags if max_drags is not None else max(arr.shape[1], 1))
+        return cls(traj, width, height, max_drags if max_drags is not None else shape[1])
 
     # ------------------------------------------------------------------ views
     @property
@@ -365,6 +387,110 @@ class DragSet:
             "coordinates": coordinates,
             "drags": [{"trajectory": [[float(x), float(y)] for x, y in t]} for t in traj],
         }
+
+
+def read_drags_json(source: str | Path | dict | list) -> Any:
+    """The parsed drags JSON of a path, a JSON string or an already parsed object.
+
+    Raises:
+        DragError: unreadable, larger than :data:`MAX_JSON_BYTES`, not UTF-8, not JSON,
+            or nested deeper than :data:`MAX_JSON_DEPTH`.
+    """
+    if isinstance(source, (dict, list)):
+        data = source
+    else:
+        is_text = isinstance(source, str) and source.lstrip().startswith(("{", "["))
+        what = "drags JSON" if is_text else f"drags file {str(source)!r}"
+        if is_text:
+            raw = source.encode("utf-8", "surrogatepass")
+        else:
+            path = Path(source)
+            try:
+                if path.stat().st_size > MAX_JSON_BYTES:
+                    raise DragError(f"{what} is larger than {MAX_JSON_BYTES >> 20} MiB: it cannot be a drags file")
+                raw = path.read_bytes()
+            except OSError as exc:
+                raise DragError(f"cannot read {what}: {exc.strerror or exc}") from exc
+        if len(raw) > MAX_JSON_BYTES:
+            raise DragError(f"{what} is larger than {MAX_JSON_BYTES >> 20} MiB: it cannot be a drags file")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DragError(f"{what} is not UTF-8 text (byte {exc.start}): save it as UTF-8 JSON") from None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DragError(f"{what} is not valid JSON: {exc.msg} (line {exc.lineno})") from exc
+        except RecursionError:
+            raise DragError(f"{what} is nested too deeply (more than {MAX_JSON_DEPTH} levels)") from None
+    if _depth(data) > MAX_JSON_DEPTH:
+        raise DragError(f"drags JSON is nested too deeply (more than {MAX_JSON_DEPTH} levels)")
+    return data
+
+
+def _depth(value: Any, limit: int = MAX_JSON_DEPTH) -> int:
+    """Nesting depth of lists/dicts, counted without recursion and stopping past ``limit``."""
+    stack, deepest = [(value, 1)], 0
+    while stack:
+        node, depth = stack.pop()
+        if not isinstance(node, (list, dict)):
+            continue
+        deepest = max(deepest, depth)
+        if deepest > limit:
+            return deepest
+        stack.extend((child, depth + 1) for child in (node.values() if isinstance(node, dict) else node))
+    return deepest
+
+
+def _number(value: Any, what: str) -> float:
+    """A finite JSON number (``bool`` is not a number here)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise DragError(f"{what} must be a number, got {_short(value)}")
+    try:
+        out = float(value)
+    except OverflowError:
+        out = math.inf
+    if not math.isfinite(out):
+        raise DragError(f"{what} must be a finite number, got {_short(value)}")
+    return out
+
+
+def _json_point(value: Any, what: str) -> np.ndarray:
+    """An ``[x, y]`` pair of finite numbers as float64 ``(2,)``."""
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise DragError(f"{what} must be [x, y], got {_short(value)}")
+    return np.array([_number(v, what) for v in value], dtype=np.float64)
+
+
+def _json_image_size(size: Any) -> tuple[int, int] | None:
+    """``"image_size"`` as ``(width, height)`` positive integers, or ``None`` when absent."""
+    if size is None:
+        return None
+    problem = '"image_size" must be [width, height] with positive whole numbers'
+    if not isinstance(size, (list, tuple)) or len(size) != 2:
+        raise DragError(f"{problem}, got {_short(size)}")
+    w, h = (_number(v, '"image_size"') for v in size)
+    if not (w.is_integer() and h.is_integer() and 0 < w <= MAX_IMAGE_SIDE and 0 < h <= MAX_IMAGE_SIDE):
+        raise DragError(f"{problem} up to {MAX_IMAGE_SIDE}, got {_short(size)}")
+    return int(w), int(h)
+
+
+def _json_drag(item: Any, index: int, num_frames: int) -> np.ndarray:
+    """One drag object of the JSON schema as a ``(num_frames, 2)`` trajectory (file coordinates)."""
+    what = f"drag {index + 1}"
+    if not isinstance(item, dict):
+        raise DragError(f"{what} must be an object with start/end or trajectory, got {_short(item)}")
+    if "trajectory" in item:
+        points = item["trajectory"]
+        if not isinstance(points, list) or not points:
+            raise DragError(f"{what} trajectory must be a list of [x, y] points")
+        if len(points) != num_frames:
+            raise DragError(f"{what} trajectory has {len(points)} points but {num_frames} frames are generated")
+        return np.stack([_json_point(p, f"{what} trajectory point {n + 1}") for n, p in enumerate(points)])
+    if "start" in item and "end" in item:
+        start, end = _json_point(item["start"], f"{what} start"), _json_point(item["end"], f"{what} end")
+        return _interpolate(start[None], end[None], num_frames)[0]
+    raise DragError(f'{what} needs "start" and "end", or "trajectory"')
 
 
 def deduplicate_trajectories(trajectories: np.ndarray, delta: float | None = None) -> list[int]:

@@ -44,10 +44,10 @@ def encode_drags(drags: torch.Tensor, size: int | tuple[int, int]) -> torch.Tens
     b, n, k, _ = drags.shape
     final = drags[:, -1:, :, 2:4].expand(b, n, k, 2)
     points = torch.stack([drags[..., 0:2], drags[..., 2:4], final], dim=3)  # (B, N, K, 3, 2)
-    scale = torch.tensor([w, h], dtype=drags.dtype, device=drags.device)
-    upper = torch.tensor([w - 1, h - 1], dtype=drags.dtype, device=drags.device)
-    scaled = points * scale
-    cell = torch.minimum((scaled - 0.5).round().clamp_min(0), upper)  # (B, N, K, 3, 2): (j, i)
+    # per-axis Python scalars (no host tensor is created, so this runs inside CUDA-graph capture)
+    scaled = torch.stack([points[..., 0] * w, points[..., 1] * h], dim=-1)
+    cell = (scaled - 0.5).round().clamp_min(0)
+    cell = torch.stack([cell[..., 0].clamp_max(w - 1), cell[..., 1].clamp_max(h - 1)], dim=-1)  # (B, N, K, 3, 2): (j, i)
     offsets = scaled - cell
     used = drags.ne(0).any(dim=-1)  # (B, N, K)
     values = torch.where(used[..., None, None], offsets, torch.full_like(offsets, -1.0))

@@ -4,7 +4,7 @@ The paper's drag encoding (docs/design.md §3) marks one latent cell per drag po
 has to learn on its own that the content at a drag's start should appear at its current
 point. Stable Video Diffusion's motion prior makes that learnable for the released model,
 but a small UNet trained from scratch on a few hundred clips learns it very slowly
-(docs/default-model.md, sessions 4–12). :func:`warp_latents_by_drags` gives such a model
+(docs/default-model.md). :func:`warp_latents_by_drags` gives such a model
 the cue directly: for every frame ``n`` it moves the first frame's latent along the drags
 (a smooth backward warp whose displacement near each drag's frame-``n`` point is the
 drag's displacement and fades to zero away from all drags). The UNet option
@@ -54,9 +54,8 @@ def drag_displacement_field(
         raise ValueError(f"drags must have shape (B, N, K, 4), got {tuple(drags.shape)}")
     if radius <= 0 or background_weight <= 0:
         raise ValueError(f"radius and background_weight must be > 0, got {radius} and {background_weight}")
-    scale = drags.new_tensor([width, height])
-    start = drags[..., 0:2] * scale  # (B, N, K, 2)
-    current = drags[..., 2:4] * scale
+    start = torch.stack([drags[..., 0] * width, drags[..., 1] * height], dim=-1)  # (B, N, K, 2)
+    current = torch.stack([drags[..., 2] * width, drags[..., 3] * height], dim=-1)
     used = drags.ne(0).any(dim=-1).any(dim=1)  # (B, K): slot holds a drag in some frame
     ys = torch.arange(height, dtype=drags.dtype, device=drags.device) + 0.5
     xs = torch.arange(width, dtype=drags.dtype, device=drags.device) + 0.5
@@ -103,7 +102,7 @@ def warp_latents_by_drags(
     xs = torch.arange(w, dtype=torch.float32, device=latents.device) + 0.5
     grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)  # (h, w, 2)
     source = grid + field  # cell coordinates of the source, (B, N, h, w, 2)
-    normalised = source / source.new_tensor([w, h]) * 2.0 - 1.0  # align_corners=False convention
+    normalised = torch.stack([source[..., 0] / w, source[..., 1] / h], dim=-1) * 2.0 - 1.0  # align_corners=False
     src = latents[:, None].expand(b, n, c, h, w).reshape(b * n, c, h, w)
     warped = F.grid_sample(
         src.float(), normalised.reshape(b * n, h, w, 2), mode="bilinear", padding_mode="border", align_corners=False

@@ -1,5 +1,5 @@
-"""Evaluation on the Drag-a-Move protocol (docs/design.md §7): loaders and the restricted unpickler."""
+"""Evaluation on the Drag-a-Move protocol (docs/design.md §7): metrics, trackers, baselines, reports.
 
-from .safe_pickle import RestrictedUnpickler, UnsafePickleError, safe_load_pickle
-
-__all__ = ["RestrictedUnpickler", "UnsafePickleError", "safe_load_pickle"]
+The test sets are read by :mod:`puppet_master.data.splits` (with the restricted unpickler of
+:mod:`puppet_master.data.safe_pickle`).
+"""

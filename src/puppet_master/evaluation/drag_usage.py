@@ -5,7 +5,7 @@ This probe needs one UNet call per clip, σ and condition: it noises the clean l
 held-out clips at fixed σ, denoises them once with the clip's drags and once with the
 drags dropped (all zeros, the CFG null condition), and compares the squared error on the
 latent cells that move. A model that ignores its drags scores the same both ways; the
-relative gain grows as it learns to follow them (docs/default-model.md, session 4).
+relative gain grows as it learns to follow them (docs/default-model.md, "Why the recipe looks like this").
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from .. import edm
+from ..training.data import LatentCacheDataset
 
 
 @dataclass
@@ -88,7 +89,5 @@ def drag_usage(unet, clips: list[dict], sigmas: tuple[float, ...] = (0.5, 1.5, 4
 
 def load_latent_clips(folder: str | Path) -> list[dict]:
     """Every clip of a latent-cache folder (``*.safetensors`` from ``puppet-master cache-latents``)."""
-    from ..training.data import LatentCacheDataset
-
     ds = LatentCacheDataset(folder)
     return [ds[i] for i in range(len(ds))]

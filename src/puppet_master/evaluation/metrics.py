@@ -6,12 +6,16 @@ are in pixels of that size (x right, y down).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+from scipy import linalg
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
+from ..errors import UserInputError
 from .tracking import PointTracker
 
 
@@ -121,10 +125,8 @@ class LPIPSMetric:
         self.available = False
         self.reason = ""
         try:
-            import lpips
-            import torch
+            import lpips  # optional dependency (and its weights): LPIPS is null without it
 
-            self._torch = torch
             self.model = lpips.LPIPS(net=net, verbose=False).to(device).eval()
             self.device = device
             self.available = True
@@ -133,7 +135,6 @@ class LPIPSMetric:
 
     def __call__(self, pred: np.ndarray, target: np.ndarray) -> float:
         _check_pair(pred, target)
-        torch = self._torch
         to = lambda v: torch.from_numpy(v).permute(0, 3, 1, 2).float().div(127.5).sub(1).to(self.device)  # noqa: E731
         with torch.no_grad():
             return float(self.model(to(pred), to(target)).mean())
@@ -141,8 +142,6 @@ class LPIPSMetric:
 
 def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: np.ndarray) -> float:
     """Fréchet distance between Gaussians: ``‖μ1−μ2‖² + tr(Σ1 + Σ2 − 2(Σ1Σ2)^{1/2})``."""
-    from scipy import linalg
-
     covmean = linalg.sqrtm(cov1 @ cov2)
     if not np.isfinite(covmean).all():
         offset = np.eye(cov1.shape[0]) * 1e-6
@@ -158,24 +157,29 @@ class FVDMetric:
     videos are fed as float ``(B, 3, N, 224, 224)`` in [−1, 1]; features are 400-d.
     Real and generated feature sets each need more than one video.
 
+    Trust: a TorchScript file is a program, not plain weights. ``torch.jit.load`` does
+    not unpickle Python objects, but the graph stored in the file runs (torch operators
+    only, no Python), so the file must come from a source the user trusts. There is no
+    weights-only form of it.
+
     Raises:
-        UserInputError: the detector file is missing.
+        UserInputError: the detector file is missing or is not a TorchScript archive.
     """
 
     def __init__(self, detector: str | Path, device: str = "cpu") -> None:
-        import torch
-
-        from ..errors import UserInputError
-
         path = Path(detector)
         if not path.is_file():
             raise UserInputError(f"I3D detector {str(path)!r} does not exist (FVD needs a local TorchScript I3D)")
-        self._torch = torch
         self.device = device
-        self.model = torch.jit.load(str(path), map_location=device).eval()
+        try:
+            with warnings.catch_warnings():  # torch marks jit.load deprecated; the I3D detector exists only as TorchScript
+                warnings.simplefilter("ignore", DeprecationWarning)
+                self.model = torch.jit.load(str(path), map_location=device).eval()
+        except Exception as exc:  # noqa: BLE001 - any failure means the file is not a usable TorchScript detector
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserInputError(f"cannot load the I3D detector {str(path)!r} (a TorchScript file): {first}") from None
 
     def features(self, videos: list[np.ndarray]) -> np.ndarray:
-        torch = self._torch
         feats = []
         for v in videos:
             x = torch.from_numpy(v).permute(3, 0, 1, 2)[None].float().div(127.5).sub(1).to(self.device)

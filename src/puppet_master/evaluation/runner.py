@@ -11,11 +11,13 @@ from typing import Callable
 import cv2
 import numpy as np
 import PIL.Image
+import torch
 from pydantic import BaseModel, ConfigDict
+from tqdm.auto import tqdm
 
+from ..data.splits import EvalExample, scan_eval_dataset
 from ..video import draw_drags, write_video
 from .baselines import static_video, warp_video
-from .datasets import EvalExample, load_eval_dataset
 from .metrics import FVDMetric, LPIPSMetric, flow_errors, psnr_per_frame, ssim_per_frame, trajectory_rmse
 from .tracking import PointTracker
 
@@ -54,6 +56,8 @@ class Report(BaseModel):
     tracker_noise_drag: float | None = None
     methods: dict[str, MethodScores]
     per_example: list[dict]
+    #: Examples that could not be read, ``{"name", "reason"}`` each; they are not scored.
+    skipped: list[dict] = []
 
 
 def static_method(example: EvalExample) -> np.ndarray:
@@ -66,7 +70,6 @@ def warp_method(example: EvalExample) -> np.ndarray:
 
 def model_method(pipe, steps: int = 50, seed: int = 0, max_guidance: float = 5.0) -> Generator:
     """A generator that runs a :class:`PuppetMasterPipeline` on the example's frame 0 and drags."""
-    import torch
 
     def run(example: EvalExample) -> np.ndarray:
         n, s = example.frames.shape[:2]
@@ -98,7 +101,6 @@ def autoencoder_method(pipe) -> Generator:
 
     Returns uint8 ``(N, S, S, 3)`` like the other generators.
     """
-    import torch
 
     def run(example: EvalExample) -> np.ndarray:
         frames = torch.from_numpy(example.frames).permute(0, 3, 1, 2).float() / 127.5 - 1
@@ -140,18 +142,18 @@ def evaluate(
     1..N−1 (per-frame PSNR capped at :data:`PSNR_CAP` dB), LPIPS (if available), flow
     errors and the direction test (:func:`~puppet_master.evaluation.metrics.flow_errors`),
     generation time. FVD is computed over the whole set when a detector is given.
+    Examples that cannot be read are listed in the report's ``skipped`` with the reason.
+    Nothing is created in ``out_dir`` before the first file is written.
 
     Returns:
         The :class:`Report` also written as ``report.json`` and ``report.md``.
 
     Raises:
-        UserInputError: bad data folder.
+        UserInputError: bad data folder, or no readable example in it.
     """
-    from tqdm.auto import tqdm
-
     out_dir = Path(out_dir)
-    fmt, examples = load_eval_dataset(data, limit=limit)
-    (out_dir / "videos").mkdir(parents=True, exist_ok=True)
+    dataset = scan_eval_dataset(data, limit=limit)
+    examples = dataset.examples
     per_example: list[dict] = []
     videos: dict[str, list[np.ndarray]] = {m: [] for m in methods}
     for ex in tqdm(examples, desc="evaluating", disable=not progress):
@@ -183,6 +185,7 @@ def evaluate(
             columns.append(_label(pred, name))
         per_example.append(row)
         if write_gifs:
+            (out_dir / "videos").mkdir(parents=True, exist_ok=True)
             write_video(np.concatenate(columns, axis=2), out_dir / "videos" / f"{ex.name}.gif", fps=7, overwrite=True)
 
     scores = {}
@@ -202,13 +205,15 @@ def evaluate(
             seconds_per_video=float(np.mean([r["seconds"] for r in rows])),
         )
     report = Report(
-        dataset=f"{fmt}:{Path(data).resolve().name}",
+        dataset=f"{dataset.format}:{Path(data).resolve().name}",
         num_examples=len(examples),
         tracker=tracker.name,
         tracker_noise_drag=_finite_mean(r["tracker_error_drag"] for r in per_example),
         methods=scores,
         per_example=per_example,
+        skipped=dataset.skipped,
     )
+    out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "report.json").write_text(json.dumps(report.model_dump(), indent=1, allow_nan=True) + "\n")
     (out_dir / "report.md").write_text(report_markdown(report, lpips))
     return report
@@ -219,11 +224,12 @@ def _fmt(v: float | None, digits: int = 2) -> str:
 
 
 def report_markdown(report: Report, lpips: LPIPSMetric | None = None) -> str:
-    """The report as a Markdown table, one row per method."""
+    """The report as a Markdown table, one row per method, and the examples that were skipped."""
+    skipped = f" ({len(report.skipped)} more could not be read, see below)" if report.skipped else ""
     lines = [
         f"# Evaluation: {report.dataset}",
         "",
-        f"{report.num_examples} examples, 256×256, tracker `{report.tracker}`; flow errors in pixels "
+        f"{report.num_examples} examples{skipped}, 256×256, tracker `{report.tracker}`; flow errors in pixels "
         "(RMSE of tracked trajectories, generated vs ground truth). PSNR/SSIM 'after first' skip frame 0.",
         "",
         "| method | PSNR ↑ | SSIM ↑ | PSNR 1.. ↑ | SSIM 1.. ↑ | LPIPS ↓ | FVD ↓ | flow err. drag ↓ | flow err. fg ↓ | wrong dir. ↓ | s/video |",
@@ -241,4 +247,7 @@ def report_markdown(report: Report, lpips: LPIPSMetric | None = None) -> str:
                   "well below that are not meaningful."]
     if lpips is not None and not lpips.available:
         lines += ["", f"LPIPS unavailable: {lpips.reason}"]
+    if report.skipped:
+        lines += ["", f"{len(report.skipped)} example(s) could not be read and were not scored:", ""]
+        lines += [f"- `{s['name']}`: {s['reason']}" for s in report.skipped]
     return "\n".join(lines) + "\n"

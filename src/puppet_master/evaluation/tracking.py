@@ -17,6 +17,7 @@ from typing import Protocol
 
 import cv2
 import numpy as np
+import torch
 
 from ..errors import UserInputError
 
@@ -98,12 +99,19 @@ class LucasKanadeTracker:
 class CoTrackerTracker:
     """CoTracker (Karaev et al.), as in the paper's flow error, from a local checkpoint.
 
+    Trust: the model's code comes from the installed ``cotracker`` package; the
+    checkpoint is read here with ``torch.load(weights_only=True)`` (tensors and plain
+    containers only, no code) and loaded into a model built without a checkpoint, so
+    the package never unpickles the file itself.
+
     Args:
-        checkpoint: path to a CoTracker checkpoint (e.g. ``scaled_offline.pth``).
+        checkpoint: path to a CoTracker checkpoint (e.g. ``scaled_offline.pth``): a
+            state dict, optionally under a ``"model"`` key.
         device: torch device.
 
     Raises:
-        UserInputError: the ``cotracker`` package or the checkpoint is missing.
+        UserInputError: the ``cotracker`` package or the checkpoint is missing, or the
+            checkpoint is not a plain state dict of this model.
     """
 
     name = "cotracker"
@@ -113,20 +121,25 @@ class CoTrackerTracker:
         if not path.is_file():
             raise UserInputError(f"CoTracker checkpoint {str(path)!r} does not exist")
         try:
-            from cotracker.predictor import CoTrackerPredictor
+            from cotracker.predictor import CoTrackerPredictor  # optional dependency
         except ImportError:
             raise UserInputError(
                 "the cotracker package is not installed: pip install git+https://github.com/facebookresearch/co-tracker"
             ) from None
-        import torch
-
-        self._torch = torch
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            if isinstance(state, dict) and isinstance(state.get("model"), dict):
+                state = state["model"]
+            predictor = CoTrackerPredictor(checkpoint=None)
+            predictor.model.load_state_dict(state)
+        except Exception as exc:  # noqa: BLE001 - an unreadable or foreign file is one problem for the user
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserInputError(f"cannot load the CoTracker checkpoint {str(path)!r}: {first}") from None
         self.device = device
-        self.model = CoTrackerPredictor(checkpoint=str(path)).to(device).eval()
+        self.model = predictor.to(device).eval()
 
     def track(self, video: np.ndarray, points: np.ndarray) -> np.ndarray:
         video, points = _check(video, points)
-        torch = self._torch
         frames = torch.from_numpy(video).permute(0, 3, 1, 2)[None].float().to(self.device)
         queries = np.concatenate([np.zeros((len(points), 1)), points - 0.5], axis=1)
         q = torch.from_numpy(queries)[None].float().to(self.device)

@@ -9,6 +9,11 @@ layer and before its spatio-temporal transformer:
   2D sin-cos positional embedding sampled at the start and at the frame-n point,
   through ``drag_token_mlps[j]``, appended to the cross-attention context; unused
   slots give zero tokens.
+
+Everything that depends only on the drags (encodings, sampling neighbours and weights,
+the sampled positional embeddings, and at sampling time the modulation parameters) comes
+precomputed in a :class:`~puppet_master.models.drag_modules.DragConditioning`; per layer
+the blocks only apply the modulation and gather the features at the drag points.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import torch.nn as nn
 from diffusers.models.resnet import Downsample2D, SpatioTemporalResBlock, Upsample2D
 from diffusers.models.transformers.transformer_temporal import TransformerSpatioTemporalModel
 
-from .drag_modules import DragConditioning, DragEmbedding, make_drag_token_mlp, sample_at_points, sincos_pos_embed_2d
+from .drag_modules import DragConditioning, DragEmbedding, gather_taps, make_drag_token_mlp
 
 
 def _spatio_temporal_transformers(num_layers, channels, heads, cross_attention_dim, layers_per_transformer) -> nn.ModuleList:
@@ -65,13 +70,24 @@ class _DragConditionedLayers(nn.Module):
             self.drag_token_mlps = nn.ModuleList(
                 make_drag_token_mlp(2 * out_channels + 2 * pos_embed_dim, cross_attention_dim) for _ in range(num_layers)
             )
-        self._pos_embed_cache: dict[tuple, torch.Tensor] = {}
+        #: name of this block in its UNet (``down_blocks.1``…), the key of its precomputed
+        #: modulation in :attr:`DragConditioning.modulation`; set by the UNet.
+        self.drag_key: str | None = None
 
-    def _pos_embed(self, h: int, w: int, ref: torch.Tensor) -> torch.Tensor:
-        key = (h, w, ref.device, ref.dtype)
-        if key not in self._pos_embed_cache:
-            self._pos_embed_cache[key] = sincos_pos_embed_2d(self.pos_embed_dim, h, w).to(ref)[None]
-        return self._pos_embed_cache[key]
+    def modulation(self, layer: int, encoding: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """Modulation parameters ``(1 + γ, β)`` of one layer (paper eq. 4); ``(None, β)`` when shift-only.
+
+        Args:
+            encoding: ``(B·N, 6·K, h, w)`` drag encoding at this block's resolution.
+
+        Returns:
+            two ``(B·N, C, h, w)`` tensors (the first ``None`` with ``use_modulate=False``).
+        """
+        out = self.flow_convs[layer](encoding)
+        if self.use_modulate:
+            scale, shift = out.chunk(2, dim=1)
+            return 1 + scale, shift
+        return None, out
 
     def _condition(
         self,
@@ -93,27 +109,21 @@ class _DragConditionedLayers(nn.Module):
         """
         if cond is None:
             return hidden_states, context
-        bf, _, h, w = hidden_states.shape
+        h, w = hidden_states.shape[-2:]
         if self.drag_modulation:
-            out = self.flow_convs[layer](cond.encoding(h, w))
-            if self.use_modulate:
-                scale, shift = out.chunk(2, dim=1)
-                hidden_states = hidden_states * (1 + scale) + shift
+            cached = cond.modulation.get(self.drag_key) if self.drag_key is not None else None
+            scale1, shift = cached[layer] if cached is not None else self.modulation(layer, cond.encoding(h, w))
+            if scale1 is None:
+                hidden_states = hidden_states + shift
             else:
-                hidden_states = hidden_states + out
+                hidden_states = hidden_states * scale1 + shift
         if self.drag_token_cross_attn:
-            pos = self._pos_embed(h, w, hidden_states).expand(bf, -1, -1, -1)
-            start, now = cond.flat[..., 0:2], cond.flat[..., 2:4]
-            feats = hidden_states.detach()
-            token_in = torch.cat(
-                [
-                    sample_at_points(feats, start),
-                    sample_at_points(feats, now),
-                    sample_at_points(pos, start),
-                    sample_at_points(pos, now),
-                ],
-                dim=-1,
-            )  # (B·N, K, 2C + 2P)
+            # features at the K start points, then at the K frame-n points: (B·N, 2K, C); no gradient
+            # flows back into the features through the tokens (paper §3.2)
+            feats = gather_taps(hidden_states.detach(), cond.taps[(h, w)])
+            k = feats.shape[1] // 2
+            pos = cond.pos_tokens[(h, w)].to(feats.dtype)  # (B·N, K, 2P)
+            token_in = torch.cat([feats[:, :k], feats[:, k:], pos], dim=-1)  # (B·N, K, 2C + 2P)
             tokens = self.drag_token_mlps[layer](token_in)
             tokens = tokens * cond.used_flat[..., None].to(tokens.dtype)
             context = torch.cat([context, tokens], dim=1)

@@ -23,6 +23,7 @@ from .blocks import (
 )
 from ..drags.warp import warp_latents_by_drags
 from .drag_modules import DragConditioning
+from .fast_layers import install_fast_layers
 
 _DRAG_DOWN = "CrossAttnDownBlockSpatioTemporal"
 _DRAG_UP = "CrossAttnUpBlockSpatioTemporal"
@@ -66,8 +67,10 @@ class UNetDragSpatioTemporalConditionModel(ModelMixin, AttentionMixin, ConfigMix
             ignored (the reference constructor takes them; nothing is built from them).
         num_frames: default frame count (the model works for any count).
         num_drags: ``K_max`` drag slots.
-        cond_dropout_prob: probability of dropping all drags of a video in training
-            mode (classifier-free guidance, docs/design.md §5).
+        cond_dropout_prob: unused; kept so that configurations of earlier versions and
+            of the authors' release load. Classifier-free-guidance dropout of the drags
+            happens in one place, the trainer (``TrainConfig.cond_dropout_prob``,
+            docs/design.md §5); the forward never drops drags at random.
         pos_embed_dim: width of the sin-cos positional embedding of drag tokens.
         drag_token_cross_attn: drag tokens on/off (ablation, paper Table 2).
         use_modulate: ``True`` scale+shift modulation, ``False`` shift only (ablation).
@@ -80,7 +83,7 @@ class UNetDragSpatioTemporalConditionModel(ModelMixin, AttentionMixin, ConfigMix
             (:func:`~puppet_master.drags.warp.warp_latents_by_drags`) instead of the same
             first-frame latent on every frame: a dense local motion cue that lets a small
             UNet trained from scratch follow drags (the embedded default model uses it;
-            docs/default-model.md, session 13). Videos whose drags are dropped (CFG) get
+            docs/default-model.md). Videos whose drags are dropped (CFG) get
             the plain first-frame latent.
         drag_warp_radius: Gaussian radius of a drag's influence on the warp, in latent cells.
         drag_warp_background: weight of "no motion" in the warp (smaller = fuller displacement).
@@ -242,8 +245,24 @@ class UNetDragSpatioTemporalConditionModel(ModelMixin, AttentionMixin, ConfigMix
         self.conv_out = nn.Conv2d(block_out_channels[0], out_channels, kernel_size=3, padding=1)
 
         self._has_drag_layers = any(isinstance(b, _DragConditionedLayers) for b in [*self.down_blocks, *self.up_blocks])
+        for name, block in self.named_children():
+            if isinstance(block, nn.ModuleList):
+                for i, sub in enumerate(block):
+                    if isinstance(sub, _DragConditionedLayers):
+                        sub.drag_key = f"{name}.{i}"
         self._all_to_first: list[AllToFirstAttnProcessor] = []
         self.set_all_to_first_attention(all_to_first_attention)
+        # leaner forwards of three diffusers layers (same weights and keys; models/fast_layers.py)
+        install_fast_layers(self)
+        # diffusers creates AlphaBlender.mix_factor with torch.Tensor([...]), which ignores a
+        # `with torch.device(...)` context: put it where every other parameter was built
+        device = self.conv_in.weight.device
+        for module in self.modules():
+            for store in (module._parameters, module._buffers):
+                mix = store.get("mix_factor")
+                if mix is not None and mix.device != device:
+                    moved = mix.detach().to(device)
+                    store["mix_factor"] = nn.Parameter(moved, mix.requires_grad) if isinstance(mix, nn.Parameter) else moved
 
     # ------------------------------------------------------------------ attention
     def spatial_self_attention_names(self) -> list[str]:
@@ -277,31 +296,80 @@ class UNetDragSpatioTemporalConditionModel(ModelMixin, AttentionMixin, ConfigMix
         self.set_all_to_first_attention(self.config.all_to_first_attention)
 
     # ------------------------------------------------------------------ drags
-    def drag_block_sizes(self, height: int, width: int) -> list[tuple[int, int]]:
-        """Spatial sizes ``(h, w)`` at which drag blocks run, for a latent of ``height × width``."""
+    def drag_block_resolutions(self, height: int, width: int) -> dict[str, tuple[int, int]]:
+        """``{block key: (h, w)}`` of every drag block, for a latent of ``height × width``.
+
+        Up block ``i`` runs at the resolution of down block ``n − 1 − i``.
+        """
         sizes = []
         h, w = height, width
         for block in self.down_blocks:
-            if isinstance(block, CrossAttnDownBlockSpatioTemporalWithDrags):
-                sizes.append((h, w))
+            sizes.append((h, w))
             if getattr(block, "downsamplers", None) is not None:
                 h, w = (h + 1) // 2, (w + 1) // 2
-        return sizes
+        out = {}
+        for i, block in enumerate(self.down_blocks):
+            if isinstance(block, _DragConditionedLayers):
+                out[block.drag_key] = sizes[i]
+        for i, block in enumerate(self.up_blocks):
+            if isinstance(block, _DragConditionedLayers):
+                out[block.drag_key] = sizes[len(sizes) - 1 - i]
+        return out
 
-    def prepare_drag_conditioning(self, drags: torch.Tensor, height: int, width: int) -> DragConditioning:
-        """Encode ``drags (B, N, K, 4)`` once for a latent of ``height × width`` (docs/design.md §3).
+    def drag_block_sizes(self, height: int, width: int) -> list[tuple[int, int]]:
+        """Distinct spatial sizes ``(h, w)`` at which drag blocks run, for a latent of ``height × width``."""
+        return list(dict.fromkeys(self.drag_block_resolutions(height, width).values()))
+
+    def prepare_drag_conditioning(
+        self,
+        drags: torch.Tensor,
+        height: int,
+        width: int,
+        image_latents: torch.Tensor | None = None,
+        precompute_modulation: bool = False,
+    ) -> DragConditioning:
+        """Derive everything that depends only on the drags, once per sampling call (docs/design.md §3).
 
         Pass the result as ``drag_conditioning`` to every :meth:`forward` of a sampling
-        loop so the encodings are not rebuilt per step.
+        loop: the forward then only applies it (no host round-trip, CUDA-graph safe).
+
+        Args:
+            drags: ``(B, N, num_drags, 4)`` normalised (docs/design.md §2), any float dtype.
+            height, width: latent size.
+            image_latents: ``(B, C, h, w)`` first-frame latents of the same call; with
+                ``drag_warp_image_latents`` their warp along the drags is computed here
+                (the forward must then get the same ``image_latents``).
+            precompute_modulation: also run the modulation nets (paper eq. 4) now, under
+                ``torch.no_grad``: they depend only on the drags and the weights, so a
+                sampling loop with fixed weights needs them once, not at every step. Do
+                not use it for training, or after changing the weights.
 
         Raises:
-            ValueError: if ``K`` differs from ``config.num_drags``.
+            ValueError: bad shape, or ``K`` differs from ``config.num_drags``.
         """
         if drags.ndim != 4 or drags.shape[-1] != 4:
             raise ValueError(f"drags must have shape (B, N, K, 4), got {tuple(drags.shape)}")
         if drags.shape[2] != self.config.num_drags:
             raise ValueError(f"drags have {drags.shape[2]} slots but the model takes num_drags={self.config.num_drags}")
-        return DragConditioning.prepare(drags, self.drag_block_sizes(height, width))
+        resolutions = self.drag_block_resolutions(height, width)
+        warp = image_latents is not None and self.config.drag_warp_image_latents
+        cond = DragConditioning.prepare(
+            drags,
+            list(resolutions.values()),
+            pos_embed_dim=self.config.pos_embed_dim if self.config.drag_token_cross_attn else None,
+            image_latents=image_latents if warp else None,
+            warp_radius=self.config.drag_warp_radius,
+            warp_background=self.config.drag_warp_background,
+        )
+        if precompute_modulation and self.config.drag_modulation:
+            with torch.no_grad():
+                for block in [*self.down_blocks, *self.up_blocks]:
+                    if isinstance(block, _DragConditionedLayers) and block.drag_modulation:
+                        encoding = cond.encoding(*resolutions[block.drag_key]).to(self.dtype)
+                        cond.modulation[block.drag_key] = [
+                            block.modulation(j, encoding) for j in range(len(block.flow_convs))
+                        ]
+        return cond
 
     @property
     def spatial_stride(self) -> int:
@@ -333,9 +401,10 @@ class UNetDragSpatioTemporalConditionModel(ModelMixin, AttentionMixin, ConfigMix
                 for SVD's CLIP embedding).
             added_time_ids: accepted and ignored (SVD's added-time ids are not used).
             drags: ``(B, N, num_drags, 4)`` normalised (docs/design.md §2); ``None`` = no drags.
-            force_drop_ids: optional ``(B,)``; videos with value 1 get their drags zeroed.
+            force_drop_ids: optional ``(B,)``; videos with value 1 get their drags
+                zeroed (deterministic; the forward has no random dropout).
             drag_conditioning: precomputed :meth:`prepare_drag_conditioning` (then
-                ``drags`` is ignored).
+                ``drags`` and ``force_drop_ids`` are ignored).
             return_dict: return an output object (default) or a tuple.
 
         Returns:
@@ -359,14 +428,10 @@ class UNetDragSpatioTemporalConditionModel(ModelMixin, AttentionMixin, ConfigMix
                 if drags is None:
                     drags = sample.new_zeros(batch_size, num_frames, self.config.num_drags, 4)
                 drags = drags.to(sample.dtype)
-                drop = None
                 if force_drop_ids is not None:
-                    drop = force_drop_ids.to(sample.device) == 1
-                elif self.training and self.config.cond_dropout_prob > 0:
-                    drop = torch.rand(batch_size, device=sample.device) < self.config.cond_dropout_prob
-                if drop is not None:
-                    drags = drags * (~drop)[:, None, None, None].to(drags.dtype)
-                cond = self.prepare_drag_conditioning(drags, height, width)
+                    keep = (force_drop_ids.to(drags.device) != 1).to(drags.dtype)
+                    drags = drags * keep[:, None, None, None]
+                cond = self.prepare_drag_conditioning(drags, height, width, image_latents=image_latents)
             else:
                 cond = drag_conditioning
             if cond.drags.shape[:2] != (batch_size, num_frames):
@@ -380,15 +445,17 @@ class UNetDragSpatioTemporalConditionModel(ModelMixin, AttentionMixin, ConfigMix
         frame_latents = image_latents[:, None].expand(-1, num_frames, -1, -1, -1)
         if self.config.drag_warp_image_latents:
             radius, background = self.config.drag_warp_radius, self.config.drag_warp_background
-            if cond is not None:  # computed once per sampling call, reused at every step
-                frame_latents = cond.warped_image_latents(image_latents, radius, background)
+            if cond is not None and cond.warped_latents is not None:  # computed once per sampling call
+                frame_latents = cond.warped_latents
+            elif cond is not None:
+                frame_latents = warp_latents_by_drags(image_latents, cond.drags, radius, background)
             elif drags is not None:
                 frame_latents = warp_latents_by_drags(image_latents, drags, radius, background)
         sample = torch.cat([sample, frame_latents.to(sample.dtype)], dim=2)
 
         timesteps = timestep
-        if not torch.is_tensor(timesteps):
-            timesteps = torch.tensor([timesteps], dtype=torch.float64 if isinstance(timestep, float) else torch.int64, device=sample.device)
+        if not torch.is_tensor(timesteps):  # a Python number: pass a tensor to stay on the device
+            timesteps = torch.full((batch_size,), float(timesteps), dtype=torch.float32, device=sample.device)
         elif timesteps.ndim == 0:
             timesteps = timesteps[None].to(sample.device)
         timesteps = timesteps.expand(batch_size)

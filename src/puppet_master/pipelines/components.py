@@ -11,8 +11,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler
+from diffusers import AutoencoderKL, AutoencoderKLTemporalDecoder, EulerDiscreteScheduler
+from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
+from ..errors import ModelLoadError
 from ..models import UNetDragSpatioTemporalConditionModel
 
 #: SVD-img2vid's scheduler configuration (docs/design.md §5).
@@ -74,8 +76,14 @@ SIZES: dict[str, dict[str, Any]] = {
 
 
 def make_scheduler() -> EulerDiscreteScheduler:
-    """SVD's ``EulerDiscreteScheduler`` (EDM, Karras σ, v-prediction, continuous timesteps)."""
-    return EulerDiscreteScheduler(**SVD_SCHEDULER_CONFIG)
+    """SVD's ``EulerDiscreteScheduler`` (EDM, Karras σ, v-prediction, continuous timesteps).
+
+    Always built on the CPU, also inside a ``with torch.device(...)`` context: the
+    scheduler keeps its tables (``alphas_cumprod``, ``sigmas``) on the host and moves only
+    the timesteps to the device in ``set_timesteps``.
+    """
+    with torch.device("cpu"):
+        return EulerDiscreteScheduler(**SVD_SCHEDULER_CONFIG)
 
 
 def make_vae(block_out_channels=(128, 256, 512, 512), layers_per_block: int = 2) -> AutoencoderKLTemporalDecoder:
@@ -91,10 +99,33 @@ def make_vae(block_out_channels=(128, 256, 512, 512), layers_per_block: int = 2)
     )
 
 
+def make_image_vae(block_out_channels=(32, 64, 128, 128), layers_per_block: int = 1, latent_channels: int = 4,
+                   scaling_factor: float = 1.0):
+    """A ``diffusers.AutoencoderKL`` with ``f = 2**(len(block_out_channels)-1)``× down-sampling.
+
+    Images ``(B, 3, H, W)`` in [−1, 1] (H, W multiples of f) encode to latents
+    ``(B, latent_channels, H/f, W/f)``; ``scaling_factor`` multiplies latents before the
+    UNet (set to 1/std by :func:`train_vae`).
+    """
+    n = len(block_out_channels)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * n,
+        up_block_types=("UpDecoderBlock2D",) * n,
+        block_out_channels=tuple(block_out_channels),
+        layers_per_block=layers_per_block,
+        latent_channels=latent_channels,
+        # >= 4 channels per GroupNorm group (SD: 128 / 32): one channel per group normalises away each
+        # channel's mean over the image, i.e. the colour of flat regions (measured: grey reconstructions)
+        norm_num_groups=max(1, min(32, min(block_out_channels) // 4)),
+        scaling_factor=scaling_factor,
+        sample_size=256,
+    )
+
+
 def make_image_encoder(**clip_kwargs):
     """``CLIPVisionModelWithProjection`` and its ``CLIPImageProcessor`` (SVD uses ViT-H/14)."""
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
-
     config = CLIPVisionConfig(**clip_kwargs)
     encoder = CLIPVisionModelWithProjection(config)
     size = config.image_size
@@ -136,8 +167,6 @@ def build_components(size: str = "tiny", seed: int = 0, with_image_encoder: bool
     if vae is None:
         vae_spec = dict(spec["vae"])
         if vae_spec.pop("kind", "temporal") == "image":
-            from ..training.vae import make_image_vae
-
             vae = make_image_vae(**vae_spec)
         else:
             vae = make_vae(**vae_spec)
@@ -151,3 +180,28 @@ def build_components(size: str = "tiny", seed: int = 0, with_image_encoder: bool
     unet_kwargs.update(unet_overrides)
     unet = UNetDragSpatioTemporalConditionModel(**unet_kwargs)
     return dict(vae=vae, image_encoder=encoder, feature_extractor=processor, unet=unet, scheduler=make_scheduler())
+
+
+def load_svd_components(svd, torch_dtype: torch.dtype | None = None) -> dict:
+    """VAE, CLIP image encoder, feature extractor and scheduler of a Stable Video Diffusion img2vid folder.
+
+    Args:
+        svd: folder or hub id of ``stabilityai/stable-video-diffusion-img2vid`` (or -xt), with
+            its usual subfolders.
+        torch_dtype: dtype of the VAE and the image encoder (``None``: as stored).
+
+    Returns:
+        dict with ``vae``, ``image_encoder``, ``feature_extractor`` and ``scheduler``.
+
+    Raises:
+        ModelLoadError: a missing folder or subfolder.
+    """
+    try:
+        return dict(
+            vae=AutoencoderKLTemporalDecoder.from_pretrained(svd, subfolder="vae", torch_dtype=torch_dtype),
+            image_encoder=CLIPVisionModelWithProjection.from_pretrained(svd, subfolder="image_encoder", dtype=torch_dtype),
+            feature_extractor=CLIPImageProcessor.from_pretrained(svd, subfolder="feature_extractor"),
+            scheduler=EulerDiscreteScheduler.from_pretrained(svd, subfolder="scheduler"),
+        )
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot load Stable Video Diffusion components from {str(svd)!r}: {exc}") from exc

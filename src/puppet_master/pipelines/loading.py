@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ModelLoadError
+from .pipeline_puppet_master import PuppetMasterPipeline
 
 #: Folder of the model shipped inside the package (``--model default``).
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "default-model"
@@ -53,8 +54,6 @@ def load_pipeline(model: str | os.PathLike | None = None, device: str | torch.de
     Raises:
         ModelLoadError: missing or broken model, unavailable device.
     """
-    from .pipeline_puppet_master import PuppetMasterPipeline
-
     source = resolve_model(model)
     try:
         dev = torch.device(device)

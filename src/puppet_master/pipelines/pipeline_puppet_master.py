@@ -10,14 +10,19 @@ from typing import Any, Callable
 import numpy as np
 import PIL.Image
 import torch
-from diffusers import AutoencoderKL, AutoencoderKLTemporalDecoder, DiffusionPipeline, EulerDiscreteScheduler
+from diffusers import (AutoencoderKL, AutoencoderKLTemporalDecoder, DiffusionPipeline, EulerDiscreteScheduler,
+                       UNetSpatioTemporalConditionModel)
 from diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion import _resize_with_antialiasing
 from diffusers.utils import BaseOutput
 from diffusers.video_processor import VideoProcessor
+from safetensors.torch import load_file
 
 from ..drags import DragSet
+from ..drags.warp import warp_latents_by_drags
 from ..errors import ModelLoadError, UserInputError
 from ..models import UNetDragSpatioTemporalConditionModel
+from .components import load_svd_components
+from .cuda_graph import GraphedUNet
 
 
 @dataclass
@@ -61,6 +66,15 @@ class PuppetMasterPipeline(DiffusionPipeline):
     frame (:mod:`puppet_master.drags.warp`); the unconditional branch, having no drags,
     gets the plain latent.
 
+    Speed (figures in benchmarks/README.md): everything that depends only on the drags (encodings,
+    sampling positions, positional embeddings, warped latents and the modulation nets'
+    outputs) is computed once per call. On a GPU, :meth:`enable_cuda_graph` replays each
+    denoising step's UNet call from a CUDA graph and :meth:`enable_compile` compiles the
+    UNet with ``torch.compile``; weights in ``torch.float16`` or ``torch.bfloat16``
+    (``from_pretrained(..., torch_dtype=...)``) run the UNet in that precision (fp16 is
+    the faster on most GPUs; bf16 has fp32's range, never overflows, and is the choice
+    for training).
+
     **Not in the paper:** ``warp_init_sigma`` (a pipeline setting stored in
     ``model_index.json``, or a call argument) starts sampling at the first scheduler step
     whose σ is at most ``warp_init_sigma``, from the first-frame latent warped along the
@@ -91,6 +105,43 @@ class PuppetMasterPipeline(DiffusionPipeline):
         self.register_to_config(warp_init_sigma=warp_init_sigma)
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.video_processor = VideoProcessor(do_resize=True, vae_scale_factor=self.vae_scale_factor)
+        self._graphed_unet: GraphedUNet | None = None
+
+    # ------------------------------------------------------------------ fast path
+    def enable_compile(self, mode: str | None = None, fullgraph: bool = True, dynamic: bool = False,
+                       backend: str = "inductor") -> None:
+        """Compile the UNet's forward with ``torch.compile`` (in place: weights and state-dict keys unchanged).
+
+        The first call with new shapes compiles (tens of seconds on a GPU for the
+        full-size model, minutes on a small CPU); later calls with the same shapes reuse
+        it. Combine with :meth:`enable_cuda_graph` (default mode), or pass
+        ``mode="reduce-overhead"`` to let torch.compile manage CUDA graphs itself.
+
+        Args:
+            mode: ``torch.compile`` mode (``None``/"default", "reduce-overhead",
+                "max-autotune", "max-autotune-no-cudagraphs").
+            fullgraph: require one graph (the UNet forward has no graph breaks).
+            dynamic: compile for dynamic shapes.
+            backend: ``torch.compile`` backend (``"inductor"`` generates fused kernels).
+        """
+        self.unet.compile(mode=mode, fullgraph=fullgraph, dynamic=dynamic, backend=backend)
+        if self._graphed_unet is not None:
+            self._graphed_unet.reset()
+
+    def enable_cuda_graph(self, enabled: bool = True) -> None:
+        """Run each denoising step's UNet call through static buffers, replayed from a CUDA graph on a GPU.
+
+        Shapes are static within a call (batch, frames, size), so the graph is captured
+        at the first step of the first call with new shapes and replayed afterwards; a
+        call with other shapes captures again. The graph holds its own memory pool
+        (about one forward's activations). On a CPU the same static-buffer path runs
+        eagerly (no speed-up). Outputs equal the eager pipeline's.
+        """
+        self._graphed_unet = GraphedUNet(self.unet) if enabled else None
+
+    def disable_cuda_graph(self) -> None:
+        """Back to eager UNet calls (frees the captured graph)."""
+        self.enable_cuda_graph(False)
 
     # ------------------------------------------------------------------ assembly
     @classmethod
@@ -107,7 +158,7 @@ class PuppetMasterPipeline(DiffusionPipeline):
             ModelLoadError: ``"default"`` asked for but no default model is installed.
         """
         if str(pretrained_model_name_or_path) == "default" and not Path("default").exists():
-            from .loading import resolve_model
+            from .loading import resolve_model  # deferred: .loading imports this module
 
             pretrained_model_name_or_path = resolve_model("default")
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
@@ -139,21 +190,11 @@ class PuppetMasterPipeline(DiffusionPipeline):
         Raises:
             ModelLoadError: a missing folder, file or subfolder.
         """
-        from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
-
-        try:
-            vae = AutoencoderKLTemporalDecoder.from_pretrained(svd, subfolder="vae", torch_dtype=torch_dtype)
-            image_encoder = CLIPVisionModelWithProjection.from_pretrained(svd, subfolder="image_encoder", dtype=torch_dtype)
-            feature_extractor = CLIPImageProcessor.from_pretrained(svd, subfolder="feature_extractor")
-            scheduler = EulerDiscreteScheduler.from_pretrained(svd, subfolder="scheduler")
-        except (OSError, ValueError) as exc:
-            raise ModelLoadError(f"cannot load Stable Video Diffusion components from {str(svd)!r}: {exc}") from exc
+        components = load_svd_components(svd, torch_dtype)
         if unet_weights is not None:
             unet = UNetDragSpatioTemporalConditionModel(**unet_kwargs)
             unet.load_state_dict(load_unet_state_dict(unet_weights), strict=True)
         else:
-            from diffusers import UNetSpatioTemporalConditionModel
-
             try:
                 svd_unet = UNetSpatioTemporalConditionModel.from_pretrained(svd, subfolder="unet")
             except (OSError, ValueError) as exc:
@@ -161,7 +202,7 @@ class PuppetMasterPipeline(DiffusionPipeline):
             unet = UNetDragSpatioTemporalConditionModel.from_svd_unet(svd_unet, **unet_kwargs)
         if torch_dtype is not None:
             unet = unet.to(torch_dtype)
-        return cls(vae=vae, unet=unet, scheduler=scheduler, image_encoder=image_encoder, feature_extractor=feature_extractor)
+        return cls(unet=unet, **components)
 
     # ------------------------------------------------------------------ encoders
     @torch.no_grad()
@@ -207,6 +248,12 @@ class PuppetMasterPipeline(DiffusionPipeline):
             kwargs = {"num_frames": part.shape[0]} if accepts_frames else {}
             frames.append(self.vae.decode(part, **kwargs).sample)
         return torch.cat(frames).float().reshape(b, n, *frames[0].shape[1:])
+
+    def _unet_call(self, sample, timestep, image_latents, encoder_hidden_states, drag_conditioning) -> torch.Tensor:
+        return self.unet(
+            sample, timestep, image_latents=image_latents, encoder_hidden_states=encoder_hidden_states,
+            drag_conditioning=drag_conditioning,
+        ).sample
 
     # ------------------------------------------------------------------ inputs
     def _prepare_image(self, image, height: int, width: int) -> torch.Tensor:
@@ -284,7 +331,9 @@ class PuppetMasterPipeline(DiffusionPipeline):
             generator: ``torch.Generator`` for the initial noise (reproducible output).
             latents: optional initial noise ``(B, N, 4, h, w)`` (before σ_max scaling).
             output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"``.
-            decode_chunk_size: frames decoded at once (default: all).
+            decode_chunk_size: frames decoded at once (default: all on a CPU, 8 on a GPU,
+                which bounds the decoder's peak memory; an image VAE decodes frames
+                independently, so the output does not depend on it).
             callback_on_step_end: ``f(pipe, step, timestep, {"latents": …}) -> dict``
                 called after every step (may replace ``"latents"``).
             return_dict: return :class:`PuppetMasterPipelineOutput` (default) or a tuple.
@@ -321,7 +370,11 @@ class PuppetMasterPipeline(DiffusionPipeline):
             first_latent = torch.cat([torch.zeros_like(first_latent), first_latent])
             drag_tensor = torch.cat([torch.zeros_like(drag_tensor), drag_tensor])
         h_lat, w_lat = height // self.vae_scale_factor, width // self.vae_scale_factor
-        conditioning = self.unet.prepare_drag_conditioning(drag_tensor, h_lat, w_lat)
+        # everything that depends only on the drags, once per call (not per step)
+        conditioning = self.unet.prepare_drag_conditioning(
+            drag_tensor, h_lat, w_lat, image_latents=first_latent, precompute_modulation=True
+        )
+        unet_call = self._graphed_unet or self._unet_call
 
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps
@@ -335,8 +388,6 @@ class PuppetMasterPipeline(DiffusionPipeline):
             raise UserInputError(f"warp_init_sigma must be >= 0 (0 or None: sampling from pure noise), got {init_sigma}")
         if init_sigma:
             # not in the paper: SDEdit-style start from the drag-warped first frame (class docstring)
-            from ..drags.warp import warp_latents_by_drags
-
             sigmas = self.scheduler.sigmas[:-1].to(device)
             begin = min(int((sigmas > init_sigma).sum()), len(timesteps) - 1)
             cond_latent, cond_drags = (first_latent.chunk(2)[1], drag_tensor.chunk(2)[1]) if do_cfg else (first_latent, drag_tensor)
@@ -355,13 +406,7 @@ class PuppetMasterPipeline(DiffusionPipeline):
             for i, t in enumerate(timesteps):
                 model_in = torch.cat([latents] * 2) if do_cfg else latents
                 model_in = self.scheduler.scale_model_input(model_in, t)
-                pred = self.unet(
-                    model_in.to(unet_dtype),
-                    t,
-                    image_latents=first_latent,
-                    encoder_hidden_states=embeddings,
-                    drag_conditioning=conditioning,
-                ).sample.float()
+                pred = unet_call(model_in.to(unet_dtype), t, first_latent, embeddings, conditioning).float()
                 if do_cfg:
                     uncond, cond = pred.chunk(2)
                     pred = uncond + scales * (cond - uncond)
@@ -374,6 +419,8 @@ class PuppetMasterPipeline(DiffusionPipeline):
         if output_type == "latent":
             frames = latents
         else:
+            if decode_chunk_size is None and latents.device.type == "cuda":
+                decode_chunk_size = 8
             video = self.decode_latents(latents, decode_chunk_size)  # (B, N, 3, H, W) in [-1, 1]
             frames = self.video_processor.postprocess_video(video.permute(0, 2, 1, 3, 4), output_type=output_type)
         self.maybe_free_model_hooks()
@@ -396,8 +443,6 @@ def load_unet_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise ModelLoadError(f"UNet weights file {str(path)!r} does not exist")
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             state = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)

@@ -15,8 +15,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import save_file
+from tqdm.auto import tqdm
 
+from ..data.splits import load_dragamove_example, load_split_example
+from ..drags.encoding import used_drag_slots
 from ..errors import UserInputError
+from ..pipelines.loading import load_pipeline
 
 
 @torch.no_grad()
@@ -48,8 +52,6 @@ def flip_example(frames: np.ndarray, drags: torch.Tensor) -> tuple[np.ndarray, t
     x becomes 1 − x in both the start and the current point of every *used* slot; unused
     slots stay all zeros (docs/design.md §2), so they still mean "no drag".
     """
-    from ..drags.encoding import used_drag_slots
-
     flipped = drags.clone()
     used = used_drag_slots(drags[None])[0]  # (K,)
     flipped[:, used, 0] = 1.0 - drags[:, used, 0]
@@ -70,11 +72,6 @@ def build_cache(data: str | Path, model: str | None, out: str | Path, size: int 
     Raises:
         UserInputError: bad folders or model.
     """
-    from tqdm.auto import tqdm
-
-    from ..evaluation.datasets import load_dragamove_example, load_split_example
-    from ..pipelines.loading import load_pipeline
-
     data, out = Path(data), Path(out)
     if not data.is_dir():
         raise UserInputError(f"data folder {str(data)!r} does not exist")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any, Literal
 
@@ -9,9 +10,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..errors import UserInputError
-
-#: Training mixture of the paper (docs/design.md §6).
-PAPER_MIXTURE = {"drag-a-move": 0.3, "human-shape": 0.25, "animals": 0.25, "daily-used": 0.05, "other": 0.15}
 
 
 class _Strict(BaseModel):
@@ -83,7 +81,9 @@ class ModelConfig(_Strict):
 
 
 class OptimConfig(_Strict):
-    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    optimizer: Literal["adamw", "adamw8bit", "adam", "sgd"] = Field("adamw", description=(
+        "adamw8bit: bitsandbytes' 8-bit AdamW (optimizer state in 8 bits, ~75 % less optimizer memory; "
+        "needs the bitsandbytes package and a CUDA GPU)"))
     lr: float = Field(1e-5, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
@@ -97,13 +97,23 @@ class OptimConfig(_Strict):
                     "the zero-initialised drag path of a model trained from scratch learns slowly at the backbone's lr",
     )
 
+    @field_validator("optimizer")
+    @classmethod
+    def _bitsandbytes_installed(cls, v: str) -> str:
+        if v == "adamw8bit" and importlib.util.find_spec("bitsandbytes") is None:
+            raise ValueError("adamw8bit needs the bitsandbytes package (pip install bitsandbytes; CUDA GPUs only); "
+                             "install it or use adamw")
+        return v
+
 
 class TrainConfig(_Strict):
     """Everything a run needs; see ``configs/*.yaml``."""
 
     output_dir: str = "runs/puppet-master"
     seed: int = 0
-    max_steps: int = Field(1000, ge=1, description="optimizer steps")
+    max_steps: int = Field(1000, ge=1, description="optimizer steps; also the length of the LR schedule")
+    stop_at_step: int | None = Field(None, ge=1, description=(
+        "end the run at this step (checkpoint and export there) while the LR schedule keeps max_steps' length"))
     gradient_accumulation_steps: int = Field(1, ge=1)
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     gradient_checkpointing: bool = False
@@ -112,6 +122,14 @@ class TrainConfig(_Strict):
     p_mean: float = 0.7
     p_std: float = Field(1.6, gt=0)
     frame_weight_ramp: bool = False
+    non_first_frame_weight: float = Field(1.0, ge=1, description=(
+        "authors' loss option: frames 1..N-1 weigh this much more than frame 0 (1 = off); not renormalised"))
+    weight_increasing: bool = Field(False, description=(
+        "authors' loss option: with non_first_frame_weight = w, frame weights rise linearly from 1 (frame 0) "
+        "to w (last frame) instead of (1, w, ..., w)"))
+    scale_model_input: bool = Field(True, description=(
+        "feed the UNet c_in·(x + σε) (EDM, as at sampling time); false feeds x + σε unscaled, as the authors' "
+        "training script does although their sampler applies c_in"))
     motion_weight: float = Field(0.0, ge=0, description="extra loss weight on moving latent cells (trainer.motion_weights)")
     motion_scale: float = Field(0.25, gt=0, description="latent difference from frame 0 counted as fully moving")
     use_ema: bool = True
@@ -127,6 +145,17 @@ class TrainConfig(_Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
+
+    @model_validator(mode="after")
+    def _stop_within_schedule(self):
+        if self.stop_at_step is not None and self.stop_at_step > self.max_steps:
+            raise ValueError(f"stop_at_step={self.stop_at_step} is past max_steps={self.max_steps}")
+        return self
+
+    @property
+    def last_step(self) -> int:
+        """The step the run ends at: ``stop_at_step``, else ``max_steps`` (the LR schedule's length)."""
+        return self.stop_at_step or self.max_steps
 
     @field_validator("output_dir")
     @classmethod
@@ -158,22 +187,44 @@ def _set(tree: dict, dotted: str, value: Any) -> None:
             raise UserInputError(f"override {dotted!r}: {keys[depth - 1]!r} is not a section")
 
 
+#: Largest config file read (a config is a few hundred lines of YAML).
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def _read_yaml(path: Path) -> Any:
+    """The YAML document of a config file (``None`` when empty).
+
+    Raises:
+        UserInputError: larger than :data:`MAX_CONFIG_BYTES`, not UTF-8 text, or not YAML.
+    """
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise UserInputError(f"config file {str(path)!r} is larger than {MAX_CONFIG_BYTES >> 20} MiB: not a config")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserInputError(f"config file {str(path)!r} is not UTF-8 text (byte {exc.start}): give a YAML file") from None
+    try:
+        return yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise UserInputError(f"config file {str(path)!r} is not valid YAML: {' '.join(str(exc).split())}") from None
+    except RecursionError:
+        raise UserInputError(f"config file {str(path)!r} is nested too deeply to be a config") from None
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
     """Read a YAML config and apply ``key.sub=value`` overrides (values parsed as YAML).
 
     Raises:
-        UserInputError: missing file, invalid YAML, malformed override, or a value that
-            fails validation (the message names the field and the problem).
+        UserInputError: missing, oversized or non-UTF-8 file, invalid YAML, malformed
+            override, or a value that fails validation (the message names the field and
+            the problem).
     """
     tree: dict = {}
     if path is not None:
         p = Path(path)
         if not p.is_file():
             raise UserInputError(f"config file {str(p)!r} does not exist")
-        try:
-            tree = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise UserInputError(f"config file {str(p)!r} is not valid YAML: {exc}") from exc
+        tree = _read_yaml(p)
         if not isinstance(tree, dict):
             raise UserInputError(f"config file {str(p)!r} must hold a mapping of settings")
     for item in overrides or []:
@@ -184,6 +235,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             value = yaml.safe_load(raw)
         except yaml.YAMLError:
             value = raw
+        except RecursionError:
+            raise UserInputError(f"override {key.strip()!r}: the value is nested too deeply") from None
         _set(tree, key.strip(), value)
     try:
         return TrainConfig.model_validate(tree)

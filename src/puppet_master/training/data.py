@@ -19,10 +19,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
+from safetensors import safe_open
 from torch.utils.data import Dataset, Sampler
 
+from ..data.dataset import MixtureDataset
+from ..data.safe_pickle import safe_load_pickle
 from ..edm import VAE_SCALING_FACTOR
 from ..errors import UserInputError
 from .config import DataConfig, SourceConfig
@@ -90,8 +92,6 @@ class LatentCacheDataset(Dataset):
         if not self.files:
             raise UserInputError(f"latent cache folder {str(self.root)!r} holds no .safetensors files")
         if min_drag_motion > 0:
-            from safetensors import safe_open
-
             kept = []
             for f in self.files:
                 with safe_open(str(f), framework="pt") as fh:
@@ -106,8 +106,6 @@ class LatentCacheDataset(Dataset):
         return len(self.files)
 
     def __getitem__(self, index: int) -> dict:
-        from safetensors import safe_open
-
         with safe_open(str(self.files[index]), framework="pt") as fh:
             item = {k: fh.get_tensor(k).float() for k in ("latents", "image_latents", "embedding", "drags")}
             item["category"] = (fh.metadata() or {}).get("category", "")
@@ -126,8 +124,6 @@ class DragAMoveLatentDataset(Dataset):
         return len(self.files)
 
     def __getitem__(self, index: int) -> dict:
-        from ..evaluation.safe_pickle import safe_load_pickle
-
         d = safe_load_pickle(self.files[index])
         cat = d.get("category", [""])
         return {
@@ -146,37 +142,6 @@ def build_source(src: SourceConfig, data: DataConfig, seed: int) -> Dataset:
     if src.type == "latent_cache":
         return LatentCacheDataset(src.path, src.min_drag_motion)
     return DragAMoveLatentDataset(src.path)
-
-
-class MixtureDataset(Dataset):
-    """Stateless weighted mixture: position ``g`` → (source drawn by weight, uniform item).
-
-    ``len`` is the epoch length; positions past it wrap into later "epochs" and are
-    still valid (the sampler asks for any non-negative position).
-    """
-
-    def __init__(self, sources: list[Dataset], weights: list[float], seed: int, epoch_length: int | None = None):
-        if not sources:
-            raise UserInputError("no training data sources configured")
-        self.sources = sources
-        w = np.asarray(weights, dtype=np.float64)
-        self.probs = w / w.sum()
-        self.seed = seed
-        self.epoch_length = epoch_length or sum(len(s) for s in sources)
-
-    def __len__(self) -> int:
-        return self.epoch_length
-
-    def locate(self, position: int) -> tuple[int, int]:
-        rng = np.random.default_rng([self.seed, int(position)])
-        source = int(rng.choice(len(self.sources), p=self.probs))
-        return source, int(rng.integers(len(self.sources[source])))
-
-    def __getitem__(self, position: int) -> dict:
-        source, index = self.locate(position)
-        item = dict(self.sources[source][index])
-        item["key"] = int(position)
-        return item
 
 
 class PositionSampler(Sampler[int]):

@@ -1,10 +1,15 @@
 """Export the EMA weights of a training checkpoint as a pipeline folder.
 
-``puppet-master train`` exports ``OUTPUT_DIR/pipeline`` only when a run reaches
-``max_steps``. A run stopped earlier (a CPU session that ends, a job killed by the
-cluster) leaves ``checkpoints/step-*/``: accelerate state with the EMA shadow weights in
-``custom_checkpoint_0.pkl``. :func:`export_checkpoint` turns one into a pipeline that
-``animate``, ``evaluate`` and ``train model.init=checkpoint`` accept.
+``puppet-master train`` exports ``OUTPUT_DIR/pipeline`` only when a run reaches its
+last step (``stop_at_step`` or ``max_steps``). A run stopped earlier (interrupted, or a
+job killed by the cluster) leaves ``checkpoints/step-*/``: accelerate state with the EMA
+shadow weights in ``ema.safetensors`` (:mod:`.ema_state`). :func:`export_checkpoint` turns
+one into a pipeline that ``animate``, ``evaluate`` and ``train model.init=checkpoint`` accept.
+
+Checkpoints written before the EMA moved to safetensors keep it in
+``custom_checkpoint_0.pkl``; exporting reads that file with
+``torch.load(weights_only=True)`` (tensors and plain containers only, nothing is run), so
+it is also the way to carry such a run on.
 """
 
 from __future__ import annotations
@@ -15,29 +20,37 @@ from pathlib import Path
 import torch
 
 from ..errors import UserInputError
-
-EMA_STATE_FILE = "custom_checkpoint_0.pkl"
+from ..pipelines import PuppetMasterPipeline
+from .ema_state import LEGACY_EMA_FILE, has_legacy_ema, read_ema_state
 
 
 def load_ema_weights(checkpoint: str | Path) -> list[torch.Tensor]:
     """The EMA shadow weights of a ``checkpoints/step-*`` folder, in ``unet.parameters()`` order.
 
-    The file is read with ``torch.load(weights_only=True)``, which refuses anything but
-    tensors and plain containers (no arbitrary unpickling).
+    Read from ``ema.safetensors`` (+ ``ema.json`` for the order); a checkpoint of the
+    old format only has ``custom_checkpoint_0.pkl``, read with
+    ``torch.load(weights_only=True)``, which refuses anything but tensors and plain
+    containers (no arbitrary unpickling).
 
     Raises:
-        UserInputError: no such folder, or it holds no EMA state (a run with ``use_ema=false``).
+        UserInputError: no such folder, it holds no EMA state (a run with
+            ``use_ema=false``), or the state is unreadable or not plain data.
     """
-    path = Path(checkpoint) / EMA_STATE_FILE
-    if not Path(checkpoint).is_dir():
+    folder = Path(checkpoint)
+    if not folder.is_dir():
         raise UserInputError(f"checkpoint folder {checkpoint} does not exist: give OUTPUT_DIR/checkpoints/step-NNNNNNNN")
-    if not path.is_file():
-        raise UserInputError(f"{checkpoint} holds no EMA weights ({EMA_STATE_FILE}); was the run trained with use_ema=false?")
+    if not has_legacy_ema(folder):
+        return read_ema_state(folder)[1]
+    path = folder / LEGACY_EMA_FILE
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         shadow = list(state["shadow_params"])
+        if not all(isinstance(t, torch.Tensor) for t in shadow):
+            raise TypeError("shadow_params holds something other than tensors")
     except Exception as exc:  # noqa: BLE001 - any unreadable or foreign file is the same user-facing problem
-        raise UserInputError(f"cannot read the EMA state {path}: {exc}") from exc
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserInputError(f"cannot read the EMA state {path} (only tensors are accepted; nothing was run): "
+                             f"{first}") from None
     return shadow
 
 
@@ -67,8 +80,6 @@ def export_checkpoint(
         UserInputError: missing checkpoint or EMA state, ``out`` exists without ``overwrite``,
             or a base whose UNet does not match the checkpoint (parameter count or shapes).
     """
-    from ..pipelines import PuppetMasterPipeline
-
     out = Path(out)
     if out.exists() and not overwrite:
         raise UserInputError(f"{out} already exists: choose another --out or pass --overwrite")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from .. import edm
+from ..drags.encoding import used_drag_slots
 
 
 def sample_noise(keys: torch.Tensor, seed: int, shape: tuple[int, ...], p_mean: float, p_std: float,
@@ -65,8 +66,6 @@ def largest_drag_motion(drags: torch.Tensor) -> float:
     Returns:
         ``max_k ‖p_k^{N−1} − p_k^0‖₂`` over used slots, 0.0 if no slot is used.
     """
-    from ..drags.encoding import used_drag_slots
-
     used = used_drag_slots(drags[None])[0]
     if not bool(used.any()):
         return 0.0
@@ -77,7 +76,8 @@ def largest_drag_motion(drags: torch.Tensor) -> float:
 def edm_denoising_loss(unet, latents: torch.Tensor, image_latents: torch.Tensor, embedding: torch.Tensor,
                        drags: torch.Tensor, sigma: torch.Tensor, eps: torch.Tensor, drop_drags: torch.Tensor,
                        drop_image: torch.Tensor, frame_weights: torch.Tensor, motion_weight: float = 0.0,
-                       motion_scale: float = 0.25) -> torch.Tensor:
+                       motion_scale: float = 0.25, non_first_frame_weight: float = 1.0,
+                       weight_increasing: bool = False, scale_model_input: bool = True) -> torch.Tensor:
     """EDM loss of a batch for given noise draws (mean over samples), docs/design.md §5.
 
     ``D = c_skip·(x+σε) + c_out·F(c_in·(x+σε), c_noise)``, loss ``λ(σ)·‖D − x‖²`` averaged
@@ -85,6 +85,15 @@ def edm_denoising_loss(unet, latents: torch.Tensor, image_latents: torch.Tensor,
     each pixel's squared error is first multiplied by :func:`motion_weights`. Dropped
     drags (CFG, paper §3.1) are zeroed; a dropped image zeroes the first-frame latent and
     the image embedding.
+
+    Options of the authors' training script (the defaults are EDM-consistent):
+
+    * ``non_first_frame_weight = w > 1``: frames ``1…N−1`` weigh ``w`` (frame 0 weighs 1);
+      with ``weight_increasing`` the weights rise linearly from 1 at frame 0 to ``w`` at the
+      last frame. Not renormalised (the loss scale grows, as in the authors' script).
+    * ``scale_model_input = False``: the UNet sees ``x + σε`` without ``c_in`` (the
+      authors' training does this while their sampler applies ``c_in``; a model trained so
+      expects unscaled inputs, which our sampler does not give it).
 
     Args:
         unet: the drag UNet.
@@ -100,21 +109,26 @@ def edm_denoising_loss(unet, latents: torch.Tensor, image_latents: torch.Tensor,
         scalar float32 loss.
     """
     x = latents
-    b = x.shape[0]
+    b, n = x.shape[:2]
     keep_drags = (~drop_drags).to(x.device, x.dtype)
     keep_image = (~drop_image).to(x.device, x.dtype)
     noisy = x + edm.append_dims(sigma, x.ndim) * eps
     pc = edm.preconditioning(edm.append_dims(sigma, x.ndim))
     out = unet(
-        pc.c_in * noisy,
+        pc.c_in * noisy if scale_model_input else noisy,
         pc.c_noise.reshape(b),
         image_latents=image_latents * edm.append_dims(keep_image, 4),
         encoder_hidden_states=embedding * edm.append_dims(keep_image, 3),
         drags=drags * edm.append_dims(keep_drags, 4),
-        force_drop_ids=torch.zeros(b, device=x.device),
-    ).sample.float()
+    ).sample
+    out = out.to(torch.promote_types(out.dtype, torch.float32))  # half precision → float32; float64 stays
     denoised = pc.c_skip * noisy + pc.c_out * out
     pixel_w = motion_weights(x, motion_weight, motion_scale)
     per_frame = (pixel_w * (denoised - x) ** 2).mean(dim=(2, 3, 4))  # (B, N)
-    per_sample = (per_frame * frame_weights).mean(dim=1) * edm.loss_weight(sigma)
+    if weight_increasing:
+        authors_w = torch.linspace(1.0, non_first_frame_weight, n, device=x.device)
+    else:
+        authors_w = torch.full((n,), float(non_first_frame_weight), device=x.device)
+        authors_w[0] = 1.0
+    per_sample = (per_frame * frame_weights * authors_w).mean(dim=1) * edm.loss_weight(sigma)
     return per_sample.mean()

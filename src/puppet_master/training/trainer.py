@@ -14,8 +14,11 @@ a resumed run and a data-parallel run reproduce the single-process run.
 from __future__ import annotations
 
 import contextlib
+import difflib
+import inspect
 import json
 import os
+import pickle
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -25,22 +28,25 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
+from diffusers import UNetSpatioTemporalConditionModel
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
 from .. import edm
-from ..errors import UserInputError
+from ..drags import DragSet
+from ..errors import TrainingDiverged, UserInputError
 from ..models import UNetDragSpatioTemporalConditionModel
-from .config import TrainConfig
+from ..pipelines import PuppetMasterPipeline
+from ..pipelines.components import build_components, load_svd_components
+from ..video import draw_drags, to_uint8_frames, write_video
+from .config import OptimConfig, TrainConfig
 from .data import PositionSampler, build_mixture, collate, steps_to_positions
+from .ema_state import LEGACY_EMA_FILE, custom_pickles, has_legacy_ema, load_ema_state, save_ema_state
 from .losses import edm_denoising_loss, motion_weights, sample_noise  # noqa: F401  (re-exported)
 
 DRAG_MODULE_MARKERS = (".flow_convs.", ".drag_token_mlps.")
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the run stopped and kept its last good checkpoint."""
 
 
 @dataclass
@@ -59,7 +65,9 @@ def edm_loss(unet, batch: dict, config: TrainConfig, frame_weights: torch.Tensor
 
     The noise level, noise and dropout flags of each sample come from :func:`sample_noise`
     (a function of ``(config.seed, batch["key"])``); the loss itself is
-    :func:`~puppet_master.training.losses.edm_denoising_loss`.
+    :func:`~puppet_master.training.losses.edm_denoising_loss`, with the config's motion
+    weighting and the authors' options (``non_first_frame_weight``, ``weight_increasing``,
+    ``scale_model_input``; off by default, which is EDM-consistent).
     """
     x = batch["latents"]
     sigma, eps, drop_drags, drop_image = sample_noise(
@@ -70,16 +78,59 @@ def edm_loss(unet, batch: dict, config: TrainConfig, frame_weights: torch.Tensor
         unet, x, batch["image_latents"], batch["embedding"], batch["drags"],
         sigma.to(x.device, x.dtype), eps.to(x.device, x.dtype), drop_drags.to(x.device), drop_image.to(x.device),
         frame_weights, config.motion_weight, config.motion_scale,
+        non_first_frame_weight=config.non_first_frame_weight, weight_increasing=config.weight_increasing,
+        scale_model_input=config.scale_model_input,
     )
+
+
+def make_optimizer(groups: list[dict], optim: OptimConfig) -> torch.optim.Optimizer:
+    """The optimizer of ``optim.optimizer`` over parameter ``groups``.
+
+    ``adamw8bit`` is bitsandbytes' ``AdamW8bit`` (8-bit optimizer state, CUDA only).
+
+    Raises:
+        UserInputError: ``adamw8bit`` asked for but bitsandbytes is not installed.
+    """
+    if optim.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=optim.lr, weight_decay=optim.weight_decay)
+    kwargs = dict(lr=optim.lr, betas=optim.betas, eps=optim.eps, weight_decay=optim.weight_decay)
+    if optim.optimizer == "adamw8bit":
+        try:
+            import bitsandbytes as bnb
+        except ImportError:
+            raise UserInputError(
+                "optim.optimizer=adamw8bit needs the bitsandbytes package (pip install bitsandbytes; CUDA GPUs only): "
+                "install it or use optim.optimizer=adamw"
+            ) from None
+        return bnb.optim.AdamW8bit(groups, **kwargs)
+    opt_cls = torch.optim.AdamW if optim.optimizer == "adamw" else torch.optim.Adam
+    return opt_cls(groups, **kwargs)
+
+
+def check_unet_options(options: dict) -> None:
+    """Check ``model.unet`` keys against the drag UNet's constructor arguments.
+
+    Raises:
+        UserInputError: a key the constructor does not take (the message names it and
+            the closest valid name).
+    """
+    valid = [n for n in inspect.signature(UNetDragSpatioTemporalConditionModel.__init__).parameters if n != "self"]
+    for key in options:
+        if key not in valid:
+            close = difflib.get_close_matches(str(key), valid, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else f"; valid keys: {', '.join(valid)}"
+            raise UserInputError(f"model.unet.{key} is not an argument of the drag UNet{hint}")
 
 
 def build_unet(config: TrainConfig) -> UNetDragSpatioTemporalConditionModel:
     """The UNet to train, from scratch, SVD or a previous checkpoint (see :class:`ModelConfig`).
 
     Raises:
-        UserInputError: missing pretrained folder.
+        UserInputError: missing pretrained folder, or a ``model.unet`` key the UNet does
+            not take.
     """
     m = config.model
+    check_unet_options(m.unet)
     kwargs = dict(m.unet)
     kwargs.setdefault("num_frames", config.data.num_frames)
     kwargs.setdefault("num_drags", config.data.num_drags)
@@ -87,8 +138,6 @@ def build_unet(config: TrainConfig) -> UNetDragSpatioTemporalConditionModel:
         if m.init == "scratch":
             unet = UNetDragSpatioTemporalConditionModel(**kwargs)
         elif m.init == "svd":
-            from diffusers import UNetSpatioTemporalConditionModel
-
             svd = UNetSpatioTemporalConditionModel.from_pretrained(m.pretrained, subfolder="unet")
             kwargs.pop("num_frames")
             unet = UNetDragSpatioTemporalConditionModel.from_svd_unet(svd, num_frames=config.data.num_frames, **kwargs)
@@ -134,9 +183,6 @@ def param_groups(unet, lr: float, drag_lr_scale: float = 1.0) -> list[dict]:
 
 def load_components(config: TrainConfig, unet) -> dict | None:
     """VAE / image encoder / scheduler for validation and export, or ``None`` if not configured."""
-    from ..pipelines import PuppetMasterPipeline
-    from ..pipelines.components import build_components
-
     m = config.model
     source = m.components or (m.pretrained if m.init == "svd" else None)
     if source is None:
@@ -144,21 +190,43 @@ def load_components(config: TrainConfig, unet) -> dict | None:
     if source == "tiny":
         comps = build_components("tiny", seed=config.seed)
     elif m.init == "svd" and source == m.pretrained:
-        from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler
-        from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
-
-        comps = dict(
-            vae=AutoencoderKLTemporalDecoder.from_pretrained(source, subfolder="vae"),
-            image_encoder=CLIPVisionModelWithProjection.from_pretrained(source, subfolder="image_encoder"),
-            feature_extractor=CLIPImageProcessor.from_pretrained(source, subfolder="feature_extractor"),
-            scheduler=EulerDiscreteScheduler.from_pretrained(source, subfolder="scheduler"),
-        )
+        comps = load_svd_components(source)
     else:
         pipe = PuppetMasterPipeline.from_pretrained(source)
         comps = dict(vae=pipe.vae, image_encoder=pipe.image_encoder, feature_extractor=pipe.feature_extractor,
                      scheduler=pipe.scheduler)
     comps["unet"] = unet
     return comps
+
+
+def _read_trainer_state(checkpoint: Path) -> int:
+    """The ``global_step`` of a checkpoint's ``trainer_state.json``.
+
+    Raises:
+        UserInputError: the file is not JSON holding a non-negative integer ``global_step``.
+    """
+    try:
+        state = json.loads((checkpoint / "trainer_state.json").read_bytes().decode("utf-8"))
+        step = state["global_step"]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError, TypeError, KeyError):
+        step = None
+    if type(step) is not int or step < 0:
+        raise UserInputError(f"{checkpoint / 'trainer_state.json'} does not hold a step number: not a checkpoint "
+                             "of puppet-master train")
+    return step
+
+
+@dataclass
+class _RunState:
+    """What the stages of :meth:`Trainer.train` share: the prepared model, optimizer and data."""
+
+    unet: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: object
+    ema: EMAModel | None
+    dataset: object
+    params: list[torch.nn.Parameter]
+    param_names: list[str]
 
 
 class Trainer:
@@ -188,7 +256,8 @@ class Trainer:
         done = sorted(p for p in self.checkpoint_root.glob("step-*") if (p / "trainer_state.json").is_file())
         return done[-1] if done else None
 
-    def _save_checkpoint(self, step: int) -> Path:
+    def _save_checkpoint(self, run: _RunState, step: int) -> Path:
+        """accelerate's state (model, optimizer, scheduler, RNG) + the EMA as safetensors/JSON, then renamed into place."""
         acc = self.accelerator
         final = self.checkpoint_root / f"step-{step:08d}"
         tmp = self.checkpoint_root / f".tmp-step-{step:08d}"
@@ -200,6 +269,8 @@ class Trainer:
         acc.save_state(str(tmp))
         acc.wait_for_everyone()
         if acc.is_main_process:
+            if run.ema is not None:
+                save_ema_state(run.ema, run.param_names, tmp)
             (tmp / "trainer_state.json").write_text(json.dumps({"global_step": step}))
             if final.exists():
                 shutil.rmtree(final)
@@ -209,14 +280,108 @@ class Trainer:
         acc.wait_for_everyone()
         return final
 
+    def _checkpoint_to_resume(self) -> Path | None:
+        """The checkpoint ``config.resume`` names, checked before anything is loaded; ``None`` to start afresh."""
+        resume = self.config.resume
+        if not resume:
+            return None
+        ckpt = self.latest_checkpoint() if resume == "latest" else Path(resume)
+        if ckpt is None:
+            self.accelerator.print(f"no checkpoint in {self.checkpoint_root}: starting from step 0")
+            return None
+        if not ckpt.is_dir():
+            raise UserInputError(f"checkpoint {ckpt} does not exist: give resume=latest or OUTPUT_DIR/checkpoints/step-N")
+        if not (ckpt / "trainer_state.json").is_file():
+            raise UserInputError(f"{ckpt} is not a complete checkpoint (no trainer_state.json)")
+        if has_legacy_ema(ckpt) and self.config.use_ema:
+            raise UserInputError(
+                f"{ckpt} keeps its EMA in the old pickle format ({LEGACY_EMA_FILE}), which is never loaded because "
+                f"unpickling can run code: export its weights with `puppet-master export-checkpoint {ckpt} --base "
+                f"BASE -o FOLDER` and train on from FOLDER (model.init=checkpoint model.pretrained=FOLDER)")
+        pickles = custom_pickles(ckpt)
+        if pickles:
+            raise UserInputError(f"{ckpt} holds {', '.join(pickles)}, a pickle this version never loads (it could run "
+                                 "code); delete it if the checkpoint is yours, or do not resume from it")
+        return ckpt
+
+    def _resume(self, run: _RunState, ckpt: Path | None) -> int:
+        """Load checkpoint ``ckpt`` (from :meth:`_checkpoint_to_resume`) into ``run``; returns its step (0 if ``None``).
+
+        accelerate reads the model from safetensors and the optimizer, scheduler and RNG
+        states with ``torch.load(weights_only=True)``; the EMA comes from
+        ``ema.safetensors`` + ``ema.json`` (:mod:`.ema_state`). No pickle is unpickled.
+        """
+        acc = self.accelerator
+        if ckpt is None:
+            return 0
+        start_step = _read_trainer_state(ckpt)
+        try:
+            acc.load_state(str(ckpt))
+        except ValueError as exc:
+            if "parameter group" not in str(exc):
+                raise UserInputError(f"cannot resume from {ckpt}: {' '.join(str(exc).split())}") from None
+            raise UserInputError(
+                f"{ckpt} was saved with another optim.drag_lr_scale (its optimizer has a different number "
+                f"of parameter groups): resume with the scale it was trained with, or start a new output_dir "
+                f"from its exported weights (model.init=checkpoint model.pretrained=FOLDER)") from exc
+        except (pickle.UnpicklingError, RuntimeError, OSError, KeyError, EOFError, TypeError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserInputError(f"cannot resume from {ckpt}: a state file is unreadable or not plain data "
+                                 f"({first})") from None
+        if run.ema is not None:
+            load_ema_state(run.ema, run.param_names, ckpt)
+        acc.print(f"resumed from {ckpt} at step {start_step}")
+        return start_step
+
     # ------------------------------------------------------------------ loop
     def train(self) -> TrainResult:
-        """Train until ``max_steps``; resume first if ``config.resume`` says so.
+        """Train until ``stop_at_step`` (default ``max_steps``); resume first if ``config.resume`` says so.
+
+        Stages: :meth:`_setup` (model, optimizer, EMA, data), :meth:`_resume`,
+        :meth:`_loader`, then per optimizer step :meth:`_step` and :meth:`_after_step`
+        (logging, checkpoint, validation), and :meth:`_finish` (export).
 
         Raises:
             TrainingDiverged: NaN/inf loss (the last good checkpoint is kept).
-            UserInputError: bad data or model settings.
+            UserInputError: bad data, model settings or checkpoint.
         """
+        cfg, acc = self.config, self.accelerator
+        ckpt = self._checkpoint_to_resume()  # a bad resume= fails before the model is built
+        run = self._setup()
+        start_step = self._resume(run, ckpt)
+        loader = self._loader(run, start_step)
+        frame_w = edm.frame_weights(cfg.data.num_frames, cfg.frame_weight_ramp, device=acc.device)
+        self._start_logging()
+
+        result = TrainResult(output_dir=self.output_dir)
+        step = start_step
+        bar = tqdm(total=cfg.last_step, initial=start_step, desc="training",
+                   disable=not (self.progress and acc.is_local_main_process))
+        run.unet.train()
+        acc_losses: list[float] = []
+        t_last = time.perf_counter()
+        for batch in loader:
+            acc_losses.append(self._step(run, batch, frame_w, step))
+            if not acc.sync_gradients:
+                continue
+            step += 1
+            if run.ema is not None:
+                run.ema.step(acc.unwrap_model(run.unet).parameters())
+            mean_loss = float(acc.gather(torch.tensor([np.mean(acc_losses)], device=acc.device)).mean())
+            acc_losses = []
+            result.losses.append(mean_loss)
+            now = time.perf_counter()
+            bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{run.lr_scheduler.get_last_lr()[0]:.2e}")
+            bar.update()
+            self._after_step(run, step, mean_loss, now - t_last)
+            t_last = now
+            if step >= cfg.last_step:
+                break
+        bar.close()
+        return self._finish(run, step, result)
+
+    def _setup(self) -> _RunState:
+        """Seed, build the UNet, optimizer, scheduler, EMA and data mixture; prepare them with accelerate."""
         cfg, acc = self.config, self.accelerator
         set_seed(cfg.seed)
         unet = build_unet(cfg)
@@ -224,54 +389,32 @@ class Trainer:
             unet.enable_gradient_checkpointing()
         groups = param_groups(unet, cfg.optim.lr, cfg.optim.drag_lr_scale)
         params = [p for g in groups for p in g["params"]]
-        if cfg.optim.optimizer == "sgd":
-            optimizer = torch.optim.SGD(groups, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-        else:
-            opt_cls = torch.optim.AdamW if cfg.optim.optimizer == "adamw" else torch.optim.Adam
-            optimizer = opt_cls(groups, lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps,
-                                weight_decay=cfg.optim.weight_decay)
+        optimizer = make_optimizer(groups, cfg.optim)
         lr_scheduler = get_scheduler(cfg.optim.lr_scheduler, optimizer, num_warmup_steps=cfg.optim.warmup_steps,
                                      num_training_steps=cfg.max_steps)
         ema = None
         if cfg.use_ema:
             ema = EMAModel(unet.parameters(), decay=cfg.ema_decay, model_cls=UNetDragSpatioTemporalConditionModel,
                            model_config=unet.config)
-
+        names = [n for n, _ in unet.named_parameters()]
         dataset = build_mixture(cfg.data, cfg.seed)
         unet, optimizer, lr_scheduler = acc.prepare(unet, optimizer, lr_scheduler)
         if ema is not None:
-            ema.to(acc.device)
-            acc.register_for_checkpointing(ema)
+            ema.to(acc.device)  # saved and restored by save_ema_state / load_ema_state, never pickled
+        return _RunState(unet, optimizer, lr_scheduler, ema, dataset, params, names)
 
-        start_step = 0
-        resume = cfg.resume
-        if resume:
-            ckpt = self.latest_checkpoint() if resume == "latest" else Path(resume)
-            if ckpt is None:
-                acc.print(f"no checkpoint in {self.checkpoint_root}: starting from step 0")
-            else:
-                if not (ckpt / "trainer_state.json").is_file():
-                    raise UserInputError(f"{ckpt} is not a complete checkpoint (no trainer_state.json)")
-                try:
-                    acc.load_state(str(ckpt))
-                except ValueError as exc:
-                    if "parameter group" not in str(exc):
-                        raise
-                    raise UserInputError(
-                        f"{ckpt} was saved with another optim.drag_lr_scale (its optimizer has a different number "
-                        f"of parameter groups): resume with the scale it was trained with, or start a new output_dir "
-                        f"from its exported weights (model.init=checkpoint model.pretrained=FOLDER)") from exc
-                start_step = json.loads((ckpt / "trainer_state.json").read_text())["global_step"]
-                acc.print(f"resumed from {ckpt} at step {start_step}")
-
+    def _loader(self, run: _RunState, start_step: int) -> DataLoader:
+        """The data stream from ``start_step`` on (positions, not epochs: a resumed run sees the same samples)."""
+        cfg, acc = self.config, self.accelerator
         per_step = steps_to_positions(1, cfg.data.batch_size, cfg.gradient_accumulation_steps, acc.num_processes)
-        start = start_step * per_step
-        remaining = (cfg.max_steps - start_step) * per_step
-        loader = DataLoader(dataset, batch_size=cfg.data.batch_size, sampler=PositionSampler(start, remaining),
+        loader = DataLoader(run.dataset, batch_size=cfg.data.batch_size,
+                            sampler=PositionSampler(start_step * per_step, max(cfg.last_step - start_step, 0) * per_step),
                             collate_fn=collate, num_workers=cfg.data.num_workers, drop_last=True)
-        loader = acc.prepare_data_loader(loader, device_placement=True) if acc.num_processes > 1 else loader
-        frame_w = edm.frame_weights(cfg.data.num_frames, cfg.frame_weight_ramp, device=acc.device)
+        return acc.prepare_data_loader(loader, device_placement=True) if acc.num_processes > 1 else loader
 
+    def _start_logging(self) -> None:
+        """Trackers (TensorBoard / wandb) and ``OUTPUT_DIR/config.json``."""
+        cfg, acc = self.config, self.accelerator
         if acc.is_main_process and acc.log_with:
             flat = {k: (v if isinstance(v, (int, float, str, bool)) else json.dumps(v)) for k, v in cfg.model_dump().items()}
             acc.init_trackers("puppet-master", config=flat)
@@ -279,59 +422,50 @@ class Trainer:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             (self.output_dir / "config.json").write_text(json.dumps(cfg.model_dump(), indent=1))
 
-        from tqdm.auto import tqdm
+    def _step(self, run: _RunState, batch: dict, frame_w: torch.Tensor, step: int) -> float:
+        """One forward/backward (an accumulation micro-step); returns its loss.
 
-        result = TrainResult(output_dir=self.output_dir)
-        step = start_step
-        bar = tqdm(total=cfg.max_steps, initial=start_step, desc="training", disable=not (self.progress and acc.is_local_main_process))
-        unet.train()
-        acc_losses: list[float] = []
-        t_last = time.perf_counter()
-        for batch in loader:
-            batch = {k: (v.to(acc.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
-            with acc.accumulate(unet):
-                with acc.autocast():
-                    loss = edm_loss(unet, batch, cfg, frame_w)
-                if not torch.isfinite(loss):
-                    last = self.latest_checkpoint()
-                    raise TrainingDiverged(
-                        f"loss became {loss.item()} at step {step + 1}; stopped. Last good checkpoint: "
-                        f"{last if last else 'none (no checkpoint was saved yet)'}. Lower optim.lr or use bf16/fp32."
-                    )
-                acc.backward(loss)
-                if acc.sync_gradients and cfg.optim.grad_clip:
-                    acc.clip_grad_norm_(params, cfg.optim.grad_clip)
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            acc_losses.append(loss.detach().float().item())
-            if not acc.sync_gradients:
-                continue
-            step += 1
-            if ema is not None:
-                ema.step(acc.unwrap_model(unet).parameters())
-            mean_loss = float(acc.gather(torch.tensor([np.mean(acc_losses)], device=acc.device)).mean())
-            acc_losses = []
-            result.losses.append(mean_loss)
-            now = time.perf_counter()
-            bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr_scheduler.get_last_lr()[0]:.2e}")
-            bar.update()
-            if step % cfg.log_every == 0 and acc.log_with:
-                acc.log({"loss": mean_loss, "lr": lr_scheduler.get_last_lr()[0],
-                         "steps_per_s": 1.0 / max(now - t_last, 1e-9)}, step=step)
-            t_last = now
-            if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
-                self._save_checkpoint(step)
-            if cfg.validate_every and step % cfg.validate_every == 0:
-                self.validate(unet, ema, dataset, step)
-            if step >= cfg.max_steps:
-                break
-        bar.close()
+        Raises:
+            TrainingDiverged: the loss is NaN or infinite.
+        """
+        cfg, acc = self.config, self.accelerator
+        batch = {k: (v.to(acc.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+        with acc.accumulate(run.unet):
+            with acc.autocast():
+                loss = edm_loss(run.unet, batch, cfg, frame_w)
+            if not torch.isfinite(loss):
+                last = self.latest_checkpoint()
+                raise TrainingDiverged(
+                    f"loss became {loss.item()} at step {step + 1}; stopped. Last good checkpoint: "
+                    f"{last if last else 'none (no checkpoint was saved yet)'}. Lower optim.lr or use bf16/fp32."
+                )
+            acc.backward(loss)
+            if acc.sync_gradients and cfg.optim.grad_clip:
+                acc.clip_grad_norm_(run.params, cfg.optim.grad_clip)
+            run.optimizer.step()
+            run.lr_scheduler.step()
+            run.optimizer.zero_grad(set_to_none=True)
+        return loss.detach().float().item()
+
+    def _after_step(self, run: _RunState, step: int, mean_loss: float, seconds: float) -> None:
+        """Logging, checkpointing and validation after optimizer step ``step``."""
+        cfg, acc = self.config, self.accelerator
+        if step % cfg.log_every == 0 and acc.log_with:
+            acc.log({"loss": mean_loss, "lr": run.lr_scheduler.get_last_lr()[0],
+                     "steps_per_s": 1.0 / max(seconds, 1e-9)}, step=step)
+        if step % cfg.checkpoint_every == 0 or step == cfg.last_step:
+            self._save_checkpoint(run, step)
+        if cfg.validate_every and step % cfg.validate_every == 0:
+            self.validate(run.unet, run.ema, run.dataset, step)
+
+    def _finish(self, run: _RunState, step: int, result: TrainResult) -> TrainResult:
+        """Export the EMA UNet and pipeline (main process) and close the trackers."""
+        acc = self.accelerator
         result.global_step = step
         acc.wait_for_everyone()
-        result.unet = acc.unwrap_model(unet)
+        result.unet = acc.unwrap_model(run.unet)
         if acc.is_main_process:
-            result.pipeline_dir = self.export(result.unet, ema)
+            result.pipeline_dir = self.export(result.unet, run.ema)
         acc.end_training()
         return result
 
@@ -366,10 +500,6 @@ class Trainer:
         comps = self._components(model)
         if comps is None:
             return None
-        from ..pipelines import PuppetMasterPipeline
-        from ..video import draw_drags, to_uint8_frames, write_video
-        from ..drags import DragSet
-
         item = dataset[0]
         pipe = PuppetMasterPipeline(**comps).to(acc.device)
         pipe.set_progress_bar_config(disable=True)
@@ -400,8 +530,6 @@ class Trainer:
         comps = self._components(unet)
         if comps is None:
             return None
-        from ..pipelines import PuppetMasterPipeline
-
         with self._with_ema(unet, ema):
             pipe = PuppetMasterPipeline(**comps)
             tmp = out / ".pipeline-partial"

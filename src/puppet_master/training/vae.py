@@ -31,11 +31,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import skimage.data
 import torch
 import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import set_seed
 from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
 
+from ..data.splits import split_video_path
 from ..errors import UserInputError
+from ..pipelines.components import make_image_vae
+from ..video import read_video
 
 #: scikit-image sample photographs shipped inside its wheel (no download).
 SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "cat", "camera", "coins", "moon", "brick", "grass", "gravel")
@@ -65,42 +72,12 @@ class VAETrainConfig:
     seed: int = 0
 
 
-def make_image_vae(block_out_channels=(32, 64, 128, 128), layers_per_block: int = 1, latent_channels: int = 4,
-                   scaling_factor: float = 1.0):
-    """A ``diffusers.AutoencoderKL`` with ``f = 2**(len(block_out_channels)-1)``× down-sampling.
-
-    Images ``(B, 3, H, W)`` in [−1, 1] (H, W multiples of f) encode to latents
-    ``(B, latent_channels, H/f, W/f)``; ``scaling_factor`` multiplies latents before the
-    UNet (set to 1/std by :func:`train_vae`).
-    """
-    from diffusers import AutoencoderKL
-
-    n = len(block_out_channels)
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * n,
-        up_block_types=("UpDecoderBlock2D",) * n,
-        block_out_channels=tuple(block_out_channels),
-        layers_per_block=layers_per_block,
-        latent_channels=latent_channels,
-        # >= 4 channels per GroupNorm group (SD: 128 / 32): one channel per group normalises away each
-        # channel's mean over the image, i.e. the colour of flat regions (measured: grey reconstructions)
-        norm_num_groups=max(1, min(32, min(block_out_channels) // 4)),
-        scaling_factor=scaling_factor,
-        sample_size=256,
-    )
-
-
 def collect_frames(folders: list[str | Path], frames_per_clip: int = 3) -> list[np.ndarray]:
     """``frames_per_clip`` evenly spaced frames (uint8 ``(H, W, 3)``) of every clip in ``folders``.
 
     Raises:
         UserInputError: a missing folder, or no clips at all.
     """
-    from ..evaluation.datasets import split_video_path
-    from ..video import read_video
-
     frames: list[np.ndarray] = []
     for folder in folders:
         folder = Path(folder)
@@ -120,8 +97,6 @@ def collect_frames(folders: list[str | Path], frames_per_clip: int = 3) -> list[
 
 def skimage_photos() -> list[np.ndarray]:
     """scikit-image's bundled sample photographs as RGB uint8 (grey ones repeated to 3 channels)."""
-    import skimage.data
-
     photos = []
     for name in SKIMAGE_PHOTOS:
         img = np.asarray(getattr(skimage.data, name)())
@@ -279,10 +254,6 @@ def train_vae(cfg: VAETrainConfig, progress: bool = True, held_out: int = 32) ->
     Raises:
         UserInputError: missing or empty data folders, bad sizes.
     """
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
-
     if cfg.crop % 2 ** (len(cfg.block_out_channels) - 1):
         raise UserInputError(f"crop {cfg.crop} must be a multiple of the VAE stride {2 ** (len(cfg.block_out_channels) - 1)}")
     out = Path(cfg.output_dir)

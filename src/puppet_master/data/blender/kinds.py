@@ -7,5 +7,3 @@ KINDS = GOOD_KINDS + BAD_KINDS
 CATEGORY = {"storage": "StorageFurniture", "table": "Table", "laptop": "Laptop", "bucket": "Bucket",
             "refrigerator": "Refrigerator", "dishwasher": "Dishwasher", "box": "Box", "safe": "Safe",
             "toilet": "Toilet", "fish": "Fish", "quadruped": "Quadruped"}
-#: Groups of the training mixture (docs/design.md §6) each category belongs to.
-GROUP = {"Fish": "animals", "Quadruped": "animals"}

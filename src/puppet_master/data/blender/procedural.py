@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import bpy
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -65,8 +66,6 @@ def _texture_image(name, rgb, seed, size=128):
     the linear colour by 1 + 0.35·z (z: the pattern standardised; clipped to 0.45–1.55).
     At ``UV_SCALE`` repeats per metre its features span roughly 3–13 cm.
     """
-    import numpy as np
-
     rs = np.random.default_rng(seed)
     acc = np.zeros((size, size))
     for cells, weight in ((4, 0.5), (8, 0.3), (16, 0.2)):

@@ -19,6 +19,7 @@ def main(argv):
         print(json.dumps({"ok": False, "error": "usage: worker.py {generate|render} --spec SPEC.json"}))
         return 2
     spec = json.loads(Path(argv[2]).read_text())
+    # the Blender-side modules are imported inside the try: an import error is reported like any other failure
     try:
         if argv[0] == "generate":
             import procedural

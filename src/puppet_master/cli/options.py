@@ -1,0 +1,69 @@
+"""Options and settings shared by several commands: threads, quiet loading, progress bars."""
+
+from __future__ import annotations
+
+import sys
+from typing import Optional
+
+import typer
+from typer.core import TyperArgument, TyperCommand
+
+#: ``--threads N``: CPU threads torch uses (default: torch's choice, one per core).
+THREADS = typer.Option(
+    None, "--threads", min=1, metavar="N",
+    help="CPU threads for torch (default: one per core). On a busy machine fewer threads can be faster.",
+)
+#: ``--model`` of the commands that run a pipeline.
+MODEL_HELP = "Pipeline folder saved by save_pretrained, a hub id, or 'default' (the model shipped in the package)."
+MODEL_DEFAULT_SHOWN = "the model shipped in the package"
+
+
+def set_threads(threads: Optional[int]) -> None:
+    """Apply ``--threads`` (``torch.set_num_threads``); ``None`` keeps torch's default."""
+    if threads is None:
+        return
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def quiet_loading() -> None:
+    """Silence the loading bars of diffusers and transformers (``--quiet``)."""
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.disable_progress_bar()
+    try:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+    except ImportError:  # transformers is optional for pipelines without an image encoder
+        pass
+
+
+def progress_bar_config(desc: str, quiet: bool) -> dict:
+    """Settings of a pipeline's progress bar (``pipe.set_progress_bar_config(**...)``).
+
+    On a terminal the bar disappears when done; written to a log (stderr is not a
+    terminal) it stays, updating at most every few seconds, so the log shows the run's
+    progress and its final state.
+    """
+    interactive = sys.stderr.isatty()
+    return {"disable": quiet, "desc": desc, "leave": not interactive, "mininterval": 0.1 if interactive else 5.0}
+
+
+class Command(TyperCommand):
+    """A command whose help shows each argument by its metavar alone.
+
+    Typer writes a required argument as ``{IMAGE}`` in the usage line and adds its type
+    (``<path>``) in the argument list; with this class the help reads ``IMAGE``, as the
+    option metavars do.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        for param in self.params:
+            if isinstance(param, TyperArgument):
+                name = param.display_name_raw.upper() + ("..." if param.nargs != 1 else "")
+                usage = name if param.required else f"[{name}]"
+                param._usage_display_name = lambda usage=usage: usage
+                param.display_type_rich = lambda ctx: None

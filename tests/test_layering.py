@@ -1,0 +1,94 @@
+"""The package's layering (docs/design.md §8): lower layers never import higher ones.
+
+Generation: drags → models → pipelines → cli. Research: data → training → evaluation.
+Two checks: every import statement of every module (also those inside functions) names
+only allowed layers, and importing a layer with all its modules loads no higher layer.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "src" / "puppet_master"
+
+_BASE = {"errors", "edm", "video", "drags", "preprocessing"}
+#: What each part of the package may import (besides itself).
+ALLOWED = {
+    "errors": set(),
+    "runtime": set(),
+    "edm": set(),
+    "video": {"errors"},
+    "drags": {"errors"},
+    "preprocessing": {"drags", "errors"},
+    "models": {"drags", "edm", "errors"},
+    "pipelines": _BASE | {"models"},
+    "data": {"drags", "errors", "video"},
+    "training": _BASE | {"models", "pipelines", "data"},
+    "evaluation": _BASE | {"models", "pipelines", "data", "training"},
+    "app": _BASE | {"models", "pipelines", "data", "training", "evaluation"},
+    "cli": _BASE | {"runtime", "models", "pipelines", "data", "training", "evaluation", "app"},
+}
+
+
+def _modules():
+    """(layer, file) for every module that runs in the package's Python (not Blender's)."""
+    for f in sorted(PACKAGE.rglob("*.py")):
+        rel = f.relative_to(PACKAGE)
+        if rel.parts[:2] == ("data", "blender") and rel.name != "kinds.py" and rel.name != "__init__.py":
+            continue  # runs inside Blender's Python, imports nothing of the package
+        if rel.name == "__init__.py" and len(rel.parts) == 1:
+            continue  # the top-level package only re-exports lazily
+        yield (rel.parts[0] if len(rel.parts) > 1 else rel.stem), f
+
+
+def _imported_layers(layer: str, file: Path) -> set[str]:
+    package = ["puppet_master", *file.relative_to(PACKAGE).parts[:-1]]
+    found = set()
+    for node in ast.walk(ast.parse(file.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            parts = (package[: len(package) - node.level + 1] if node.level else []) + (node.module or "").split(".")
+            parts = [p for p in parts if p]
+            if parts[0] != "puppet_master":
+                continue
+            found |= {parts[1]} if len(parts) > 1 else {a.name for a in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("puppet_master.")}
+    return found - {layer}
+
+
+def test_every_import_statement_respects_the_layers():
+    wrong = []
+    for layer, file in _modules():
+        for target in sorted(_imported_layers(layer, file) - ALLOWED[layer]):
+            wrong.append(f"{file.relative_to(PACKAGE)} imports puppet_master.{target}")
+    assert not wrong, "\n".join(wrong)
+
+
+_LOAD_ALL = """
+import importlib, json, pkgutil, sys
+root = importlib.import_module(sys.argv[1])
+for info in pkgutil.walk_packages(root.__path__, root.__name__ + "."):
+    if ".blender." in info.name and not info.name.endswith(".kinds"):
+        continue  # Blender-side modules need bpy
+    importlib.import_module(info.name)
+print(json.dumps(sorted({m.split(".")[1] for m in sys.modules if m.startswith("puppet_master.")})))
+"""
+
+
+@pytest.mark.parametrize("layer, forbidden", [
+    ("models", {"pipelines", "training", "evaluation", "data", "cli", "app"}),
+    ("pipelines", {"training", "evaluation", "data", "cli", "app"}),
+    ("data", {"models", "pipelines", "training", "evaluation", "cli", "app"}),
+])
+def test_importing_a_layer_loads_no_higher_layer(layer, forbidden):
+    run = subprocess.run([sys.executable, "-c", _LOAD_ALL, f"puppet_master.{layer}"], capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr
+    loaded = set(json.loads(run.stdout.strip().splitlines()[-1]))
+    assert layer in loaded and not loaded & forbidden, sorted(loaded & forbidden)
