@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 
-from puppet_master.evaluation.datasets import load_eval_dataset, split_video_path
+from puppet_master.data.splits import load_eval_dataset, split_video_path
 from puppet_master.video import read_video
 
 #: (package, path inside it) of bundled photographs; missing ones are skipped.

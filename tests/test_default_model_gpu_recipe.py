@@ -109,7 +109,7 @@ def test_in_memory_unet_training_moves_the_ema_and_saves():
 
 
 def test_encode_clips_mirrors_and_measures_motion():
-    from puppet_master.evaluation.datasets import EvalExample
+    from puppet_master.data.splits import EvalExample
 
     vae = make_image_vae((8, 16), latent_channels=4).eval()
     frames = np.full((3, 16, 16, 3), 255, np.uint8)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,8 @@ import numpy as np
 import torch
 
 from .. import edm
+from ..data.splits import load_split_example, split_video_path
+from ..errors import UserInputError
 from .losses import edm_denoising_loss, largest_drag_motion
 
 
@@ -36,16 +39,11 @@ def load_split_clips(folder: str | Path, limit: int | None = None, workers: int 
     """Every example of a split folder (``NAME.json`` + ``NAME.{gif,webp,mp4}``) at 256×256.
 
     Returns:
-        list of :class:`~puppet_master.evaluation.datasets.EvalExample` sorted by name.
+        list of :class:`~puppet_master.data.splits.EvalExample` sorted by name.
 
     Raises:
         UserInputError: missing folder, no examples, unreadable example.
     """
-    from concurrent.futures import ProcessPoolExecutor
-
-    from ..errors import UserInputError
-    from ..evaluation.datasets import load_split_example, split_video_path
-
     folder = Path(folder)
     if not folder.is_dir():
         raise UserInputError(f"data folder {str(folder)!r} does not exist")
