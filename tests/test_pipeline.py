@@ -148,3 +148,43 @@ def test_from_svd_assembles_from_an_svd_folder_layout(tmp_path):
     pipe.set_progress_bar_config(disable=True)
     out = pipe(_image(), drags, num_frames=4, height=64, width=64, num_inference_steps=2, output_type="np").frames
     assert out.shape == (1, 4, 64, 64, 3)
+
+
+def test_warp_init_sigma_starts_from_the_drag_warped_first_frame(pipe, tmp_path, monkeypatch):
+    """Not in the paper (opt-in): sampling starts from the warped first-frame latent plus noise of σ."""
+    from puppet_master.pipelines import pipeline_puppet_master as module
+
+    drags = DragSet.from_pairs([((20, 20), (44, 30))], 64, 64, num_frames=4)
+    kwargs = dict(num_frames=4, height=64, width=64, num_inference_steps=10, output_type="latent")
+    warped = []
+    real = module.warp_latents_by_drags
+    monkeypatch.setattr(module, "warp_latents_by_drags", lambda *a, **k: warped.append(real(*a, **k)) or warped[-1])
+
+    def run(**extra):
+        return pipe(_image(), drags, generator=torch.Generator().manual_seed(3), **kwargs, **extra).frames
+
+    paper = run()
+    assert not warped  # the default is the paper's sampling from pure noise
+    torch.testing.assert_close(run(warp_init_sigma=0), paper)
+    # σ below the schedule's smallest: one Euler step at σ_min, so the result is the warped latent itself
+    near = run(warp_init_sigma=1e-3)
+    target = warped[-1] * pipe.vae.config.scaling_factor
+    assert target.shape == paper.shape
+    assert target[:, 1:].sub(target[:, :1]).abs().max() > 1e-3  # the drag moved later frames' latents
+    err_near, err_paper = (near - target).abs().mean(), (paper - target).abs().mean()
+    assert err_near < 0.1 * target.abs().mean() and err_paper > 10 * err_near, (err_near, err_paper)
+    mid = run(warp_init_sigma=2.0)
+    assert not torch.allclose(mid, near) and not torch.allclose(mid, paper)
+
+    # a pipeline setting, saved in model_index.json and used when the call does not override it
+    with_setting = PuppetMasterPipeline(vae=pipe.vae, unet=pipe.unet, scheduler=pipe.scheduler,
+                                        image_encoder=pipe.image_encoder, feature_extractor=pipe.feature_extractor,
+                                        warp_init_sigma=2.0)
+    with_setting.save_pretrained(tmp_path / "p")
+    loaded = PuppetMasterPipeline.from_pretrained(tmp_path / "p")
+    loaded.set_progress_bar_config(disable=True)
+    assert loaded.config.warp_init_sigma == 2.0
+    torch.testing.assert_close(
+        loaded(_image(), drags, generator=torch.Generator().manual_seed(3), **kwargs).frames, mid)
+    with pytest.raises(UserInputError, match="warp_init_sigma"):
+        run(warp_init_sigma=-1.0)

@@ -18,6 +18,7 @@ from diffusers.video_processor import VideoProcessor
 from safetensors.torch import load_file
 
 from ..drags import DragSet
+from ..drags.warp import warp_latents_by_drags
 from ..errors import ModelLoadError, UserInputError
 from ..models import UNetDragSpatioTemporalConditionModel
 from .components import load_svd_components
@@ -73,6 +74,15 @@ class PuppetMasterPipeline(DiffusionPipeline):
     (``from_pretrained(..., torch_dtype=...)``) run the UNet in that precision (fp16 is
     the faster on most GPUs; bf16 has fp32's range, never overflows, and is the choice
     for training).
+
+    **Not in the paper:** ``warp_init_sigma`` (a pipeline setting stored in
+    ``model_index.json``, or a call argument) starts sampling at the first scheduler step
+    whose σ is at most ``warp_init_sigma``, from the first-frame latent warped along the
+    drags to every frame (:func:`~puppet_master.drags.warp.warp_latents_by_drags`) plus
+    noise of that σ, instead of from pure noise at σ_max (SDEdit-style initialisation,
+    Meng et al. 2022). The denoiser then only has to correct a warped copy of the input:
+    the background and the look of the object start right, and the drags' motion is
+    already in the starting point. ``None`` (the default) is the paper's sampling.
     """
 
     model_cpu_offload_seq = "image_encoder->unet->vae"
@@ -85,11 +95,14 @@ class PuppetMasterPipeline(DiffusionPipeline):
         scheduler: EulerDiscreteScheduler,
         image_encoder=None,
         feature_extractor=None,
+        warp_init_sigma: float | None = None,
     ) -> None:
         super().__init__()
         self.register_modules(
             vae=vae, image_encoder=image_encoder, feature_extractor=feature_extractor, unet=unet, scheduler=scheduler
         )
+        # not in the paper (None = the paper's sampling from pure noise); saved in model_index.json
+        self.register_to_config(warp_init_sigma=warp_init_sigma)
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.video_processor = VideoProcessor(do_resize=True, vae_scale_factor=self.vae_scale_factor)
         self._graphed_unet: GraphedUNet | None = None
@@ -298,6 +311,7 @@ class PuppetMasterPipeline(DiffusionPipeline):
         decode_chunk_size: int | None = None,
         callback_on_step_end: Callable[["PuppetMasterPipeline", int, torch.Tensor, dict], dict] | None = None,
         return_dict: bool = True,
+        warp_init_sigma: float | None = None,
     ) -> PuppetMasterPipelineOutput | tuple:
         """Animate ``image`` with ``drags``.
 
@@ -323,6 +337,10 @@ class PuppetMasterPipeline(DiffusionPipeline):
             callback_on_step_end: ``f(pipe, step, timestep, {"latents": …}) -> dict``
                 called after every step (may replace ``"latents"``).
             return_dict: return :class:`PuppetMasterPipelineOutput` (default) or a tuple.
+            warp_init_sigma: not in the paper: start from the drag-warped first-frame latent
+                at this noise level (see the class docstring); ``None`` uses the
+                pipeline's setting, ``0`` forces the paper's sampling from pure noise.
+                ``latents``, if given, is then the noise added to the warped latent.
 
         Raises:
             UserInputError: bad image, drags, sizes or options.
@@ -365,7 +383,22 @@ class PuppetMasterPipeline(DiffusionPipeline):
             latents = torch.randn(shape, generator=generator, device=generator.device if generator is not None else "cpu", dtype=torch.float32)
         elif latents.shape != shape:
             raise UserInputError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
-        latents = latents.to(device, torch.float32) * self.scheduler.init_noise_sigma
+        init_sigma = self.config.get("warp_init_sigma") if warp_init_sigma is None else warp_init_sigma
+        if init_sigma is not None and init_sigma < 0:
+            raise UserInputError(f"warp_init_sigma must be >= 0 (0 or None: sampling from pure noise), got {init_sigma}")
+        if init_sigma:
+            # not in the paper: SDEdit-style start from the drag-warped first frame (class docstring)
+            sigmas = self.scheduler.sigmas[:-1].to(device)
+            begin = min(int((sigmas > init_sigma).sum()), len(timesteps) - 1)
+            cond_latent, cond_drags = (first_latent.chunk(2)[1], drag_tensor.chunk(2)[1]) if do_cfg else (first_latent, drag_tensor)
+            warped = warp_latents_by_drags(cond_latent.float(), cond_drags.float(),
+                                           getattr(self.unet.config, "drag_warp_radius", 1.5),
+                                           getattr(self.unet.config, "drag_warp_background", 0.02))
+            timesteps = timesteps[begin:]
+            self.scheduler.set_begin_index(begin)
+            latents = warped * self.vae.config.scaling_factor + latents.to(device, torch.float32) * sigmas[begin]
+        else:
+            latents = latents.to(device, torch.float32) * self.scheduler.init_noise_sigma
 
         scales = guidance_scales(num_frames, min_guidance_scale, max_guidance_scale).to(device)[None, :, None, None, None]
         self._num_timesteps = len(timesteps)

@@ -25,10 +25,10 @@ from torch.utils.data import Dataset, Sampler
 
 from ..data.dataset import MixtureDataset
 from ..data.safe_pickle import safe_load_pickle
-from ..drags.encoding import used_drag_slots
 from ..edm import VAE_SCALING_FACTOR
 from ..errors import UserInputError
 from .config import DataConfig, SourceConfig
+from .losses import largest_drag_motion  # noqa: F401  (re-exported)
 
 
 class SyntheticDragDataset(Dataset):
@@ -70,22 +70,6 @@ class SyntheticDragDataset(Dataset):
             "drags": drags,
             "category": "synthetic",
         }
-
-
-def largest_drag_motion(drags: torch.Tensor) -> float:
-    """Largest start-to-last-frame displacement of a clip's used drags, normalised image units.
-
-    Args:
-        drags: ``(N, K, 4)`` normalised (docs/design.md §2); unused slots are all zeros.
-
-    Returns:
-        ``max_k ‖p_k^{N−1} − p_k^0‖₂`` over used slots, 0.0 if no slot is used.
-    """
-    used = used_drag_slots(drags[None])[0]
-    if not bool(used.any()):
-        return 0.0
-    last = drags[-1, used]
-    return float((last[:, 2:4] - last[:, 0:2]).norm(dim=-1).max())
 
 
 class LatentCacheDataset(Dataset):

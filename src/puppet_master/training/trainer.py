@@ -44,6 +44,7 @@ from ..video import draw_drags, to_uint8_frames, write_video
 from .config import OptimConfig, TrainConfig
 from .data import PositionSampler, build_mixture, collate, steps_to_positions
 from .ema_state import LEGACY_EMA_FILE, custom_pickles, has_legacy_ema, load_ema_state, save_ema_state
+from .losses import edm_denoising_loss, motion_weights, sample_noise  # noqa: F401  (re-exported)
 
 DRAG_MODULE_MARKERS = (".flow_convs.", ".drag_token_mlps.")
 
@@ -59,98 +60,27 @@ class TrainResult:
     unet: torch.nn.Module | None = None  # the trained (unwrapped, non-EMA) UNet
 
 
-def sample_noise(keys: torch.Tensor, seed: int, shape: tuple[int, ...], p_mean: float, p_std: float,
-                 cond_dropout: float, image_dropout: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-sample σ, ε and dropout flags, each a function of ``(seed, key)`` only.
-
-    Returns:
-        ``sigma (B,)``, ``eps (B, *shape)``, ``drop_drags (B,)`` bool, ``drop_image (B,)`` bool.
-    """
-    sig, eps, dd, di = [], [], [], []
-    for key in keys.tolist():
-        g = torch.Generator().manual_seed(int(seed) * 1_000_000_007 + int(key))
-        sig.append(edm.sigma_from_normal(torch.randn(1, generator=g), p_mean, p_std))
-        eps.append(torch.randn(shape, generator=g))
-        u = torch.rand(2, generator=g)
-        dd.append(u[0] < cond_dropout)
-        di.append(u[1] < image_dropout)
-    return torch.cat(sig), torch.stack(eps), torch.stack(dd), torch.stack(di)
-
-
-def motion_weights(latents: torch.Tensor, weight: float, scale: float) -> torch.Tensor:
-    """Per-pixel loss weights that emphasise where the clip moves.
-
-    ``m_n = max-pool₃ₓ₃( mean_c |x_n − x_0| )`` is how much frame ``n``'s latent differs
-    from the first frame's around each cell; the weight is
-    ``1 + weight · min(m_n / scale, 1)``: 1 where nothing moves (and on frame 0), up to
-    ``1 + weight`` on moving parts. Most pixels of a part-level clip are static, so the
-    plain loss is dominated by copying frame 0; this term makes the small moving region
-    count (a training choice of ours, not in the paper).
-
-    Args:
-        latents: ``(B, N, C, h, w)`` clean latents (any float dtype).
-        weight: extra weight on moving cells (``≥ 0``; 0 gives all ones).
-        scale: latent difference (mean over channels) counted as fully moving (``> 0``).
-
-    Returns:
-        ``(B, N, 1, h, w)`` weights of ``latents.dtype``.
-    """
-    b, n, _, h, w = latents.shape
-    if weight <= 0:
-        return torch.ones(b, n, 1, h, w, dtype=latents.dtype, device=latents.device)
-    diff = (latents - latents[:, :1]).abs().mean(dim=2)  # (B, N, h, w)
-    diff = torch.nn.functional.max_pool2d(diff.reshape(b * n, 1, h, w), 3, stride=1, padding=1)
-    return 1 + weight * (diff.reshape(b, n, 1, h, w) / scale).clamp(max=1)
-
-
 def edm_loss(unet, batch: dict, config: TrainConfig, frame_weights: torch.Tensor) -> torch.Tensor:
     """EDM training loss of a batch (mean over samples), docs/design.md §5.
 
-    ``D = c_skip·(x+σε) + c_out·F(c_in·(x+σε), c_noise)``, loss ``λ(σ)·‖D − x‖²`` averaged
-    over frames (with ``frame_weights``), channels and pixels; with
-    ``config.motion_weight > 0`` each pixel's squared error is first multiplied by
-    :func:`motion_weights`.
-
-    Options of the authors' training script (off by default, which is EDM-consistent):
-
-    * ``config.non_first_frame_weight = w > 1``: frames ``1…N−1`` weigh ``w`` (frame 0
-      weighs 1); with ``config.weight_increasing`` the weights rise linearly from 1 at
-      frame 0 to ``w`` at the last frame. Not renormalised (the loss scale grows, as in
-      the authors' script).
-    * ``config.scale_model_input = False``: the UNet sees ``x + σε`` without ``c_in``
-      (the authors' training does this while their sampler applies ``c_in``; a model
-      trained so expects unscaled inputs, which our sampler does not give it).
+    The noise level, noise and dropout flags of each sample come from :func:`sample_noise`
+    (a function of ``(config.seed, batch["key"])``); the loss itself is
+    :func:`~puppet_master.training.losses.edm_denoising_loss`, with the config's motion
+    weighting and the authors' options (``non_first_frame_weight``, ``weight_increasing``,
+    ``scale_model_input``; off by default, which is EDM-consistent).
     """
     x = batch["latents"]
-    b, n = x.shape[:2]
     sigma, eps, drop_drags, drop_image = sample_noise(
         batch["key"].cpu(), config.seed, tuple(x.shape[1:]), config.p_mean, config.p_std,
         config.cond_dropout_prob, config.image_dropout_prob,
     )
-    sigma, eps = sigma.to(x.device, x.dtype), eps.to(x.device, x.dtype)
-    keep_drags = (~drop_drags).to(x.device, x.dtype)
-    keep_image = (~drop_image).to(x.device, x.dtype)
-    noisy = x + edm.append_dims(sigma, x.ndim) * eps
-    pc = edm.preconditioning(edm.append_dims(sigma, x.ndim))
-    out = unet(
-        pc.c_in * noisy if config.scale_model_input else noisy,
-        pc.c_noise.reshape(b),
-        image_latents=batch["image_latents"] * edm.append_dims(keep_image, 4),
-        encoder_hidden_states=batch["embedding"] * edm.append_dims(keep_image, 3),
-        drags=batch["drags"] * edm.append_dims(keep_drags, 4),
-    ).sample
-    out = out.to(torch.promote_types(out.dtype, torch.float32))  # half precision → float32; float64 stays
-    denoised = pc.c_skip * noisy + pc.c_out * out
-    pixel_w = motion_weights(x, config.motion_weight, config.motion_scale)
-    per_frame = (pixel_w * (denoised - x) ** 2).mean(dim=(2, 3, 4))  # (B, N)
-    w = config.non_first_frame_weight
-    if config.weight_increasing:
-        authors_w = torch.linspace(1.0, w, n, device=x.device)
-    else:
-        authors_w = torch.full((n,), w, device=x.device)
-        authors_w[0] = 1.0
-    per_sample = (per_frame * frame_weights * authors_w).mean(dim=1) * edm.loss_weight(sigma)
-    return per_sample.mean()
+    return edm_denoising_loss(
+        unet, x, batch["image_latents"], batch["embedding"], batch["drags"],
+        sigma.to(x.device, x.dtype), eps.to(x.device, x.dtype), drop_drags.to(x.device), drop_image.to(x.device),
+        frame_weights, config.motion_weight, config.motion_scale,
+        non_first_frame_weight=config.non_first_frame_weight, weight_increasing=config.weight_increasing,
+        scale_model_input=config.scale_model_input,
+    )
 
 
 def make_optimizer(groups: list[dict], optim: OptimConfig) -> torch.optim.Optimizer:

@@ -323,3 +323,251 @@ def train_vae(cfg: VAETrainConfig, progress: bool = True, held_out: int = 32) ->
     tmp_report.write_text(json.dumps(report, indent=2))
     os.replace(tmp_report, out / "vae-report.json")
     return report
+
+
+# ---------------------------------------------------------------------------------------------
+# Batched training on an accelerator: crops, colour changes and synthetic objects made on the
+# device, a wall-clock budget, periodic saves (the embedded default model's recipe,
+# puppet_master.training.recipe).
+
+
+def _rand(generator: torch.Generator, *shape: int) -> torch.Tensor:
+    return torch.rand(*shape, generator=generator, device=generator.device)
+
+
+def _hsv_to_rgb(h: torch.Tensor, s: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """HSV in [0, 1] (any equal shapes) → RGB in [0, 1] with a trailing channel axis."""
+    k = torch.stack([(5 + h * 6) % 6, (3 + h * 6) % 6, (1 + h * 6) % 6], dim=-1)
+    return v[..., None] - v[..., None] * s[..., None] * (torch.minimum(k, 4 - k).clamp(0, 1))
+
+
+def synthetic_object_images(n: int, size: int, generator: torch.Generator) -> torch.Tensor:
+    """Random object-like pictures, ``(n, 3, size, size)`` float32 in [−1, 1], made on ``generator.device``.
+
+    Each picture is 1–7 flat or textured shapes (parallelograms, like the faces of a box
+    seen in perspective, and ellipses) painted over one another on a white (70 %) or a
+    plain light background; shape colours are grey (35 %), brown (25 %) or any hue, each
+    face shaded by a linear gradient and, half the time, given wood-like stripes or
+    smooth value noise; thin bars and small dark marks stand for handles and print.
+    Drawn at twice the size and averaged down, so edges are anti-aliased as in a render.
+    These teach the VAE colours and materials that the procedural renders lack (grey and
+    dark plastic, wood); nothing is read from disk.
+    """
+    dev = generator.device
+    big = 2 * size
+    ys, xs = torch.meshgrid(torch.linspace(0, 1, big, device=dev), torch.linspace(0, 1, big, device=dev), indexing="ij")
+    bg_white = _rand(generator, n) < 0.7
+    bg = torch.where(bg_white[:, None], torch.ones(n, 3, device=dev), 0.75 + 0.25 * _rand(generator, n, 3))
+    img = bg[:, :, None, None].expand(n, 3, big, big).clone()
+    num_shapes = 1 + (_rand(generator, n) * 7).long()
+    for k in range(7):
+        active = (k < num_shapes).float()[:, None, None]
+        small = _rand(generator, n) < 0.25  # bars and marks
+        centre = 0.15 + 0.7 * _rand(generator, n, 2)
+        scale = torch.where(small, 0.02 + 0.08 * _rand(generator, n), 0.06 + 0.3 * _rand(generator, n))
+        ang_u = _rand(generator, n) * 2 * math.pi
+        ang_v = ang_u + math.pi / 2 + (_rand(generator, n) - 0.5) * 1.2
+        aspect = torch.where(small, 0.05 + 0.2 * _rand(generator, n), 0.4 + 0.6 * _rand(generator, n))
+        u = torch.stack([ang_u.cos(), ang_u.sin()], -1) * scale[:, None]
+        v = torch.stack([ang_v.cos(), ang_v.sin()], -1) * (scale * aspect)[:, None]
+        det = u[:, 0] * v[:, 1] - u[:, 1] * v[:, 0]
+        px = xs[None] - centre[:, 0, None, None]
+        py = ys[None] - centre[:, 1, None, None]
+        a = (px * v[:, 1, None, None] - py * v[:, 0, None, None]) / det[:, None, None]
+        b = (py * u[:, 0, None, None] - px * u[:, 1, None, None]) / det[:, None, None]
+        ellipse = (_rand(generator, n) < 0.3)[:, None, None]
+        inside = torch.where(ellipse, a * a + b * b <= 1, (a.abs() <= 1) & (b.abs() <= 1)).float() * active
+        kind = _rand(generator, n)
+        grey = 0.08 + 0.9 * _rand(generator, n)
+        hue = torch.where(kind < 0.6, 0.03 + 0.07 * _rand(generator, n), _rand(generator, n))
+        sat = torch.where(kind < 0.6, 0.3 + 0.5 * _rand(generator, n), 0.2 + 0.8 * _rand(generator, n))
+        val = 0.15 + 0.85 * _rand(generator, n)
+        colour = _hsv_to_rgb(hue, sat, val)
+        colour = torch.where((kind < 0.35)[:, None], grey[:, None].expand(n, 3), colour)
+        colour = torch.where(small[:, None] & (_rand(generator, n) < 0.5)[:, None], 0.15 * _rand(generator, n, 1).expand(n, 3),
+                             colour)
+        shade = 1 + 0.3 * ((_rand(generator, n) - 0.5)[:, None, None] * a + (_rand(generator, n) - 0.5)[:, None, None] * b)
+        freq = 3 + 25 * _rand(generator, n)
+        stripes = torch.sin(freq[:, None, None] * (a + 0.15 * torch.sin(3 * b + 6 * _rand(generator, n)[:, None, None])))
+        noise = F.interpolate(_rand(generator, n, 1, 8, 8) - 0.5, size=(big, big), mode="bicubic", align_corners=False)[:, 0]
+        texture_kind = _rand(generator, n)
+        amp = 0.05 + 0.2 * _rand(generator, n)
+        texture = torch.where((texture_kind < 0.25)[:, None, None], stripes * amp[:, None, None],
+                              torch.where((texture_kind < 0.5)[:, None, None], noise * 2 * amp[:, None, None],
+                                          torch.zeros_like(a)))
+        face = (colour[:, :, None, None] * (shade + texture)[:, None]).clamp(0, 1)
+        img = img * (1 - inside[:, None]) + face * inside[:, None]
+    img = F.avg_pool2d(img, 2)
+    return img * 2 - 1
+
+
+def recolour(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random colour changes that keep white white, for ``(B, 3, H, W)`` in [−1, 1].
+
+    Per image: a permutation of the RGB channels (half the images), a pull towards grey
+    (a quarter fully grey), and a gamma in [0.6, 1.6] on [0, 1] values.
+    """
+    b = x.shape[0]
+    dev = x.device
+    y = (x + 1) / 2
+    perms = torch.tensor([[0, 1, 2], [0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]], device=dev)
+    choice = torch.where(_rand(generator, b) < 0.5, torch.zeros(b, dtype=torch.long, device=dev),
+                         (_rand(generator, b) * 6).long().clamp(max=5))
+    y = torch.gather(y, 1, perms[choice][:, :, None, None].expand_as(y))
+    grey_amount = torch.where(_rand(generator, b) < 0.25, torch.ones(b, device=dev), _rand(generator, b) * 0.5)
+    lum = (0.299 * y[:, 0:1] + 0.587 * y[:, 1:2] + 0.114 * y[:, 2:3])
+    y = y + grey_amount[:, None, None, None] * (lum - y)
+    gamma = 0.6 + _rand(generator, b)
+    y = y.clamp(0, 1) ** gamma[:, None, None, None]
+    return y * 2 - 1
+
+
+def random_crops(images: torch.Tensor, n: int, crop: int, generator: torch.Generator, max_zoom_out: float = 2.0,
+                 native_share: float = 0.6) -> torch.Tensor:
+    """``n`` random square crops of uint8 images ``(M, H, W, 3)`` as ``(n, 3, crop, crop)`` in [−1, 1].
+
+    A share ``native_share`` keeps the pixels' scale (a ``crop``-sized window, as the
+    VAE sees 256×256 frames at inference); the rest take a window of up to
+    ``max_zoom_out × crop`` pixels resized down. Horizontal flips at random.
+    """
+    m, h, w = images.shape[:3]
+    dev = images.device
+    idx = (_rand(generator, n) * m).long().clamp(max=m - 1)
+    zoom = torch.where(_rand(generator, n) < native_share, torch.ones(n, device=dev),
+                       1 + (max_zoom_out - 1) * _rand(generator, n))
+    side = (crop * zoom).clamp(max=min(h, w))
+    x0 = (_rand(generator, n) * (w - side)).floor()
+    y0 = (_rand(generator, n) * (h - side)).floor()
+    flip = torch.where(_rand(generator, n) < 0.5, -1.0, 1.0)
+    # affine_grid maps output coords in [-1, 1] to input coords in [-1, 1] (align_corners=False)
+    theta = torch.zeros(n, 2, 3, device=dev)
+    theta[:, 0, 0] = side / w * flip
+    theta[:, 1, 1] = side / h
+    theta[:, 0, 2] = (2 * x0 + side) / w - 1
+    theta[:, 1, 2] = (2 * y0 + side) / h - 1
+    grid = F.affine_grid(theta, (n, 3, crop, crop), align_corners=False)
+    src = images[idx].permute(0, 3, 1, 2).float() / 127.5 - 1
+    return F.grid_sample(src, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+@dataclass
+class FastVAEConfig:
+    """Options of :func:`train_vae_fast` (sizes in pixels)."""
+
+    crop: int = 128
+    batch_size: int = 64
+    lr: float = 3e-4
+    warmup_steps: int = 100
+    kl_weight: float = 1e-6
+    grad_weight: float = 0.5
+    fg_weight: float = 3.0
+    chroma_weight: float = 4.0
+    synthetic_share: float = 0.3
+    photo_share: float = 0.1
+    recolour_share: float = 0.3
+    seed: int = 0
+
+
+def _vae_batch(frames: torch.Tensor, photos: list[torch.Tensor], cfg: FastVAEConfig, g: torch.Generator) -> torch.Tensor:
+    """One training batch ``(B, 3, crop, crop)`` in [−1, 1] on the generator's device."""
+    n_syn = int(round(cfg.batch_size * cfg.synthetic_share))
+    n_photo = int(round(cfg.batch_size * cfg.photo_share)) if photos else 0
+    n_frames = cfg.batch_size - n_syn - n_photo
+    parts = [random_crops(frames, n_frames, cfg.crop, g)]
+    if n_syn:
+        parts.append(synthetic_object_images(n_syn, cfg.crop, g))
+    for _ in range(n_photo):
+        p = photos[int(_rand(g, 1).item() * len(photos)) % len(photos)]
+        side = min(p.shape[0], p.shape[1])
+        s = int(cfg.crop + (side - cfg.crop) * _rand(g, 1).item()) if side > cfg.crop else side
+        y = int(_rand(g, 1).item() * (p.shape[0] - s + 1))
+        x = int(_rand(g, 1).item() * (p.shape[1] - s + 1))
+        patch = p[y : y + s, x : x + s].permute(2, 0, 1)[None].float() / 127.5 - 1
+        parts.append(F.interpolate(patch, size=(cfg.crop, cfg.crop), mode="bilinear", antialias=True, align_corners=False))
+    x = torch.cat(parts).clamp(-1, 1)
+    change = _rand(g, x.shape[0]) < cfg.recolour_share
+    if bool(change.any()):
+        x[change] = recolour(x[change], g)
+    return x
+
+
+def train_vae_fast(vae, frames: torch.Tensor, photos: list[torch.Tensor], cfg: FastVAEConfig, steps: int | None,
+                   budget_s: float, log=None, save=None, save_every_s: float = 60.0, device: str = "cpu") -> dict:
+    """Train ``vae`` (a ``diffusers.AutoencoderKL``, e.g. the shipped one) on crops made on ``device``.
+
+    Args:
+        vae: the model; moved to ``device`` (channels-last), left there in float32, train mode off at the end.
+        frames: uint8 ``(M, H, W, 3)`` training frames (on ``device`` for speed).
+        photos: uint8 ``(H, W, 3)`` photographs (any sizes ≥ 16 px).
+        cfg: batch, loss and augmentation settings.
+        steps: optimizer steps, or ``None`` to fit the steps into ``budget_s`` (timed over
+            the first steps; the chosen number is in the report, so a rerun can pass it).
+        budget_s: wall-clock seconds; training stops when they run out even if ``steps`` are left.
+        log: ``f(dict)`` called with the step, losses and seconds every 25 steps.
+        save: ``f(vae, step)`` called every ``save_every_s`` seconds and at the end.
+
+    Returns:
+        report dict: ``steps_planned``, ``steps_done``, ``seconds``, ``last_losses``.
+
+    Loss and learning-rate schedule: :func:`vae_loss` (L1 with object pixels weighted
+    ``fg_weight``, chroma, gradients, KL) under bf16 autocast on CUDA; AdamW, linear
+    warm-up then cosine to 10 % over the planned steps.
+    """
+    import time
+
+    t0 = time.perf_counter()
+    use_cuda = str(device).startswith("cuda")
+    vae = vae.to(device).to(memory_format=torch.channels_last).train()
+    g = torch.Generator(device=device).manual_seed(cfg.seed)
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0)
+    loss_cfg = VAETrainConfig(kl_weight=cfg.kl_weight, grad_weight=cfg.grad_weight, fg_weight=cfg.fg_weight,
+                              chroma_weight=cfg.chroma_weight)
+    planned = steps
+    timing_steps = 12
+    step, last, last_save, t_timing, bad = 0, {}, time.perf_counter(), None, 0
+    while True:
+        total = planned if planned is not None else 10**9
+        if step >= total or time.perf_counter() - t0 > budget_s:
+            break
+        warm = min(1.0, (step + 1) / cfg.warmup_steps)
+        cos = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(step, total) / total)) if planned is not None else 1.0
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * warm * cos
+        x = _vae_batch(frames, photos, cfg, g).contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_cuda):
+            loss, stats = vae_loss(vae, x, loss_cfg)
+        if not torch.isfinite(loss):  # skip the step; a run of them ends the stage (weights as last saved)
+            bad += 1
+            if log:
+                log({"stage": "vae", "event": "non-finite loss", "step": step, "count": bad})
+            if bad >= 20:
+                break
+            continue
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        step += 1
+        last = stats
+        if planned is None and step == 2:
+            if use_cuda:
+                torch.cuda.synchronize()
+            t_timing = time.perf_counter()
+        if planned is None and step == 2 + timing_steps:
+            if use_cuda:
+                torch.cuda.synchronize()
+            per_step = (time.perf_counter() - t_timing) / timing_steps
+            left = budget_s - (time.perf_counter() - t0)
+            planned = max(step + 1, step + int(0.97 * left / per_step))
+            if log:
+                log({"stage": "vae", "event": "planned", "steps": planned, "s_per_step": per_step})
+        if log and step % 25 == 0:
+            log({"stage": "vae", "step": step, "lr": opt.param_groups[0]["lr"], "s": time.perf_counter() - t0, **stats})
+        if save and time.perf_counter() - last_save > save_every_s:
+            save(vae, step)
+            last_save = time.perf_counter()
+    vae.eval()
+    if save:
+        save(vae, step)
+    return {"steps_planned": planned, "steps_done": step, "seconds": time.perf_counter() - t0, "last_losses": last,
+            "skipped_steps": bad}
