@@ -59,6 +59,18 @@ def test_animate_mp4_and_drags_json(tmp_path, image_file, tiny_pipeline_dir):
     assert frames.shape[0] == 4 and frames.shape[1:3] == (64, 64)
 
 
+def test_animate_bf16_is_close_to_fp32(tmp_path, image_file):
+    """--dtype bf16 on the shipped model: computed in bf16 (not silently fp32), yet the same video."""
+    common = ["--drag", "30,20:60,40", "--steps", "2", "--size", "64", "--seed", "1", "-q"]
+    assert _cli("animate", image_file, "-o", tmp_path / "fp32.gif", *common) == 0
+    assert _cli("animate", image_file, "-o", tmp_path / "bf16.gif", "--dtype", "bf16", *common) == 0
+    common[common.index("--seed") + 1] = "2"
+    assert _cli("animate", image_file, "-o", tmp_path / "seed2.gif", *common) == 0
+    a, b, other = (read_video(tmp_path / f"{d}.gif").astype(np.float64) for d in ("fp32", "bf16", "seed2"))
+    assert a.shape == b.shape == (14, 64, 64, 3)
+    assert 0 < np.abs(a - b).mean() < 0.3 * np.abs(a - other).mean(), (np.abs(a - b).mean(), np.abs(a - other).mean())
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -70,6 +82,7 @@ def test_animate_mp4_and_drags_json(tmp_path, image_file, tiny_pipeline_dir):
         (["IMAGE"], "no drags given"),
         (["IMAGE", "--drags-json", "BADJSON"], "not valid JSON"),
         (["IMAGE", "--drag", "1,1:2,2", "--model", "no/such/dir/here"], "does not exist"),
+        (["IMAGE", "--drag", "1,1:2,2", "--dtype", "fp8"], "--dtype must be one of"),
     ],
 )
 def test_bad_input_one_line_exit_2_no_output(tmp_path, image_file, tiny_pipeline_dir, capsys, args, message):
