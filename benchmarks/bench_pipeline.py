@@ -31,7 +31,9 @@ def main() -> None:
     ap.add_argument("--config", choices=["tiny", "small", "full", "default"], default="tiny",
                     help="random-weight sizes, or 'default': the shipped default model")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--dtype", choices=sorted(bl.DTYPES), default="fp32", help="weights and compute dtype")
+    ap.add_argument("--dtype", choices=["auto", *sorted(bl.DTYPES)], default="auto",
+                    help="weights and compute dtype; auto = what `puppet-master animate` picks: bf16 on a CPU with "
+                         "native bf16 (AVX512-BF16/AMX), else fp32")
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--frames", type=int, default=14)
     ap.add_argument("--steps", type=int, default=50)
@@ -54,6 +56,10 @@ def main() -> None:
         configure_cpu(args.threads, keep_memory=not args.malloc_default)
     elif args.threads:
         torch.set_num_threads(args.threads)
+    if args.dtype == "auto":
+        from puppet_master.runtime import auto_dtype
+
+        args.dtype = "bf16" if auto_dtype(str(device)) is not None else "fp32"
     dtype = bl.DTYPES[args.dtype]
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True

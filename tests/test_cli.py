@@ -62,13 +62,27 @@ def test_animate_mp4_and_drags_json(tmp_path, image_file, tiny_pipeline_dir):
 def test_animate_bf16_is_close_to_fp32(tmp_path, image_file):
     """--dtype bf16 on the shipped model: computed in bf16 (not silently fp32), yet the same video."""
     common = ["--drag", "30,20:60,40", "--steps", "2", "--size", "64", "--seed", "1", "-q"]
-    assert _cli("animate", image_file, "-o", tmp_path / "fp32.gif", *common) == 0
+    assert _cli("animate", image_file, "-o", tmp_path / "fp32.gif", "--dtype", "fp32", *common) == 0
     assert _cli("animate", image_file, "-o", tmp_path / "bf16.gif", "--dtype", "bf16", *common) == 0
+    common += ["--dtype", "fp32"]
     common[common.index("--seed") + 1] = "2"
     assert _cli("animate", image_file, "-o", tmp_path / "seed2.gif", *common) == 0
     a, b, other = (read_video(tmp_path / f"{d}.gif").astype(np.float64) for d in ("fp32", "bf16", "seed2"))
     assert a.shape == b.shape == (14, 64, 64, 3)
     assert 0 < np.abs(a - b).mean() < 0.3 * np.abs(a - other).mean(), (np.abs(a - b).mean(), np.abs(a - other).mean())
+
+
+def test_dtype_auto_is_bf16_only_on_a_cpu_with_native_bf16(monkeypatch):
+    import torch
+
+    from puppet_master import runtime
+    from puppet_master.cli.animate import parse_dtype
+
+    assert parse_dtype("fp32") is torch.float32 and parse_dtype("bf16", "cuda") is torch.bfloat16
+    for native, expected in ((True, torch.bfloat16), (False, None)):
+        monkeypatch.setattr(runtime, "native_bf16_cpu", lambda: native)
+        assert parse_dtype("auto", "cpu") is expected
+        assert parse_dtype("auto", "cuda:0") is None  # a GPU keeps the stored precision
 
 
 @pytest.mark.parametrize(
@@ -82,7 +96,7 @@ def test_animate_bf16_is_close_to_fp32(tmp_path, image_file):
         (["IMAGE"], "no drags given"),
         (["IMAGE", "--drags-json", "BADJSON"], "not valid JSON"),
         (["IMAGE", "--drag", "1,1:2,2", "--model", "no/such/dir/here"], "does not exist"),
-        (["IMAGE", "--drag", "1,1:2,2", "--dtype", "fp8"], "--dtype must be one of"),
+        (["IMAGE", "--drag", "1,1:2,2", "--dtype", "fp8"], "--dtype must be auto or one of"),
     ],
 )
 def test_bad_input_one_line_exit_2_no_output(tmp_path, image_file, tiny_pipeline_dir, capsys, args, message):
@@ -138,7 +152,7 @@ def test_help_says_pixel_coordinates(capsys):
     # real metavars, the default model named, --threads offered
     assert "animate [OPTIONS] IMAGE" in text and "{" not in text and "<path>" not in text
     assert "-o, --output VIDEO" in text and "--drag X0,Y0:X1,Y1" in text and "--threads N" in text
-    assert "[default: (the model shipped in the package)]" in text
+    assert "[default: (the model shipped in the package)]" in " ".join(text.split())  # however the help wraps
 
 
 def test_progress_bar_stays_in_a_log():

@@ -1,4 +1,4 @@
-"""Process-level CPU settings for sampling: torch's thread count and glibc's malloc behaviour.
+"""Process-level CPU settings for sampling: torch's thread count, glibc's malloc behaviour, precision.
 
 Sampling on a CPU allocates and frees tensors of tens of megabytes at every layer. With
 glibc's default settings each such block is mapped fresh from the operating system and
@@ -49,3 +49,29 @@ def configure_cpu(threads: int | None = None, keep_memory: bool = True) -> None:
         torch.set_num_threads(threads)
     if keep_memory:
         keep_freed_memory()
+
+
+def native_bf16_cpu() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX), per torch's CPU feature probe.
+
+    On such CPUs the default model samples about 30 % faster in bf16 than in fp32
+    (benchmarks/README.md); elsewhere bf16 is emulated and no faster. ``False`` when the
+    probe is unavailable in this torch build.
+    """
+    import torch
+
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except (AttributeError, RuntimeError):  # private probes: absent in other builds
+        return False
+
+
+def auto_dtype(device: str):
+    """The precision ``--dtype auto`` picks: bf16 on a CPU with native bf16, else ``None`` (the loader's default:
+    fp32 on a CPU, the stored dtype on a GPU)."""
+    import torch
+
+    if str(device).startswith("cpu") and native_bf16_cpu():
+        return torch.bfloat16
+    return None
+

@@ -11,7 +11,7 @@ from typing import Optional
 import typer
 
 from ..errors import UserInputError
-from ..runtime import keep_freed_memory
+from ..runtime import auto_dtype, keep_freed_memory
 from .options import MODEL_DEFAULT_SHOWN, MODEL_HELP, THREADS, progress_bar_config, quiet_loading, set_threads
 
 
@@ -37,7 +37,7 @@ class AnimateOptions:
     fps: float = 7.0
     overlay: bool = False
     device: str = "cpu"
-    dtype: Optional[str] = None
+    dtype: str = "auto"
     overwrite: bool = False
     quiet: bool = False
     threads: Optional[int] = None
@@ -76,12 +76,11 @@ def animate(
     fps: float = typer.Option(7.0, "--fps", min=0.1, metavar="FPS", help="Frames per second of the output video."),
     overlay: bool = typer.Option(False, "--overlay", help="Draw the drag arrows on the output video."),
     device: str = typer.Option("cpu", "--device", metavar="DEVICE", help="cpu, cuda, cuda:1, ..."),
-    dtype: Optional[str] = typer.Option(
-        None, "--dtype", metavar="fp32|bf16|fp16",
-        help="Precision of the weights and the computation (default: fp32 on a CPU, as stored on a GPU). On CPUs "
-             "with AVX512-BF16 or AMX, bf16 is about 30 % faster and changes the video slightly "
-             "(benchmarks/README.md).",
-        show_default=False,
+    dtype: str = typer.Option(
+        "auto", "--dtype", metavar="auto|fp32|bf16|fp16",
+        help="Precision of the weights and the computation. auto: bf16 on a CPU that computes it natively "
+             "(AVX512-BF16 or AMX: about 30 % faster, the video differs slightly from fp32's), else fp32 on a CPU "
+             "and the stored precision on a GPU.",
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUTPUT if it exists."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or loading bars."),
@@ -162,16 +161,16 @@ def run_animate(opts: AnimateOptions) -> Path:
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
-def parse_dtype(name: Optional[str]):
-    """``--dtype``'s torch dtype (``None``: the loader's default).
+def parse_dtype(name: str, device: str = "cpu"):
+    """``--dtype``'s torch dtype on ``device`` (``None``: the loader's default).
 
     Raises:
-        UserInputError: not one of fp32, bf16, fp16.
+        UserInputError: not auto, fp32, bf16 or fp16.
     """
-    if name is None:
-        return None
+    if name == "auto":
+        return auto_dtype(device)
     if name not in DTYPES:
-        raise UserInputError(f"--dtype must be one of {', '.join(DTYPES)}, got {name!r}")
+        raise UserInputError(f"--dtype must be auto or one of {', '.join(DTYPES)}, got {name!r}")
     import torch
 
     return getattr(torch, DTYPES[name])
@@ -204,7 +203,7 @@ def load_model(opts: AnimateOptions, num_drags: int):
 
     if opts.quiet:
         quiet_loading()
-    pipe = load_pipeline(opts.model, device=opts.device, torch_dtype=parse_dtype(opts.dtype))
+    pipe = load_pipeline(opts.model, device=opts.device, torch_dtype=parse_dtype(opts.dtype, opts.device))
     if num_drags > pipe.unet.config.num_drags:
         raise UserInputError(f"{num_drags} drags given but this model takes at most {pipe.unet.config.num_drags}")
     stride = pipe.vae_scale_factor * pipe.unet.spatial_stride
