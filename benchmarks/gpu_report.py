@@ -1,4 +1,4 @@
-"""One GPU session's speed report: the table of issue 24 for the full-size Puppet-Master pipeline.
+"""The GPU speed table of the full-size Puppet-Master pipeline, in one run that fits a time budget.
 
     python benchmarks/gpu_report.py --budget-s 240                              # on an H100/H200
     python benchmarks/gpu_report.py --config tiny --device cpu --steps 2 --budget-s 600   # dry run on a CPU

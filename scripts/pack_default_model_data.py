@@ -1,4 +1,4 @@
-"""Pack the default model's training data compactly for a lent accelerator (≤ 64 MiB carried).
+"""Pack the default model's training data compactly for a rented accelerator (about 50 MiB to copy).
 
     python scripts/pack_default_model_data.py --train runs/default-model/data-train/samples \
         --val proc=runs/default-model/data-test/samples-s00 --val dev=../shared/data/dragamove-test-dev \
@@ -27,6 +27,7 @@ import numpy as np
 import PIL.Image
 
 from puppet_master.data.splits import load_eval_dataset, split_video_path
+from puppet_master.errors import UserInputError
 from puppet_master.video import read_video
 
 #: (package, path inside it) of bundled photographs; missing ones are skipped.
@@ -58,10 +59,25 @@ def main() -> int:
     if args.out.exists():
         print(f"error: {args.out} exists; remove it or choose another --out", file=sys.stderr)
         return 2
+    metas = sorted(args.train.glob("*.json")) if args.train.is_dir() else []
+    if not metas:
+        print(f"error: --train {args.train} holds no clips (NAME.json + video): give a split folder", file=sys.stderr)
+        return 2
+    vals = []
+    for item in args.val:  # every argument checked before anything is written
+        name, _, folder = item.partition("=")
+        if not name or not folder or not name.replace("-", "").replace("_", "").isalnum():
+            print(f"error: --val must be NAME=DIR with a plain NAME, got {item!r}", file=sys.stderr)
+            return 2
+        try:
+            vals.append((name, load_eval_dataset(folder)[1]))
+        except UserInputError as exc:
+            print(f"error: --val {item}: {exc}", file=sys.stderr)
+            return 2
     clips = args.out / "clips"
     clips.mkdir(parents=True)
     total = 0
-    for meta in sorted(args.train.glob("*.json")):
+    for meta in metas:
         video = split_video_path(meta)
         if video is None:
             continue
@@ -81,9 +97,7 @@ def main() -> int:
                 if scale < 1:  # at most 512 px: enough for 128-px crops, a fifth of the bytes
                     im = im.resize((round(im.width * scale), round(im.height * scale)), PIL.Image.LANCZOS)
                 im.save(photos / f"{package}-{src.stem}.jpg", quality=95)
-    for item in args.val:
-        name, _, folder = item.partition("=")
-        _, examples = load_eval_dataset(folder)
+    for name, examples in vals:
         target = args.out / f"val-{name}"
         target.mkdir()
         for ex in examples:

@@ -194,3 +194,11 @@ def test_dift_reads_the_requested_up_block(featurizer):
     assert lower.shape == (1, 64, 4, 6)  # 1/16 of the image
     with pytest.raises(ValueError, match="up_ft_index"):
         featurizer(image, up_ft_index=4)
+
+
+def test_grabcut_on_a_tiny_image_falls_back_to_the_seed_discs():
+    from puppet_master.segmentation import grabcut_foreground
+
+    mask = grabcut_foreground(PIL.Image.new("RGB", (4, 4), (200, 30, 30)), [(1.0, 1.0)])
+    assert mask.shape == (4, 4) and mask.dtype == bool
+    assert mask[1, 1] and mask.sum() < 16

@@ -24,7 +24,9 @@ def grabcut_foreground(image: PIL.Image.Image, seeds: list[tuple[float, float]],
         iterations: GrabCut iterations.
 
     Returns:
-        bool ``(H, W)``; every seed's disc is foreground.
+        bool ``(H, W)``; every seed's disc is foreground. An image too small or too uniform
+        for GrabCut's colour models (it needs samples of both classes) gets the seed discs
+        alone.
     """
     arr = np.asarray(image.convert("RGB"))
     h, w = arr.shape[:2]
@@ -36,7 +38,11 @@ def grabcut_foreground(image: PIL.Image.Image, seeds: list[tuple[float, float]],
         mask[y0:y1, x0:x1] = cv2.GC_PR_FGD
         for x, y in pts:
             cv2.circle(mask, (int(x), int(y)), max(2, w // 64), cv2.GC_FGD, -1)
+    seeded = mask == cv2.GC_FGD
     mask[:2], mask[-2:], mask[:, :2], mask[:, -2:] = cv2.GC_BGD, cv2.GC_BGD, cv2.GC_BGD, cv2.GC_BGD
     bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
-    cv2.grabCut(cv2.cvtColor(arr, cv2.COLOR_RGB2BGR), mask, None, bgd, fgd, iterations, cv2.GC_INIT_WITH_MASK)
-    return (mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD)
+    try:
+        cv2.grabCut(cv2.cvtColor(arr, cv2.COLOR_RGB2BGR), mask, None, bgd, fgd, iterations, cv2.GC_INIT_WITH_MASK)
+    except cv2.error:  # no background or no foreground samples to fit the colour models
+        return seeded
+    return (mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD) | seeded

@@ -11,8 +11,9 @@ from typing import Optional
 import typer
 
 from ..errors import UserInputError
-from ..runtime import auto_dtype, keep_freed_memory
-from .options import MODEL_DEFAULT_SHOWN, MODEL_HELP, THREADS, progress_bar_config, quiet_loading, set_threads
+from ..runtime import keep_freed_memory
+from .options import (MODEL_DEFAULT_SHOWN, MODEL_HELP, THREADS, parse_dtype, progress_bar_config, quiet_loading,
+                      set_threads)
 
 
 @dataclass(frozen=True)
@@ -45,9 +46,9 @@ class AnimateOptions:
     #: ``puppet-master`` or ``draganything`` (README "DragAnything"); the fields below are DragAnything's.
     method: str = "puppet-master"
     masks: list[Path] = field(default_factory=list)
-    segmenter: str = "grabcut"
+    segmenter: Optional[str] = None
     sam_checkpoint: Optional[Path] = None
-    resolution: str = "576x320"
+    resolution: Optional[str] = None
 
 
 def animate(
@@ -72,7 +73,9 @@ def animate(
     min_guidance: float = typer.Option(1.0, "--min-guidance", metavar="W", help="CFG weight at the first frame."),
     seed: int = typer.Option(0, "--seed", metavar="N", help="Random seed of the initial noise."),
     frames: int = typer.Option(14, "--frames", min=2, metavar="N", help="Number of frames to generate."),
-    size: int = typer.Option(256, "--size", min=8, metavar="PX", help="Side of the square the model works at, in pixels."),
+    size: Optional[int] = typer.Option(None, "--size", min=8, metavar="PX",
+                                       help="Side of the square the model works at, in pixels [default: 256]. "
+                                            "Puppet-Master only (DragAnything works at --resolution)."),
     fps: float = typer.Option(7.0, "--fps", min=0.1, metavar="FPS", help="Frames per second of the output video."),
     overlay: bool = typer.Option(False, "--overlay", help="Draw the drag arrows on the output video."),
     device: str = typer.Option("cpu", "--device", metavar="DEVICE", help="cpu, cuda, cuda:1, ..."),
@@ -96,13 +99,14 @@ def animate(
         [], "--mask", metavar="FILE",
         help="DragAnything: an entity mask image of the input's size (white = entity); repeat per entity. A drag "
              "moves the smallest mask containing its start. Without masks each drag's entity is segmented."),
-    segmenter: str = typer.Option("grabcut", "--segmenter", metavar="NAME",
-                                  help="DragAnything without --mask: grabcut, or sam (needs segment-anything and "
-                                       "--sam-checkpoint)."),
+    segmenter: Optional[str] = typer.Option(None, "--segmenter", metavar="NAME",
+                                            help="DragAnything without --mask: grabcut (default), or sam (needs "
+                                                 "segment-anything and --sam-checkpoint)."),
     sam_checkpoint: Optional[Path] = typer.Option(None, "--sam-checkpoint", metavar="FILE",
                                                   help="DragAnything: a local SAM checkpoint for --segmenter sam."),
-    resolution: str = typer.Option("576x320", "--resolution", metavar="WxH",
-                                   help="DragAnything: the size the model works at and the video is written at."),
+    resolution: Optional[str] = typer.Option(None, "--resolution", metavar="WxH",
+                                             help="DragAnything: the size the model works at and the video is "
+                                                  "written at [default: 576x320]."),
 ) -> None:
     """Animate IMAGE so that its parts move along the drags; write the video to OUTPUT.
 
@@ -112,6 +116,9 @@ def animate(
     from .draganything import DRAGANYTHING_GUIDANCE, DRAGANYTHING_STEPS
 
     da = method == "draganything"
+    if da and size is not None:
+        raise UserInputError("--size is for --method puppet-master; DragAnything works at --resolution WxH")
+    size = size if size is not None else 256
     steps = steps if steps is not None else (DRAGANYTHING_STEPS if da else 50)
     guidance = guidance if guidance is not None else (DRAGANYTHING_GUIDANCE if da else 5.0)
     run_animate(AnimateOptions(image=image, output=output, drags=list(drag), drags_json=drags_json, model=model,
@@ -143,6 +150,10 @@ def run_animate(opts: AnimateOptions) -> Path:
         raise UserInputError(f"unknown --method {opts.method!r}: choose puppet-master or draganything")
     if opts.masks:
         raise UserInputError("--mask is for --method draganything; Puppet-Master takes no entity masks")
+    given = [name for name, value in (("--segmenter", opts.segmenter), ("--sam-checkpoint", opts.sam_checkpoint),
+                                      ("--resolution", opts.resolution)) if value is not None]
+    if given:
+        raise UserInputError(f"{', '.join(given)}: for --method draganything only; Puppet-Master works at --size")
     square, model_drags = read_inputs(opts)
     pipe = load_model(opts, model_drags.num_drags)
     start = time.perf_counter()
@@ -156,24 +167,6 @@ def run_animate(opts: AnimateOptions) -> Path:
         print(f"wrote {path} ({len(video)} frames, {opts.size}x{opts.size}) in {time.perf_counter() - start:.1f} s",
               file=sys.stderr)
     return path
-
-
-DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
-
-
-def parse_dtype(name: str, device: str = "cpu"):
-    """``--dtype``'s torch dtype on ``device`` (``None``: the loader's default).
-
-    Raises:
-        UserInputError: not auto, fp32, bf16 or fp16.
-    """
-    if name == "auto":
-        return auto_dtype(device)
-    if name not in DTYPES:
-        raise UserInputError(f"--dtype must be auto or one of {', '.join(DTYPES)}, got {name!r}")
-    import torch
-
-    return getattr(torch, DTYPES[name])
 
 
 def read_inputs(opts: AnimateOptions):
@@ -217,13 +210,29 @@ def load_model(opts: AnimateOptions, num_drags: int):
 
 
 def generate(pipe, square, drags, opts: AnimateOptions):
-    """Sample the video: uint8 ``(N, S, S, 3)``."""
-    import torch
+    """Sample the video: uint8 ``(N, S, S, 3)``.
 
+    Raises:
+        UserInputError: ``--compile`` asked for and torch.compile failed (e.g. no C++ compiler).
+    """
     from ..video import to_uint8_frames
 
     pipe.set_progress_bar_config(**progress_bar_config("denoising", opts.quiet))
-    result = pipe(
+    try:
+        result = _sample(pipe, square, drags, opts)
+    except Exception as exc:  # noqa: BLE001 - only torch.compile's failures are turned into a message
+        if not opts.compile_unet or "torch._" not in type(exc).__module__:
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserInputError(f"--compile failed ({type(exc).__name__}: {first[:200]}); torch.compile needs a working "
+                             "C++ compiler on a CPU: install one (e.g. gcc) or leave out --compile") from exc
+    return to_uint8_frames(result.frames[0])
+
+
+def _sample(pipe, square, drags, opts: AnimateOptions):
+    import torch
+
+    return pipe(
         square,
         drags,
         num_frames=opts.frames,
@@ -235,4 +244,3 @@ def generate(pipe, square, drags, opts: AnimateOptions):
         generator=torch.Generator(device="cpu").manual_seed(opts.seed),
         output_type="np",
     )
-    return to_uint8_frames(result.frames[0])

@@ -8,9 +8,12 @@ import time
 from pathlib import Path
 
 from ..errors import UserInputError
+from .options import parse_dtype
 
 #: The release's sampling settings (used when --steps / --guidance are not given).
 DRAGANYTHING_STEPS, DRAGANYTHING_GUIDANCE = 25, 3.0
+#: The released weights' resolution (width x height).
+DRAGANYTHING_RESOLUTION = "576x320"
 SEGMENTERS = ("grabcut", "sam")
 
 
@@ -67,7 +70,9 @@ def run_animate_draganything(opts) -> Path:
     from ..video import check_output_path, draw_drags, to_uint8_frames, write_video
     from .options import progress_bar_config, quiet_loading
 
-    width, height = parse_resolution(opts.resolution)
+    width, height = parse_resolution(opts.resolution or DRAGANYTHING_RESOLUTION)
+    # auto keeps fp32 on a CPU: DragAnything's bf16 path is not measured (an explicit --dtype is honoured)
+    torch_dtype = None if opts.dtype == "auto" else parse_dtype(opts.dtype, opts.device)
     check_output_path(opts.output, opts.overwrite)
     img = composite_on_white(load_image(opts.image, notice=lambda message: print(f"note: {message}", file=sys.stderr)))
     w, h = img.size
@@ -81,7 +86,7 @@ def run_animate_draganything(opts) -> Path:
                                    max_drags=max_drags)
     else:
         raise UserInputError("no drags given: add --drag X0,Y0:X1,Y1 (pixels of the input image) or --drags-json FILE")
-    masks = read_entity_masks(img, drags, opts.masks, opts.segmenter, opts.sam_checkpoint, opts.device)
+    masks = read_entity_masks(img, drags, opts.masks, opts.segmenter or "grabcut", opts.sam_checkpoint, opts.device)
 
     import torch
 
@@ -89,7 +94,7 @@ def run_animate_draganything(opts) -> Path:
 
     if opts.quiet:
         quiet_loading()
-    pipe = load_draganything_pipeline(opts.model, device=opts.device)
+    pipe = load_draganything_pipeline(opts.model, device=opts.device, torch_dtype=torch_dtype)
     multiple = pipe.size_multiple
     if width % multiple or height % multiple:
         raise UserInputError(f"--resolution must be multiples of {multiple} for this model, got {width}x{height}")

@@ -8,6 +8,9 @@ from typing import Optional
 import typer
 from typer.core import TyperArgument, TyperCommand
 
+from .. import runtime
+from ..errors import UserInputError
+
 #: ``--threads N``: CPU threads torch uses (default: torch's choice, one per core).
 THREADS = typer.Option(
     None, "--threads", min=1, metavar="N",
@@ -67,3 +70,26 @@ class Command(TyperCommand):
                 usage = name if param.required else f"[{name}]"
                 param._usage_display_name = lambda usage=usage: usage
                 param.display_type_rich = lambda ctx: None
+
+
+#: ``--dtype`` names and their torch dtypes (attribute names, so that ``--help`` needs no torch).
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def parse_dtype(name: str, device: str = "cpu"):
+    """``--dtype``'s torch dtype on ``device``; ``None`` means the loader's default.
+
+    ``auto`` is :func:`puppet_master.runtime.auto_dtype`: bf16 on a CPU that computes it
+    natively, else ``None`` (fp32 on a CPU, the stored precision on a GPU).
+
+    Raises:
+        UserInputError: not auto, fp32, bf16 or fp16.
+    """
+    if name == "auto":
+        return runtime.auto_dtype(device)
+    if name not in DTYPES:
+        raise UserInputError(f"--dtype must be auto or one of {', '.join(DTYPES)}, got {name!r}")
+    import torch
+
+    return getattr(torch, DTYPES[name])
+

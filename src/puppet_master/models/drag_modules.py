@@ -206,8 +206,13 @@ class DragConditioning:
         image_latents: torch.Tensor | None = None,
         warp_radius: float = 1.5,
         warp_background: float = 0.02,
+        dtype: torch.dtype | None = None,
     ) -> "DragConditioning":
         """Derive the conditioning of ``drags (B, N, K, 4)`` for the drag blocks at ``sizes``.
+
+        Positions are computed in float32 whatever the model's precision (a bfloat16 drag
+        coordinate can be 0.5 px off at 256 px and land in the neighbouring cell); only the
+        results are cast to ``dtype``.
 
         Args:
             drags: normalised drags (docs/design.md §2).
@@ -217,23 +222,26 @@ class DragConditioning:
             image_latents: ``(B, C, h, w)`` first-frame latents to warp along the drags
                 (:func:`~puppet_master.drags.warp.warp_latents_by_drags`), or ``None``.
             warp_radius, warp_background: settings of that warp.
+            dtype: dtype of the stored tensors (default: that of ``drags``).
         """
-        flat = drags.flatten(0, 1)
-        cond = cls(drags=drags, flat=flat, used=used_drag_slots(drags))
+        dtype = dtype or drags.dtype
+        drags32 = drags.float()
+        cond = cls(drags=drags.to(dtype), flat=drags.flatten(0, 1).to(dtype), used=used_drag_slots(drags32))
+        flat = drags32.flatten(0, 1)
         # (B·N, 2K, 2): the starts, then the frame-n points; sampling positions in float32 whatever the model dtype
         points = torch.cat([flat[..., 0:2], flat[..., 2:4]], dim=1).float()
         for size in dict.fromkeys(map(tuple, sizes)):
             h, w = size
-            cond.encodings[size] = encode_drags(drags, size).flatten(0, 1)
+            cond.encodings[size] = encode_drags(drags32, size).flatten(0, 1).to(dtype)
             if pos_embed_dim is not None:
                 taps = bilinear_taps(points, h, w)
                 cond.taps[size] = taps
                 grid = sincos_pos_embed_2d(pos_embed_dim, h, w, device=drags.device).float()
                 k = drags.shape[2]
                 pos = gather_taps(grid[None].expand(flat.shape[0], -1, -1, -1), taps)  # (B·N, 2K, P)
-                cond.pos_tokens[size] = torch.cat([pos[:, :k], pos[:, k:]], dim=-1).to(drags.dtype)
+                cond.pos_tokens[size] = torch.cat([pos[:, :k], pos[:, k:]], dim=-1).to(dtype)
         if image_latents is not None:
-            cond.warped_latents = warp_latents_by_drags(image_latents, drags, warp_radius, warp_background)
+            cond.warped_latents = warp_latents_by_drags(image_latents, drags32, warp_radius, warp_background)
         return cond
 
     @property

@@ -334,7 +334,9 @@ class UNetDragSpatioTemporalConditionModel(ModelMixin, AttentionMixin, ConfigMix
         loop: the forward then only applies it (no host round-trip, CUDA-graph safe).
 
         Args:
-            drags: ``(B, N, num_drags, 4)`` normalised (docs/design.md §2), any float dtype.
+            drags: ``(B, N, num_drags, 4)`` normalised (docs/design.md §2), any float dtype;
+                give float32 to a half-precision model (positions are computed in float32 and
+                the results cast to the model's dtype).
             height, width: latent size.
             image_latents: ``(B, C, h, w)`` first-frame latents of the same call; with
                 ``drag_warp_image_latents`` their warp along the drags is computed here
@@ -360,6 +362,7 @@ class UNetDragSpatioTemporalConditionModel(ModelMixin, AttentionMixin, ConfigMix
             image_latents=image_latents if warp else None,
             warp_radius=self.config.drag_warp_radius,
             warp_background=self.config.drag_warp_background,
+            dtype=self.dtype,
         )
         if precompute_modulation and self.config.drag_modulation:
             with torch.no_grad():

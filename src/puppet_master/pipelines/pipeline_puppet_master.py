@@ -331,9 +331,10 @@ class PuppetMasterPipeline(DiffusionPipeline):
             generator: ``torch.Generator`` for the initial noise (reproducible output).
             latents: optional initial noise ``(B, N, 4, h, w)`` (before σ_max scaling).
             output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"``.
-            decode_chunk_size: frames decoded at once (default: all on a CPU, 8 on a GPU,
-                which bounds the decoder's peak memory; an image VAE decodes frames
-                independently, so the output does not depend on it).
+            decode_chunk_size: frames decoded at once. Default: all, except 8 for an image
+                VAE on a GPU (it decodes frames independently, so the output is the same and
+                the peak memory bounded); SVD's temporal decoder mixes frames, so it gets all
+                of them unless told otherwise.
             callback_on_step_end: ``f(pipe, step, timestep, {"latents": …}) -> dict``
                 called after every step (may replace ``"latents"``).
             return_dict: return :class:`PuppetMasterPipelineOutput` (default) or a tuple.
@@ -362,7 +363,8 @@ class PuppetMasterPipeline(DiffusionPipeline):
         embeddings = self.encode_image_embedding(pixels.to(device))
         first_latent = self.encode_first_frame(pixels * 2 - 1)
         unet_dtype = self.unet.dtype
-        embeddings, first_latent, drag_tensor = (t.to(device, unet_dtype) for t in (embeddings, first_latent, drag_tensor))
+        embeddings, first_latent = (t.to(device, unet_dtype) for t in (embeddings, first_latent))
+        drag_tensor = drag_tensor.to(device, torch.float32)  # positions in float32; the conditioning is cast
 
         do_cfg = max_guidance_scale > 1.0
         if do_cfg:
@@ -419,8 +421,9 @@ class PuppetMasterPipeline(DiffusionPipeline):
         if output_type == "latent":
             frames = latents
         else:
-            if decode_chunk_size is None and latents.device.type == "cuda":
-                decode_chunk_size = 8
+            temporal_vae = "num_frames" in inspect.signature(self.vae.decode).parameters
+            if decode_chunk_size is None and latents.device.type == "cuda" and not temporal_vae:
+                decode_chunk_size = 8  # an image VAE decodes frames independently: chunks bound the memory
             video = self.decode_latents(latents, decode_chunk_size)  # (B, N, 3, H, W) in [-1, 1]
             frames = self.video_processor.postprocess_video(video.permute(0, 2, 1, 3, 4), output_type=output_type)
         self.maybe_free_model_hooks()

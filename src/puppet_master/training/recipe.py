@@ -196,6 +196,7 @@ def train_unet_in_memory(unet, data: dict, scaling_factor: float, cfg: UNetRecip
             if bad >= 20:
                 break
             continue
+        bad = 0  # only a run of consecutive non-finite steps ends the stage
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)

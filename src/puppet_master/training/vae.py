@@ -543,6 +543,7 @@ def train_vae_fast(vae, frames: torch.Tensor, photos: list[torch.Tensor], cfg: F
             if bad >= 20:
                 break
             continue
+        bad = 0  # only a run of consecutive non-finite steps ends the stage
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
