@@ -6,8 +6,10 @@ writes ``src/puppet_master/assets/default-model/`` (replacing it atomically) wit
 UNet and VAE stored in float16; ``load_pipeline`` upcasts to float32 on CPU. The model
 card (``README.md``) and the provenance (``training.json``) beside the weights are kept:
 update them for the new weights. Config files are written without ``_name_or_path`` (the
-folder the weights were loaded from, a path on the machine that trained them). Prints the
-size on disk, which must stay within 40 MB.
+folder the weights were loaded from, a path on the machine that trained them). The
+pipeline's sampling setting ``warp_init_sigma`` (model_index.json) is that of
+``--warp-init-sigma``, by default the currently shipped one. Prints the size on disk, which
+must stay within 40 MB.
 """
 
 from __future__ import annotations
@@ -39,8 +41,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("pipeline", type=Path, help="pipeline folder written by `puppet-master train` (OUTPUT_DIR/pipeline)")
     parser.add_argument("--out", type=Path, default=DEFAULT_MODEL_DIR)
+    parser.add_argument("--warp-init-sigma", type=float, default=None,
+                        help="sampling start from the drag-warped first frame at this σ (0: the paper's sampling; "
+                             "default: keep the shipped model's setting)")
     args = parser.parse_args()
+    sigma = args.warp_init_sigma
+    if sigma is None and (args.out / "model_index.json").is_file():
+        sigma = json.loads((args.out / "model_index.json").read_text()).get("warp_init_sigma")
     pipe = PuppetMasterPipeline.from_pretrained(args.pipeline)
+    pipe.register_to_config(warp_init_sigma=sigma or None)
     pipe.unet.to(torch.float16)
     pipe.vae.to(torch.float16)
     tmp = args.out.with_name(f".{args.out.name}.partial")
