@@ -171,23 +171,36 @@ def run_animate(opts: AnimateOptions) -> Path:
 
 def read_inputs(opts: AnimateOptions):
     """The output check, the image and the drags: ``(square RGB image, drags in its pixels)``."""
-    from ..drags import DragSet, parse_drag_argument
     from ..preprocessing import load_image, prepare_input
     from ..video import check_output_path
 
     check_output_path(opts.output, opts.overwrite)
     img = load_image(opts.image, notice=lambda message: print(f"note: {message}", file=sys.stderr))
-    width, height = img.size
+    drags = read_drags(opts, *img.size)
+    square, model_drags, _ = prepare_input(img, drags, opts.size)
+    return square, model_drags
+
+
+def read_drags(opts: AnimateOptions, width: int, height: int, max_drags: Optional[int] = None):
+    """The drags of ``--drag`` or ``--drags-json`` as a ``DragSet`` in pixels of a ``width × height`` image.
+
+    ``max_drags`` defaults to Puppet-Master's ``K_MAX`` (5).
+
+    Raises:
+        UserInputError: both or neither given, or a malformed drag.
+    """
+    from ..drags import K_MAX, DragSet, parse_drag_argument
+
+    max_drags = K_MAX if max_drags is None else max_drags
     if opts.drags and opts.drags_json is not None:
         raise UserInputError("give drags either with --drag or with --drags-json, not both")
     if opts.drags_json is not None:
-        drags = DragSet.from_json(opts.drags_json, width=width, height=height, num_frames=opts.frames)
-    elif opts.drags:
-        drags = DragSet.from_pairs([parse_drag_argument(d) for d in opts.drags], width, height, num_frames=opts.frames)
-    else:
-        raise UserInputError("no drags given: add --drag X0,Y0:X1,Y1 (pixels of the input image) or --drags-json FILE")
-    square, model_drags, _ = prepare_input(img, drags, opts.size)
-    return square, model_drags
+        return DragSet.from_json(opts.drags_json, width=width, height=height, num_frames=opts.frames,
+                                 max_drags=max_drags)
+    if opts.drags:
+        return DragSet.from_pairs([parse_drag_argument(d) for d in opts.drags], width, height, num_frames=opts.frames,
+                                  max_drags=max_drags)
+    raise UserInputError("no drags given: add --drag X0,Y0:X1,Y1 (pixels of the input image) or --drags-json FILE")
 
 
 def load_model(opts: AnimateOptions, num_drags: int):

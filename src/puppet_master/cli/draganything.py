@@ -65,7 +65,6 @@ def run_animate_draganything(opts) -> Path:
     Raises:
         UserInputError: any bad input.
     """
-    from ..drags import DragSet, parse_drag_argument
     from ..preprocessing import composite_on_white, load_image
     from ..video import check_output_path, draw_drags, to_uint8_frames, write_video
     from .options import progress_bar_config, quiet_loading
@@ -75,17 +74,10 @@ def run_animate_draganything(opts) -> Path:
     torch_dtype = None if opts.dtype == "auto" else parse_dtype(opts.dtype, opts.device)
     check_output_path(opts.output, opts.overwrite)
     img = composite_on_white(load_image(opts.image, notice=lambda message: print(f"note: {message}", file=sys.stderr)))
+    from .animate import read_drags
+
     w, h = img.size
-    if opts.drags and opts.drags_json is not None:
-        raise UserInputError("give drags either with --drag or with --drags-json, not both")
-    max_drags = 64  # DragAnything takes any number of entities
-    if opts.drags_json is not None:
-        drags = DragSet.from_json(opts.drags_json, width=w, height=h, num_frames=opts.frames, max_drags=max_drags)
-    elif opts.drags:
-        drags = DragSet.from_pairs([parse_drag_argument(d) for d in opts.drags], w, h, num_frames=opts.frames,
-                                   max_drags=max_drags)
-    else:
-        raise UserInputError("no drags given: add --drag X0,Y0:X1,Y1 (pixels of the input image) or --drags-json FILE")
+    drags = read_drags(opts, w, h, max_drags=64)  # DragAnything takes any number of entities
     masks = read_entity_masks(img, drags, opts.masks, opts.segmenter or "grabcut", opts.sam_checkpoint, opts.device)
 
     import torch

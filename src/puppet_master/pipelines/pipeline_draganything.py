@@ -415,6 +415,11 @@ def load_draganything_pipeline(model: str | Path, device: str | torch.device = "
                                torch_dtype: torch.dtype | None = None) -> DragAnythingPipeline:
     """Load a saved :class:`DragAnythingPipeline` (a ``save_pretrained`` folder or hub id).
 
+    Args:
+        model: the folder or hub id (there is no built-in DragAnything model).
+        device: where to run (``"cpu"``, ``"cuda"``, ``"cuda:1"``…).
+        torch_dtype: weights dtype (default: float32 on a CPU, as stored on a GPU).
+
     Raises:
         ModelLoadError: no model given, a missing or broken folder, or an unavailable device.
     """

@@ -106,7 +106,7 @@ def edm_denoising_loss(unet, latents: torch.Tensor, image_latents: torch.Tensor,
         frame_weights: ``(N,)``.
 
     Returns:
-        scalar float32 loss.
+        scalar loss: float32 (float64 for float64 inputs).
     """
     x = latents
     b, n = x.shape[:2]

@@ -20,6 +20,7 @@ This module imports no pydantic.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -32,6 +33,7 @@ import torch
 from .. import edm
 from ..data.splits import load_split_example, split_video_path
 from ..errors import UserInputError
+from .cache import flip_example
 from .losses import edm_denoising_loss, largest_drag_motion
 
 
@@ -65,7 +67,6 @@ def encode_clips(vae, examples: list, device: str, flip: bool = True, batch_fram
         ``drags`` ``(M, N, K, 4)`` normalised, ``moving`` ``(M,)`` float32 largest drag
         motion (:func:`~puppet_master.training.losses.largest_drag_motion`).
     """
-    from .cache import flip_example
 
     clips, drag_list = [], []
     for ex in examples:
@@ -137,8 +138,6 @@ def train_unet_in_memory(unet, data: dict, scaling_factor: float, cfg: UNetRecip
     Returns:
         report dict: ``steps_planned``, ``steps_done``, ``seconds``, ``loss`` (mean of the last 50 steps).
     """
-    import copy
-
     t0 = time.perf_counter()
     use_cuda = str(device).startswith("cuda")
     unet = unet.to(device).train()

@@ -27,6 +27,7 @@ import json
 import math
 import os
 import shutil
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -513,8 +514,6 @@ def train_vae_fast(vae, frames: torch.Tensor, photos: list[torch.Tensor], cfg: F
     ``fg_weight``, chroma, gradients, KL) under bf16 autocast on CUDA; AdamW, linear
     warm-up then cosine to 10 % over the planned steps.
     """
-    import time
-
     t0 = time.perf_counter()
     use_cuda = str(device).startswith("cuda")
     vae = vae.to(device).to(memory_format=torch.channels_last).train()
