@@ -42,6 +42,26 @@ def resolve_model(model: str | os.PathLike | None) -> str:
     return text  # a hub id such as "user/puppet-master"
 
 
+def device_and_dtype(device: str | torch.device, torch_dtype: torch.dtype | None) -> tuple[torch.device, dict]:
+    """The device to load onto and ``from_pretrained``'s dtype arguments.
+
+    ``torch_dtype=None`` means float32 on a CPU (weights may be stored in float16, as the
+    default model's are; CPUs compute in float32) and the stored dtype elsewhere.
+
+    Raises:
+        ModelLoadError: an unknown device, or CUDA asked for without a CUDA GPU.
+    """
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ModelLoadError(f"unknown device {device!r}: {exc}") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("--device cuda was asked for but no CUDA GPU is available: use --device cpu")
+    if torch_dtype is None and dev.type == "cpu":
+        torch_dtype = torch.float32
+    return dev, ({"dtype": torch_dtype} if torch_dtype is not None else {})
+
+
 def load_pipeline(model: str | os.PathLike | None = None, device: str | torch.device = "cpu", torch_dtype: torch.dtype | None = None):
     """Load a :class:`~puppet_master.pipelines.PuppetMasterPipeline`.
 
@@ -55,15 +75,7 @@ def load_pipeline(model: str | os.PathLike | None = None, device: str | torch.de
         ModelLoadError: missing or broken model, unavailable device.
     """
     source = resolve_model(model)
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ModelLoadError(f"unknown device {device!r}: {exc}") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ModelLoadError("--device cuda was asked for but no CUDA GPU is available: use --device cpu")
-    if torch_dtype is None and dev.type == "cpu":
-        torch_dtype = torch.float32  # weights may be stored in float16 (the default model is); CPUs compute in float32
-    kwargs = {"dtype": torch_dtype} if torch_dtype is not None else {}
+    dev, kwargs = device_and_dtype(device, torch_dtype)
     try:
         pipe = PuppetMasterPipeline.from_pretrained(source, **kwargs)
     except Exception as exc:  # noqa: BLE001 - hub/network/format errors all mean "cannot load this model"

@@ -41,6 +41,7 @@ from ..entity import (
 )
 from ..errors import ModelLoadError, UserInputError
 from ..models import DragAnythingControlNetModel, UNetSpatioTemporalControlNetConditionModel
+from .loading import device_and_dtype, resolve_model
 from .pipeline_puppet_master import PuppetMasterPipeline, guidance_scales
 
 #: The release's resolution (width × height) and entity-feature modes.
@@ -423,23 +424,13 @@ def load_draganything_pipeline(model: str | Path, device: str | torch.device = "
     Raises:
         ModelLoadError: no model given, a missing or broken folder, or an unavailable device.
     """
-    from .loading import resolve_model
-
     if model is None or str(model) == "default":
         raise ModelLoadError(
             "DragAnything has no built-in model: pass --model DIR, a folder holding a saved DragAnythingPipeline "
             "(README 'DragAnything' shows how to assemble one from the released weights)"
         )
     source = resolve_model(model)
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ModelLoadError(f"unknown device {device!r}: {exc}") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ModelLoadError("--device cuda was asked for but no CUDA GPU is available: use --device cpu")
-    if torch_dtype is None and dev.type == "cpu":
-        torch_dtype = torch.float32
-    kwargs = {"dtype": torch_dtype} if torch_dtype is not None else {}
+    dev, kwargs = device_and_dtype(device, torch_dtype)
     try:
         pipe = DragAnythingPipeline.from_pretrained(source, **kwargs)
     except Exception as exc:  # noqa: BLE001 - any load failure means "cannot load this model"
