@@ -7,6 +7,7 @@ import numpy as np
 import PIL.Image
 
 from ..drags import DragSet
+from ..video import to_uint8_frames
 
 #: Label of the method in the demo's selector.
 LABEL = "DragAnything"
@@ -37,5 +38,5 @@ def generate_draganything(pipe, image: PIL.Image.Image, drags: DragSet, num_fram
     frames = pipe(image, drags.resample(num_frames), masks=None, num_frames=num_frames, height=height, width=width,
                   num_inference_steps=int(steps), max_guidance_scale=float(guidance),
                   generator=torch.Generator().manual_seed(int(seed)), output_type="np").frames[0]
-    video = (np.clip(frames, 0, 1) * 255 + 0.5).astype(np.uint8)
+    video = to_uint8_frames(frames)
     return np.stack([cv2.resize(f, image.size, interpolation=cv2.INTER_AREA) for f in video])

@@ -15,8 +15,9 @@ import cv2
 import numpy as np
 import PIL.Image
 
-from ..drags import DragSet
 from ..data.splits import EvalExample
+from ..drags import DragSet
+from ..video import to_uint8_frames
 
 Generator = Callable[[EvalExample], np.ndarray]
 
@@ -61,7 +62,7 @@ def draganything_method(
             generator=torch.Generator().manual_seed(seed),
             output_type="np",
         ).frames[0]
-        video = (np.clip(out, 0, 1) * 255 + 0.5).astype(np.uint8)
+        video = to_uint8_frames(out)
         return np.stack([cv2.resize(f, (s, s), interpolation=cv2.INTER_AREA) for f in video])
 
     return run

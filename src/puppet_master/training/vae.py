@@ -44,6 +44,7 @@ from ..data.splits import split_video_path
 from ..errors import UserInputError
 from ..pipelines.components import make_image_vae
 from ..video import read_video
+from .recipe import lr_factor
 
 #: scikit-image sample photographs shipped inside its wheel (no download).
 SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "cat", "camera", "coins", "moon", "brick", "grass", "gravel")
@@ -528,10 +529,10 @@ def train_vae_fast(vae, frames: torch.Tensor, photos: list[torch.Tensor], cfg: F
         total = planned if planned is not None else 10**9
         if step >= total or time.perf_counter() - t0 > budget_s:
             break
-        warm = min(1.0, (step + 1) / cfg.warmup_steps)
-        cos = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(step, total) / total)) if planned is not None else 1.0
+        # warm-up, then cosine to 10 % once the step count is planned (total 0: warm-up only)
+        factor = lr_factor(step, total if planned is not None else 0, cfg.warmup_steps, floor=0.1)
         for group in opt.param_groups:
-            group["lr"] = cfg.lr * warm * cos
+            group["lr"] = cfg.lr * factor
         x = _vae_batch(frames, photos, cfg, g).contiguous(memory_format=torch.channels_last)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_cuda):
             loss, stats = vae_loss(vae, x, loss_cfg)
