@@ -7,9 +7,9 @@ UNet and VAE stored in float16; ``load_pipeline`` upcasts to float32 on CPU. The
 card (``README.md``) and the provenance (``training.json``) beside the weights are kept:
 update them for the new weights. Config files are written without ``_name_or_path`` (the
 folder the weights were loaded from, a path on the machine that trained them). The
-pipeline's sampling setting ``warp_init_sigma`` (model_index.json) is that of
-``--warp-init-sigma``, by default the currently shipped one. Prints the size on disk, which
-must stay within 40 MB.
+pipeline's settings (model_index.json; not in the paper) ``warp_init_sigma`` and
+``detail_transfer_radius`` are those of ``--warp-init-sigma`` and ``--detail-transfer-radius``,
+by default the currently shipped ones. Prints the size on disk, which must stay within 40 MB.
 """
 
 from __future__ import annotations
@@ -44,12 +44,19 @@ def main() -> int:
     parser.add_argument("--warp-init-sigma", type=float, default=None,
                         help="sampling start from the drag-warped first frame at this σ (0: the paper's sampling; "
                              "default: keep the shipped model's setting)")
+    parser.add_argument("--detail-transfer-radius", type=float, default=None,
+                        help="add the input's detail lost by the VAE back, moved along the drags with this radius in "
+                             "latent cells (0: decode as the paper; default: keep the shipped model's setting)")
     args = parser.parse_args()
-    sigma = args.warp_init_sigma
-    if sigma is None and (args.out / "model_index.json").is_file():
-        sigma = json.loads((args.out / "model_index.json").read_text()).get("warp_init_sigma")
+    shipped = json.loads((args.out / "model_index.json").read_text()) if (args.out / "model_index.json").is_file() else {}
+    settings = {}
+    for name in ("warp_init_sigma", "detail_transfer_radius"):
+        value = getattr(args, name)
+        if value is not None and value < 0:
+            parser.error(f"--{name.replace('_', '-')} must be >= 0, got {value}")
+        settings[name] = (shipped.get(name) if value is None else value) or None
     pipe = PuppetMasterPipeline.from_pretrained(args.pipeline)
-    pipe.register_to_config(warp_init_sigma=sigma or None)
+    pipe.register_to_config(**settings)
     pipe.unet.to(torch.float16)
     pipe.vae.to(torch.float16)
     tmp = args.out.with_name(f".{args.out.name}.partial")

@@ -73,8 +73,9 @@ stage $W/unet-stage3b configs/default-model-stage3.yaml \
 
 # 6. Ship as fp16 safetensors (<= 40 MB) and evaluate against the baselines
 #    (autoencoder = the test videos through the VAE: the best any UNet with this VAE can score).
-run python scripts/ship_default_model.py $W/unet-stage3b/pipeline
+#    The two sampling settings (not in the paper) are those of model_index.json.
+run python scripts/ship_default_model.py --warp-init-sigma 2 --detail-transfer-radius 1 $W/unet-stage3b/pipeline
 run puppet-master evaluate --data $W/data-test/samples-s00 --method model --method warp --method static \
     --method autoencoder --model default --out $W/eval-procedural
-run puppet-master evaluate --data ../shared/data/dragamove-test-dev --method model --method static \
-    --model default --steps 25 --out $W/eval-dev
+run puppet-master evaluate --data ../shared/data/dragamove-test-dev --method model --method warp --method static \
+    --model default --out $W/eval-dev

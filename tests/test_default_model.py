@@ -65,10 +65,10 @@ def test_default_model_keeps_the_image_and_moves_the_dragged_part(default_pipe, 
     assert video.shape == (14, 256, 256, 3) and np.isfinite(video).all()
     frames = (np.clip(video, 0, 1) * 255 + 0.5).astype(np.uint8)
 
-    # frame 0 reproduces the input image
+    # frame 0 keeps the input image (the shipped detail transfer restores what the VAE blurs)
     ref = np.asarray(square.convert("RGB").resize((256, 256)), dtype=np.float64)
     mse = np.mean((frames[0].astype(np.float64) - ref) ** 2)
-    assert 10 * np.log10(255.0**2 / mse) > 20.0
+    assert 10 * np.log10(255.0**2 / mse) >= 25.0
 
     # the drag origin moves more than the background does (points tracked with OpenCV DIS flow)
     traj = np.asarray(model_drags.trajectories, dtype=np.float64)[0]

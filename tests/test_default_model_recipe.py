@@ -187,3 +187,7 @@ def test_recipe_script_runs_the_stages_that_made_the_shipped_weights():
 
     ship = next(c for c in commands if any(t.endswith("ship_default_model.py") for t in c))
     assert ship[-1] == f"{stages[-1]['output_dir']}/pipeline"
+    # the sampling settings it ships are the shipped model's
+    shipped = json.loads((DEFAULT_MODEL_DIR / "model_index.json").read_text())
+    for flag, key in (("--warp-init-sigma", "warp_init_sigma"), ("--detail-transfer-radius", "detail_transfer_radius")):
+        assert float(ship[ship.index(flag) + 1]) == shipped[key], key

@@ -188,3 +188,40 @@ def test_warp_init_sigma_starts_from_the_drag_warped_first_frame(pipe, tmp_path,
         loaded(_image(), drags, generator=torch.Generator().manual_seed(3), **kwargs).frames, mid)
     with pytest.raises(UserInputError, match="warp_init_sigma"):
         run(warp_init_sigma=-1.0)
+
+
+def test_detail_transfer_restores_the_input_detail_lost_by_the_vae(pipe, tmp_path):
+    """Not in the paper (opt-in): decoded frames + (image − D(E(image))) moved along the drags."""
+    drags = DragSet.from_pairs([((8, 8), (20, 12))], 64, 64, num_frames=4)
+    kwargs = dict(num_frames=4, height=64, width=64, num_inference_steps=3, output_type="pt")
+    image = _image()
+
+    def run(**extra):
+        return pipe(image, drags, generator=torch.Generator().manual_seed(3), **kwargs, **extra).frames[0]
+
+    plain = run()
+    assert torch.equal(run(detail_transfer_radius=0), plain)  # the default decodes as the paper does
+    restored = run(detail_transfer_radius=1.0)
+    assert restored.shape == plain.shape and restored.min() >= 0 and restored.max() <= 1
+    x = torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255
+    latent = pipe.encode_first_frame(x[None] * 2 - 1)
+    reconstruction = (pipe.decode_latents(latent[:, None] * pipe.vae.config.scaling_factor)[0, 0] + 1) / 2
+    # frame 0: the generated frame plus exactly the input's round-trip error (before clipping)
+    expected0 = (plain[0] + x - reconstruction).clamp(0, 1)
+    torch.testing.assert_close(restored[0], expected0, atol=2e-3, rtol=0)
+    # far from the drag (bottom-right corner, static) every frame gets the same, unmoved residual
+    for f in range(4):
+        torch.testing.assert_close(restored[f, :, 56:, 56:], (plain[f] + x - reconstruction).clamp(0, 1)[:, 56:, 56:],
+                                   atol=2e-3, rtol=0)
+    # a pipeline setting saved in model_index.json
+    with_setting = PuppetMasterPipeline(vae=pipe.vae, unet=pipe.unet, scheduler=pipe.scheduler,
+                                        image_encoder=pipe.image_encoder, feature_extractor=pipe.feature_extractor,
+                                        detail_transfer_radius=1.0)
+    with_setting.save_pretrained(tmp_path / "p")
+    loaded = PuppetMasterPipeline.from_pretrained(tmp_path / "p")
+    loaded.set_progress_bar_config(disable=True)
+    assert loaded.config.detail_transfer_radius == 1.0
+    torch.testing.assert_close(loaded(image, drags, generator=torch.Generator().manual_seed(3), **kwargs).frames[0],
+                               restored)
+    with pytest.raises(UserInputError, match="detail_transfer_radius"):
+        run(detail_transfer_radius=-1.0)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from puppet_master.drags.warp import drag_displacement_field, warp_latents_by_drags
+from puppet_master.drags.warp import drag_displacement_field, warp_images_by_drags, warp_latents_by_drags
 from puppet_master.models import UNetDragSpatioTemporalConditionModel
 from puppet_master.pipelines.components import SIZES
 
@@ -55,6 +55,24 @@ def test_no_drags_means_no_warp_and_unused_slots_are_ignored():
     warped = warp_latents_by_drags(latents, both)
     assert not torch.equal(warped[0, -1], latents[0])
     assert torch.equal(warped[1], latents[1, None].expand(5, 4, 8, 8))  # video 2 has no drags
+
+
+def test_image_warp_follows_the_latent_field_at_pixel_scale():
+    """warp_images_by_drags: same motion as the latent warp, in pixels (the pipeline's detail transfer)."""
+    drags = _one_drag(start=(4.5 / 16, 8.5 / 16), end=(10.5 / 16, 8.5 / 16))  # 6 cells = 48 px at 8 px/cell
+    image = torch.zeros(1, 3, 128, 128)
+    image[0, :, 66:70, 34:38] = torch.tensor([1.0, 2.0, 3.0])[:, None, None]  # a mark at the drag start (x 36, y 68)
+    warped = warp_images_by_drags(image, drags, cell_size=8, radius=1.5, background_weight=1e-4)
+    assert warped.shape == (1, 6, 3, 128, 128)
+    assert torch.equal(warped[:, 0], image)
+    ys, xs = torch.nonzero(warped[0, -1, 0] > 0.5, as_tuple=True)
+    assert abs(xs.float().mean().item() - (35.5 + 48)) < 1.5 and abs(ys.float().mean().item() - 67.5) < 1.5
+    # far from the drag nothing moves; with scale 1 it is the latent warp itself
+    assert warped[0, -1, :, :16, :16].abs().max() == 0
+    latents = torch.randn(1, 4, 16, 16)
+    torch.testing.assert_close(warp_images_by_drags(latents, drags, cell_size=1), warp_latents_by_drags(latents, drags))
+    with pytest.raises(ValueError, match="multiple of cell_size"):
+        warp_images_by_drags(torch.zeros(1, 3, 60, 64), drags, cell_size=8)
 
 
 def test_warp_rejects_bad_shapes():

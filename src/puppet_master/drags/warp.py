@@ -96,18 +96,71 @@ def warp_latents_by_drags(
     if drags.ndim != 4 or drags.shape[0] != latents.shape[0]:
         raise ValueError(f"drags must be (B, N, K, 4) with B = {latents.shape[0]}, got {tuple(drags.shape)}")
     b, c, h, w = latents.shape
-    n = drags.shape[1]
     field = drag_displacement_field(drags.float(), h, w, radius, background_weight)  # (B, N, h, w, 2)
-    ys = torch.arange(h, dtype=torch.float32, device=latents.device) + 0.5
-    xs = torch.arange(w, dtype=torch.float32, device=latents.device) + 0.5
+    return _backward_warp(latents, field)
+
+
+def warp_images_by_drags(
+    images: torch.Tensor,
+    drags: torch.Tensor,
+    cell_size: int,
+    radius: float = 1.5,
+    background_weight: float = 0.02,
+) -> torch.Tensor:
+    """Warp full-resolution images along the drags with the latent-grid displacement field.
+
+    The field of :func:`drag_displacement_field` is computed on the latent grid (cells of
+    ``cell_size`` pixels, e.g. the VAE's 8), up-sampled bilinearly to pixels and scaled to
+    pixel units, so the images move exactly as :func:`warp_latents_by_drags` moves their
+    latents. Used by the pipeline's detail transfer (not in the paper).
+
+    Args:
+        images: ``(B, C, H, W)``, ``H`` and ``W`` multiples of ``cell_size``.
+        drags: ``(B, N, K, 4)`` normalised drags (docs/design.md §2).
+        cell_size: pixels per latent cell (≥ 1).
+        radius, background_weight: see :func:`drag_displacement_field` (radius in cells).
+
+    Returns:
+        ``(B, N, C, H, W)`` in the dtype of ``images``; frame 0 equals ``images`` exactly.
+
+    Raises:
+        ValueError: bad shapes, or sizes that are not multiples of ``cell_size``.
+    """
+    if images.ndim != 4:
+        raise ValueError(f"images must be (B, C, H, W), got {tuple(images.shape)}")
+    if drags.ndim != 4 or drags.shape[0] != images.shape[0]:
+        raise ValueError(f"drags must be (B, N, K, 4) with B = {images.shape[0]}, got {tuple(drags.shape)}")
+    b, c, height, width = images.shape
+    if cell_size < 1 or height % cell_size or width % cell_size:
+        raise ValueError(f"image size {height}x{width} must be a multiple of cell_size {cell_size}")
+    h, w = height // cell_size, width // cell_size
+    field = drag_displacement_field(drags.float(), h, w, radius, background_weight)  # (B, N, h, w, 2) cells
+    n = field.shape[1]
+    coarse = field.permute(0, 1, 4, 2, 3).reshape(b * n, 2, h, w)
+    fine = F.interpolate(coarse, size=(height, width), mode="bilinear", align_corners=False) * cell_size
+    fine = fine.reshape(b, n, 2, height, width).permute(0, 1, 3, 4, 2)
+    still = field.abs().amax(dim=(2, 3, 4)) == 0  # (B, N): interpolation keeps zeros exact, but be explicit
+    return _backward_warp(images, torch.where(still[:, :, None, None, None], torch.zeros_like(fine), fine))
+
+
+def _backward_warp(images: torch.Tensor, field: torch.Tensor) -> torch.Tensor:
+    """Frame ``n`` samples ``images`` at ``p + field[:, n](p)`` (bilinear, border replication).
+
+    ``images`` ``(B, C, h, w)``; ``field`` ``(B, N, h, w, 2)`` in grid cells. Returns
+    ``(B, N, C, h, w)``; frames whose field is zero everywhere are exact copies.
+    """
+    b, c, h, w = images.shape
+    n = field.shape[1]
+    ys = torch.arange(h, dtype=torch.float32, device=images.device) + 0.5
+    xs = torch.arange(w, dtype=torch.float32, device=images.device) + 0.5
     grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)  # (h, w, 2)
-    source = grid + field  # cell coordinates of the source, (B, N, h, w, 2)
+    source = grid + field.to(torch.float32)  # cell coordinates of the source, (B, N, h, w, 2)
     normalised = torch.stack([source[..., 0] / w, source[..., 1] / h], dim=-1) * 2.0 - 1.0  # align_corners=False
-    src = latents[:, None].expand(b, n, c, h, w).reshape(b * n, c, h, w)
+    src = images[:, None].expand(b, n, c, h, w).reshape(b * n, c, h, w)
     warped = F.grid_sample(
         src.float(), normalised.reshape(b * n, h, w, 2), mode="bilinear", padding_mode="border", align_corners=False
     )
-    warped = warped.reshape(b, n, c, h, w).to(latents.dtype)
+    warped = warped.reshape(b, n, c, h, w).to(images.dtype)
     # frame(s) with no displacement stay bit-exact copies (bilinear sampling at cell centres is exact up to rounding)
     still = field.abs().amax(dim=(2, 3, 4)) == 0  # (B, N)
-    return torch.where(still[:, :, None, None, None], latents[:, None].expand_as(warped), warped)
+    return torch.where(still[:, :, None, None, None], images[:, None].expand_as(warped), warped)
