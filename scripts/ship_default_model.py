@@ -52,7 +52,7 @@ def main() -> int:
     settings = {}
     for name in ("warp_init_sigma", "detail_transfer_radius"):
         value = getattr(args, name)
-        if value is not None and value < 0:
+        if value is not None and not value >= 0:  # also refuses NaN
             parser.error(f"--{name.replace('_', '-')} must be >= 0, got {value}")
         settings[name] = (shipped.get(name) if value is None else value) or None
     pipe = PuppetMasterPipeline.from_pretrained(args.pipeline)

@@ -155,6 +155,8 @@ ANIMATE_CASES = [
     ("ok.png", ["--drags-json", "missing.json"], "cannot read"),
     ("ok.png", ["--drag", "1,nan:2,2"], "non-finite"),
     ("ok.png", ["--drag", "1,1:2,2", "--drags-json", "size_dict.json"], "not both"),
+    ("ok.png", ["--drag", "1,1:2,2", "--detail-transfer-radius", "-1"], "--detail-transfer-radius must be a number >= 0"),
+    ("ok.png", ["--drag", "1,1:2,2", "--warp-init-sigma", "nan"], "--warp-init-sigma must be a number >= 0"),
 ]
 
 
@@ -322,6 +324,8 @@ def test_evaluate_refuses_a_folder_of_only_unreadable_batches(tmp_path, capsys, 
     (["--tracker", "cotracker", "--cotracker-checkpoint", "CORRUPT"], ""),  # no package or unreadable: one line
     (["--method", "warp", "--method", "draw"], "unknown --method"),
     (["--out", "FILE"], "is not a folder"),
+    (["--method", "model", "--detail-transfer-radius", "inf"], "--detail-transfer-radius must be a number >= 0"),
+    (["--method", "static", "--warp-init-sigma", "2"], "add --method model"),
 ])
 def test_evaluate_refuses_bad_options(shared_dir, tmp_path, capsys, args, message):
     (tmp_path / "corrupt.pt").write_bytes(b"PK\x03\x04 not a TorchScript archive")

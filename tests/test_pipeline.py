@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from puppet_master.drags import DragSet
+from puppet_master.drags.warp import warp_images_by_drags
 from puppet_master.errors import UserInputError
 from puppet_master.models import drag_modules
 from puppet_master.pipelines import PuppetMasterPipeline, build_components, guidance_scales
@@ -209,6 +210,14 @@ def test_detail_transfer_restores_the_input_detail_lost_by_the_vae(pipe, tmp_pat
     # frame 0: the generated frame plus exactly the input's round-trip error (before clipping)
     expected0 = (plain[0] + x - reconstruction).clamp(0, 1)
     torch.testing.assert_close(restored[0], expected0, atol=2e-3, rtol=0)
+    # every frame: the decoded latents plus that error moved along the (conditional) drags, in [-1, 1]
+    latents = pipe(image, drags, generator=torch.Generator().manual_seed(3),
+                   **{**kwargs, "output_type": "latent"}).frames
+    decoded = pipe.decode_latents(latents)[0]
+    moved = warp_images_by_drags((x - reconstruction)[None] * 2, drags.to_tensor(5)[None], 8, 1.0, 0.02)[0]
+    torch.testing.assert_close(restored, ((decoded + moved).clamp(-1, 1) + 1) / 2, atol=2e-3, rtol=0)
+    unmoved = ((decoded + (x - reconstruction) * 2).clamp(-1, 1) + 1) / 2
+    assert (restored[1:] - unmoved[1:]).abs().amax() > 0.05  # the error moved with the drag
     # far from the drag (bottom-right corner, static) every frame gets the same, unmoved residual
     for f in range(4):
         torch.testing.assert_close(restored[f, :, 56:, 56:], (plain[f] + x - reconstruction).clamp(0, 1)[:, 56:, 56:],

@@ -67,8 +67,15 @@ def test_image_warp_follows_the_latent_field_at_pixel_scale():
     assert torch.equal(warped[:, 0], image)
     ys, xs = torch.nonzero(warped[0, -1, 0] > 0.5, as_tuple=True)
     assert abs(xs.float().mean().item() - (35.5 + 48)) < 1.5 and abs(ys.float().mean().item() - 67.5) < 1.5
-    # far from the drag nothing moves; with scale 1 it is the latent warp itself
-    assert warped[0, -1, :, :16, :16].abs().max() == 0
+    # far from the drag nothing moves (a random image, batch of 2, non-square); with cell 1 it is the latent warp
+    rng = torch.Generator().manual_seed(0)
+    noise = torch.rand(2, 3, 128, 192, generator=rng)
+    both = torch.cat([drags, torch.zeros_like(drags)])
+    moved = warp_images_by_drags(noise, both, cell_size=8, radius=1.5, background_weight=1e-4)
+    assert moved.shape == (2, 6, 3, 128, 192)
+    torch.testing.assert_close(moved[0, -1, :, :, :32], noise[0, :, :, :32])  # 3+ radii left of the drag's start
+    assert (moved[0, -1, :, 60:76, 76:92] - noise[0, :, 60:76, 76:92]).abs().mean() > 0.1  # at the drag's end
+    assert torch.equal(moved[1], noise[1, None].expand(6, 3, 128, 192))  # the second video has no drags
     latents = torch.randn(1, 4, 16, 16)
     torch.testing.assert_close(warp_images_by_drags(latents, drags, cell_size=1), warp_latents_by_drags(latents, drags))
     with pytest.raises(ValueError, match="multiple of cell_size"):

@@ -12,7 +12,8 @@ import typer
 
 from ..errors import UserInputError
 from ..runtime import keep_freed_memory
-from .options import (MODEL_DEFAULT_SHOWN, MODEL_HELP, THREADS, parse_dtype, progress_bar_config, quiet_loading,
+from .options import (DETAIL_TRANSFER_RADIUS, MODEL_DEFAULT_SHOWN, MODEL_HELP, THREADS, WARP_INIT_SIGMA,
+                      apply_sampling_settings, check_sampling_settings, parse_dtype, progress_bar_config, quiet_loading,
                       set_threads)
 
 
@@ -43,6 +44,9 @@ class AnimateOptions:
     quiet: bool = False
     threads: Optional[int] = None
     compile_unet: bool = False
+    #: not in the paper; ``None`` keeps the model's setting (cli/options.py)
+    warp_init_sigma: Optional[float] = None
+    detail_transfer_radius: Optional[float] = None
     #: ``puppet-master`` or ``draganything`` (README "DragAnything"); the fields below are DragAnything's.
     method: str = "puppet-master"
     masks: list[Path] = field(default_factory=list)
@@ -93,6 +97,8 @@ def animate(
              "steps) and, on a GPU, replay each step from a CUDA graph.",
     ),
     threads: Optional[int] = THREADS,
+    warp_init_sigma: Optional[float] = WARP_INIT_SIGMA,
+    detail_transfer_radius: Optional[float] = DETAIL_TRANSFER_RADIUS,
     method: str = typer.Option("puppet-master", "--method", metavar="NAME",
                                help="puppet-master, or draganything (entity-level drags; README 'DragAnything')."),
     mask: list[Path] = typer.Option(
@@ -124,7 +130,8 @@ def animate(
     run_animate(AnimateOptions(image=image, output=output, drags=list(drag), drags_json=drags_json, model=model,
                                steps=steps, guidance=guidance, min_guidance=min_guidance, seed=seed, frames=frames,
                                size=size, fps=fps, overlay=overlay, device=device, dtype=dtype, overwrite=overwrite, quiet=quiet,
-                               threads=threads, compile_unet=compile_unet, method=method, masks=list(mask),
+                               threads=threads, compile_unet=compile_unet, warp_init_sigma=warp_init_sigma,
+                               detail_transfer_radius=detail_transfer_radius, method=method, masks=list(mask),
                                segmenter=segmenter, sam_checkpoint=sam_checkpoint, resolution=resolution))
 
 
@@ -143,8 +150,10 @@ def run_animate(opts: AnimateOptions) -> Path:
     if opts.method == "draganything":
         from .draganything import run_animate_draganything
 
-        if opts.compile_unet:
-            raise UserInputError("--compile is for --method puppet-master; leave it out for draganything")
+        given = [flag for flag, value in (("--compile", opts.compile_unet or None), ("--warp-init-sigma", opts.warp_init_sigma),
+                                          ("--detail-transfer-radius", opts.detail_transfer_radius)) if value is not None]
+        if given:
+            raise UserInputError(f"{', '.join(given)}: for --method puppet-master only; leave it out for draganything")
         return run_animate_draganything(opts)
     if opts.method != "puppet-master":
         raise UserInputError(f"unknown --method {opts.method!r}: choose puppet-master or draganything")
@@ -154,6 +163,7 @@ def run_animate(opts: AnimateOptions) -> Path:
                                       ("--resolution", opts.resolution)) if value is not None]
     if given:
         raise UserInputError(f"{', '.join(given)}: for --method draganything only; Puppet-Master works at --size")
+    check_sampling_settings(opts.warp_init_sigma, opts.detail_transfer_radius)
     square, model_drags = read_inputs(opts)
     pipe = load_model(opts, model_drags.num_drags)
     start = time.perf_counter()
@@ -215,6 +225,7 @@ def load_model(opts: AnimateOptions, num_drags: int):
     stride = pipe.vae_scale_factor * pipe.unet.spatial_stride
     if opts.size % stride:
         raise UserInputError(f"--size must be a multiple of {stride} for this model, got {opts.size}")
+    apply_sampling_settings(pipe, opts.warp_init_sigma, opts.detail_transfer_radius)
     if opts.compile_unet:
         pipe.enable_compile()
         if pipe.device.type == "cuda":

@@ -11,7 +11,8 @@ from typing import Optional
 import typer
 
 from ..errors import UserInputError
-from .options import MODEL_DEFAULT_SHOWN, MODEL_HELP, THREADS, quiet_loading, set_threads
+from .options import (DETAIL_TRANSFER_RADIUS, MODEL_DEFAULT_SHOWN, MODEL_HELP, THREADS, WARP_INIT_SIGMA,
+                      apply_sampling_settings, check_sampling_settings, quiet_loading, set_threads)
 
 #: Methods ``--method`` accepts; ``model`` and ``autoencoder`` need ``--model``'s pipeline, ``draganything``
 #: ``--draganything-model``'s (or ``--model``'s when no Puppet-Master method is asked for).
@@ -42,6 +43,9 @@ class EvaluateOptions:
     threads: Optional[int] = None
     draganything_model: Optional[str] = None
     resolution: str = "576x320"
+    #: not in the paper; ``None`` keeps the model's setting (cli/options.py)
+    warp_init_sigma: Optional[float] = None
+    detail_transfer_radius: Optional[float] = None
 
 
 def evaluate(
@@ -49,8 +53,8 @@ def evaluate(
                               help="Folder of NNNNN.pkl + NNNNN.gif (Drag-a-Move) or NAME.json + video."),
     method: list[str] = typer.Option(
         ["static"], "--method", metavar="NAME",
-        help="model, static, warp, draganything or autoencoder (the ground truth through the model's VAE: the floor any model "
-             "with that VAE can reach); repeat for several."),
+        help="model, static, warp, draganything or autoencoder (the ground truth through the model's VAE: the best any model "
+             "with that VAE can reach without detail transfer); repeat for several."),
     out: Path = typer.Option(..., "--out", metavar="DIR", help="Output folder for report.json, report.md and videos/."),
     model: Optional[str] = typer.Option(None, "--model", metavar="DIR|HUB_ID",
                                         help=MODEL_HELP + " For --method model or autoencoder.",
@@ -76,6 +80,8 @@ def evaluate(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing report in --out."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or loading bars."),
     threads: Optional[int] = THREADS,
+    warp_init_sigma: Optional[float] = WARP_INIT_SIGMA,
+    detail_transfer_radius: Optional[float] = DETAIL_TRANSFER_RADIUS,
     draganything_model: Optional[str] = typer.Option(
         None, "--draganything-model", metavar="DIR|HUB_ID",
         help="DragAnythingPipeline for --method draganything (--model serves when no Puppet-Master method is asked for)."),
@@ -91,7 +97,8 @@ def evaluate(
                                  steps=steps, guidance=guidance, tracker=tracker,
                                  cotracker_checkpoint=cotracker_checkpoint, i3d=i3d, device=device,
                                  no_videos=no_videos, overwrite=overwrite, quiet=quiet, threads=threads,
-                                 draganything_model=draganything_model, resolution=resolution))
+                                 draganything_model=draganything_model, resolution=resolution,
+                                 warp_init_sigma=warp_init_sigma, detail_transfer_radius=detail_transfer_radius))
 
 
 def run_evaluate(opts: EvaluateOptions):
@@ -114,6 +121,10 @@ def run_evaluate(opts: EvaluateOptions):
     if (opts.out / "report.json").exists() and not opts.overwrite:
         raise UserInputError(f"{opts.out / 'report.json'} already exists: pass --overwrite or choose another --out")
     _check_out_folder(opts.out)
+    check_sampling_settings(opts.warp_init_sigma, opts.detail_transfer_radius)
+    if "model" not in opts.methods and (opts.warp_init_sigma is not None or opts.detail_transfer_radius is not None):
+        raise UserInputError("--warp-init-sigma and --detail-transfer-radius set how --method model samples: "
+                             "add --method model or leave them out")
     trk = make_tracker(opts.tracker, opts.cotracker_checkpoint, opts.device)
     fvd = FVDMetric(opts.i3d, opts.device) if opts.i3d is not None else None
     methods = build_methods(opts)
@@ -156,6 +167,7 @@ def build_methods(opts: EvaluateOptions) -> dict:
         if opts.quiet:
             quiet_loading()
         pipe = load_pipeline(opts.model, device=opts.device)
+        apply_sampling_settings(pipe, opts.warp_init_sigma, opts.detail_transfer_radius)
     builders = {
         "static": lambda: static_method,
         "warp": lambda: warp_method,

@@ -93,3 +93,40 @@ def parse_dtype(name: str, device: str = "cpu"):
 
     return getattr(torch, DTYPES[name])
 
+
+
+#: ``--warp-init-sigma`` / ``--detail-transfer-radius``: the pipeline's sampling settings that are
+#: not in the paper (``PuppetMasterPipeline``'s class docstring); ``None`` keeps the model's own.
+WARP_INIT_SIGMA = typer.Option(
+    None, "--warp-init-sigma", metavar="SIGMA",
+    help="Start sampling from the first frame warped along the drags at this noise level (not in the paper; "
+         "0: the paper's sampling from pure noise) [default: the model's setting; the shipped model's is 2].",
+)
+DETAIL_TRANSFER_RADIUS = typer.Option(
+    None, "--detail-transfer-radius", metavar="CELLS",
+    help="Add the input's detail lost by the VAE back to every frame, moved along the drags with this radius in "
+         "latent cells (not in the paper; 0: decode as the paper does) [default: the model's setting; the shipped "
+         "model's is 1].",
+)
+
+
+def check_sampling_settings(warp_init_sigma: Optional[float], detail_transfer_radius: Optional[float]) -> None:
+    """Refuse a negative or non-finite ``--warp-init-sigma`` / ``--detail-transfer-radius`` (before any loading).
+
+    Raises:
+        UserInputError: naming the option and its valid range.
+    """
+    import math
+
+    for flag, value in (("--warp-init-sigma", warp_init_sigma), ("--detail-transfer-radius", detail_transfer_radius)):
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise UserInputError(f"{flag} must be a number >= 0 (0 turns it off), got {value}")
+
+
+def apply_sampling_settings(pipe, warp_init_sigma: Optional[float], detail_transfer_radius: Optional[float]) -> None:
+    """Set the given sampling settings on a loaded ``PuppetMasterPipeline`` (``None`` keeps the model's)."""
+    settings = {name: value for name, value in (("warp_init_sigma", warp_init_sigma),
+                                                  ("detail_transfer_radius", detail_transfer_radius))
+                if value is not None}
+    if settings:
+        pipe.register_to_config(**settings)

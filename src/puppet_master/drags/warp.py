@@ -111,8 +111,8 @@ def warp_images_by_drags(
 
     The field of :func:`drag_displacement_field` is computed on the latent grid (cells of
     ``cell_size`` pixels, e.g. the VAE's 8), up-sampled bilinearly to pixels and scaled to
-    pixel units, so the images move exactly as :func:`warp_latents_by_drags` moves their
-    latents. Used by the pipeline's detail transfer (not in the paper).
+    pixel units, so the images move as :func:`warp_latents_by_drags` moves their latents
+    (the same displacement at cell centres, bilinear in between). Used by the pipeline's detail transfer (not in the paper).
 
     Args:
         images: ``(B, C, H, W)``, ``H`` and ``W`` multiples of ``cell_size``.

@@ -94,8 +94,9 @@ def autoencoder_method(pipe) -> Generator:
 
     Every frame is encoded (posterior mean) and decoded exactly as the pipeline decodes
     generated latents (:meth:`PuppetMasterPipeline.decode_latents`). This is not a
-    competitor: it is the best any UNet sharing that VAE can score, because a perfect
-    UNet would produce exactly these latents. Its flow errors are the floor that the
+    competitor: it is the best any UNet sharing that VAE can score with the paper's
+    decoding, because a perfect UNet would produce exactly these latents (a pipeline's
+    detail transfer, which adds back the input's own detail, can score above it). Its flow errors are the floor that the
     VAE's down-sampling and blur impose on the model's (the tracker follows blurred
     parts imperfectly), so compare the model against both this and ``static``.
 
