@@ -50,7 +50,7 @@ def test_from_pretrained_default_is_the_embedded_model(default_pipe):
 
 
 # The shipped model (training.json) follows the laptop's and the bucket's drags
-# (95-98 px of 99, 65-72 px of 76 at 10 and 50 steps); the cabinet's drawer does not open
+# (96-98 px of 99, 65-70 px of 76 at 10 and 50 steps); the cabinet's drawer does not open
 # (model card, "Limitations"), so that example is not asserted on.
 @pytest.mark.slow
 @pytest.mark.parametrize("example", ["laptop", "bucket"])
