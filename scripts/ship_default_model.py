@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from puppet_master.cli.options import check_sampling_settings
+from puppet_master.errors import UserInputError
 from puppet_master.pipelines import PuppetMasterPipeline
 from puppet_master.pipelines.loading import DEFAULT_MODEL_DIR
 
@@ -50,10 +52,12 @@ def main() -> int:
     args = parser.parse_args()
     shipped = json.loads((args.out / "model_index.json").read_text()) if (args.out / "model_index.json").is_file() else {}
     settings = {}
+    try:
+        check_sampling_settings(args.warp_init_sigma, args.detail_transfer_radius)
+    except UserInputError as exc:
+        parser.error(str(exc))
     for name in ("warp_init_sigma", "detail_transfer_radius"):
         value = getattr(args, name)
-        if value is not None and not value >= 0:  # also refuses NaN
-            parser.error(f"--{name.replace('_', '-')} must be >= 0, got {value}")
         settings[name] = (shipped.get(name) if value is None else value) or None
     pipe = PuppetMasterPipeline.from_pretrained(args.pipeline)
     pipe.register_to_config(**settings)

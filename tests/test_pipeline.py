@@ -151,6 +151,14 @@ def test_from_svd_assembles_from_an_svd_folder_layout(tmp_path):
     assert out.shape == (1, 4, 64, 64, 3)
 
 
+def _saved_and_reloaded(pipe, tmp_path, **settings):
+    """``pipe``'s components in a pipeline with ``settings``, saved and loaded back with ``from_pretrained``."""
+    PuppetMasterPipeline(**pipe.components, **settings).save_pretrained(tmp_path / "p")
+    loaded = PuppetMasterPipeline.from_pretrained(tmp_path / "p")
+    loaded.set_progress_bar_config(disable=True)
+    return loaded
+
+
 def test_warp_init_sigma_starts_from_the_drag_warped_first_frame(pipe, tmp_path, monkeypatch):
     """Not in the paper (opt-in): sampling starts from the warped first-frame latent plus noise of σ."""
     from puppet_master.pipelines import pipeline_puppet_master as module
@@ -178,12 +186,7 @@ def test_warp_init_sigma_starts_from_the_drag_warped_first_frame(pipe, tmp_path,
     assert not torch.allclose(mid, near) and not torch.allclose(mid, paper)
 
     # a pipeline setting, saved in model_index.json and used when the call does not override it
-    with_setting = PuppetMasterPipeline(vae=pipe.vae, unet=pipe.unet, scheduler=pipe.scheduler,
-                                        image_encoder=pipe.image_encoder, feature_extractor=pipe.feature_extractor,
-                                        warp_init_sigma=2.0)
-    with_setting.save_pretrained(tmp_path / "p")
-    loaded = PuppetMasterPipeline.from_pretrained(tmp_path / "p")
-    loaded.set_progress_bar_config(disable=True)
+    loaded = _saved_and_reloaded(pipe, tmp_path, warp_init_sigma=2.0)
     assert loaded.config.warp_init_sigma == 2.0
     torch.testing.assert_close(
         loaded(_image(), drags, generator=torch.Generator().manual_seed(3), **kwargs).frames, mid)
@@ -223,12 +226,7 @@ def test_detail_transfer_restores_the_input_detail_lost_by_the_vae(pipe, tmp_pat
         torch.testing.assert_close(restored[f, :, 56:, 56:], (plain[f] + x - reconstruction).clamp(0, 1)[:, 56:, 56:],
                                    atol=2e-3, rtol=0)
     # a pipeline setting saved in model_index.json
-    with_setting = PuppetMasterPipeline(vae=pipe.vae, unet=pipe.unet, scheduler=pipe.scheduler,
-                                        image_encoder=pipe.image_encoder, feature_extractor=pipe.feature_extractor,
-                                        detail_transfer_radius=1.0)
-    with_setting.save_pretrained(tmp_path / "p")
-    loaded = PuppetMasterPipeline.from_pretrained(tmp_path / "p")
-    loaded.set_progress_bar_config(disable=True)
+    loaded = _saved_and_reloaded(pipe, tmp_path, detail_transfer_radius=1.0)
     assert loaded.config.detail_transfer_radius == 1.0
     torch.testing.assert_close(loaded(image, drags, generator=torch.Generator().manual_seed(3), **kwargs).frames[0],
                                restored)

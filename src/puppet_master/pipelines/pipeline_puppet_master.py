@@ -408,6 +408,7 @@ class PuppetMasterPipeline(DiffusionPipeline):
         embeddings, first_latent = (t.to(device, unet_dtype) for t in (embeddings, first_latent))
         drag_tensor = drag_tensor.to(device, torch.float32)  # positions in float32; the conditioning is cast
 
+        cond_latent, cond_drags = first_latent, drag_tensor  # the conditional branch's, for the warps below
         do_cfg = max_guidance_scale > 1.0
         if do_cfg:
             embeddings = torch.cat([torch.zeros_like(embeddings), embeddings])
@@ -437,7 +438,6 @@ class PuppetMasterPipeline(DiffusionPipeline):
             # not in the paper: SDEdit-style start from the drag-warped first frame (class docstring)
             sigmas = self.scheduler.sigmas[:-1].to(device)
             begin = min(int((sigmas > init_sigma).sum()), len(timesteps) - 1)
-            cond_latent, cond_drags = (first_latent.chunk(2)[1], drag_tensor.chunk(2)[1]) if do_cfg else (first_latent, drag_tensor)
             warped = warp_latents_by_drags(cond_latent.float(), cond_drags.float(),
                                            getattr(self.unet.config, "drag_warp_radius", 1.5),
                                            getattr(self.unet.config, "drag_warp_background", 0.02))
@@ -471,7 +471,6 @@ class PuppetMasterPipeline(DiffusionPipeline):
                 decode_chunk_size = 8  # an image VAE decodes frames independently: chunks bound the memory
             video = self.decode_latents(latents, decode_chunk_size)  # (B, N, 3, H, W) in [-1, 1]
             if detail_radius:
-                cond_latent, cond_drags = (first_latent.chunk(2)[1], drag_tensor.chunk(2)[1]) if do_cfg else (first_latent, drag_tensor)
                 video = self.transfer_details(video, pixels * 2 - 1, cond_latent, cond_drags, detail_radius)
             frames = self.video_processor.postprocess_video(video.permute(0, 2, 1, 3, 4), output_type=output_type)
         self.maybe_free_model_hooks()
