@@ -17,20 +17,22 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "src" / "puppet_master"
 
-_BASE = {"errors", "edm", "video", "drags", "preprocessing"}
+_BASE = {"errors", "values", "options", "edm", "video", "drags", "preprocessing"}
 #: What each part of the package may import (besides itself).
 ALLOWED = {
     "errors": set(),
+    "values": {"errors"},
+    "options": {"errors"},
     "runtime": set(),
     "edm": set(),
     "video": {"errors"},
-    "drags": {"errors"},
+    "drags": {"errors", "values"},
     "preprocessing": {"drags", "errors"},
     "segmentation": set(),
     "entity": {"errors", "segmentation"},
     "models": {"drags", "edm", "errors"},
     "pipelines": _BASE | {"models", "entity", "segmentation"},
-    "data": {"drags", "errors", "video"},
+    "data": {"drags", "errors", "values", "video"},
     "training": _BASE | {"models", "pipelines", "data"},
     "evaluation": _BASE | {"segmentation", "entity", "models", "pipelines", "data", "training"},
     "app": _BASE | {"segmentation", "entity", "models", "pipelines", "data", "training", "evaluation"},

@@ -120,7 +120,7 @@ def run_evaluate(opts: EvaluateOptions):
         raise UserInputError(f"--data {str(opts.data)!r} is not a folder")
     if (opts.out / "report.json").exists() and not opts.overwrite:
         raise UserInputError(f"{opts.out / 'report.json'} already exists: pass --overwrite or choose another --out")
-    _check_out_folder(opts.out)
+    _check_out_folder(opts.out, write_gifs=not opts.no_videos)
     check_sampling_settings(opts.warp_init_sigma, opts.detail_transfer_radius)
     if "model" not in opts.methods and (opts.warp_init_sigma is not None or opts.detail_transfer_radius is not None):
         raise UserInputError("--warp-init-sigma and --detail-transfer-radius set how --method model samples: "
@@ -136,8 +136,11 @@ def run_evaluate(opts: EvaluateOptions):
     return report
 
 
-def _check_out_folder(out: Path) -> None:
-    """``--out`` must be a folder, or creatable in a writable one (checked before any work)."""
+def _check_out_folder(out: Path, write_gifs: bool = True) -> None:
+    """``--out`` must be a folder, or creatable in a writable one, and what goes in it must fit (checked before any work).
+
+    ``report.json`` and ``report.md`` must be files if they exist, ``videos`` a folder.
+    """
     existing = Path(out)
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
@@ -145,6 +148,15 @@ def _check_out_folder(out: Path) -> None:
         raise UserInputError(f"--out {str(out)!r} is not a folder ({str(existing)!r} is a file)")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UserInputError(f"--out {str(out)!r} cannot be written: {str(existing)!r} is not writable")
+    for name in ("report.json", "report.md"):
+        target = Path(out) / name
+        if target.exists() and not target.is_file():
+            raise UserInputError(f"{str(target)!r} is not a file: the report cannot be written there; remove it or "
+                                 "choose another --out")
+    videos = Path(out) / "videos"
+    if write_gifs and videos.exists() and not videos.is_dir():
+        raise UserInputError(f"{str(videos)!r} is a file, not a folder: the side-by-side GIFs go there; remove it, "
+                             "choose another --out or pass --no-videos")
 
 
 def build_methods(opts: EvaluateOptions) -> dict:
