@@ -102,7 +102,7 @@ class LatentCacheDataset(Dataset):
                 try:
                     with safe_open(str(f), framework="pt") as fh:
                         motion = largest_drag_motion(fh.get_tensor("drags").float())
-                except (OSError, SafetensorError, KeyError) as exc:
+                except (OSError, SafetensorError) as exc:
                     raise UserInputError(f"latent cache file {str(f)!r} cannot be read ({' '.join(str(exc).split())}): "
                                          "delete it and run `puppet-master cache-latents` again") from None
                 if motion >= min_drag_motion:
@@ -126,14 +126,15 @@ class LatentCacheDataset(Dataset):
         path = self.files[index]
         try:
             with safe_open(str(path), framework="pt") as fh:
+                missing = [k for k in CACHE_KEYS if k not in fh.keys()]
+                if missing:
+                    raise UserInputError(f"latent cache file {str(path)!r} lacks the tensor {missing[0]!r}: delete it "
+                                         "and run `puppet-master cache-latents` again to rewrite it")
                 item = {k: fh.get_tensor(k).float() for k in CACHE_KEYS}
                 category = (fh.metadata() or {}).get("category", "")
         except (OSError, SafetensorError) as exc:
             raise UserInputError(f"latent cache file {str(path)!r} cannot be read ({' '.join(str(exc).split())}): "
                                  "delete it and run `puppet-master cache-latents` again to rewrite it") from None
-        except KeyError as exc:  # safetensors names the missing tensor
-            raise UserInputError(f"latent cache file {str(path)!r} lacks the tensor {exc}: delete it and run "
-                                 "`puppet-master cache-latents` again to rewrite it") from None
         shapes = {k: tuple(v.shape) for k, v in item.items()}
         if self._shapes is None:
             self._shapes = shapes
