@@ -122,6 +122,25 @@ def test_usage_errors_are_one_line(capsys, tmp_path):
         _assert_refused(code, out, err, message, {}, tmp_path)
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["train-vae", "--data", "D", "--out", "OUT", "--lr", "inf"], "Invalid value for '--lr': must be a finite number > 0"),
+    (["train-vae", "--data", "D", "--out", "OUT", "--lr", "0"], "Invalid value for '--lr': must be a finite number > 0"),
+    (["train-vae", "--data", "D", "--out", "OUT", "--fg-weight", "nan"], "'--fg-weight': must be a finite number >= 1"),
+    (["train-vae", "--data", "D", "--out", "OUT", "--chroma-weight", "-inf"], "'--chroma-weight': must be a finite"),
+    (["train-vae", "--data", "D", "--out", "OUT", "--seed", str(2**64)], "Invalid value for '--seed'"),
+    (["random-model", "OUT", "--seed", str(2**70)], "Invalid value for '--seed'"),
+    (["data", "generate-assets", "--out", "OUT", "--bad-fraction", "nan"], "'--bad-fraction': must be a finite number"),
+    (["data", "build", "--out", "OUT", "--seed", "-1"], "Invalid value for '--seed'"),
+    (["demo", "--port", "0"], "Invalid value for '--port'"),
+    (["demo", "--steps", "0"], "--steps must be a whole number from 1"),
+    (["demo", "--resolution", "64x64"], "--resolution: for DragAnything only; add --draganything-model DIR"),
+])
+def test_other_numeric_options_are_finite_and_in_range(tmp_path, capsys, argv, message):
+    code, out, err = _cli([str(tmp_path / a) if a in ("D", "OUT") else a for a in argv], capsys)
+    _assert_refused(code, out, err, message, {}, tmp_path)
+    assert not (tmp_path / "OUT").exists()
+
+
 def test_draganything_refuses_a_decompression_bomb_mask(files, out_dir, tiny_draganything_dir, capsys):
     before = _snapshot(out_dir)
     code, out, err = _cli(["animate", files / "ok.png", "--method", "draganything", "--model", tiny_draganything_dir,

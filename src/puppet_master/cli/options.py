@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import math
 import sys
 import types
 from collections.abc import Sequence
@@ -14,13 +15,37 @@ from typer.core import TyperArgument, TyperCommand
 
 from .. import runtime
 from ..errors import UserInputError
-from ..options import MethodOptions, PuppetMasterOptions, is_given, owners
+from ..options import MAX_SEED, MethodOptions, PuppetMasterOptions, is_given, owners
 
 #: ``--threads N``: CPU threads torch uses (default: torch's choice, one per core).
 THREADS = typer.Option(
     None, "--threads", min=1, metavar="N",
     help="CPU threads for torch (default: one per core). On a busy machine fewer threads can be faster.",
 )
+def finite(low: Optional[float] = None, high: Optional[float] = None, above: bool = False):
+    """A typer ``parser`` for a number option that must be finite and within ``[low, high]`` (``(low, high]`` with ``above``).
+
+    Typer's own ``min`` / ``max`` let ``inf`` and ``nan`` through; this refuses them as a
+    usage error (one ``error:`` line).
+    """
+    bounds = " and ".join(b for b in (None if low is None else f"{'>' if above else '>='} {low:g}",
+                                      None if high is None else f"<= {high:g}") if b)
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise typer.BadParameter(f"must be a number, got {text!r}") from None
+        if not math.isfinite(value) or (low is not None and (value <= low if above else value < low)) or \
+                (high is not None and value > high):
+            raise typer.BadParameter(f"must be a finite number{' ' + bounds if bounds else ''}, got {text}")
+        return value
+
+    return parse
+
+
+#: ``--seed`` of the commands outside the methods' options (the same range as theirs).
+SEED = typer.Option(0, "--seed", min=0, max=MAX_SEED, metavar="N", help="Random seed (0 to 2**32 - 1).")
 #: ``--model`` of the commands that run a pipeline.
 MODEL_HELP = "Pipeline folder saved by save_pretrained, a hub id, or 'default' (the model shipped in the package)."
 MODEL_DEFAULT_SHOWN = "the model shipped in the package"

@@ -9,13 +9,14 @@ from typing import Optional
 import typer
 
 from ..errors import UserInputError
+from ..options import MAX_SEED
 from ..values import parse_json
 
 
 def random_model(
     out_dir: Path = typer.Argument(..., metavar="OUT_DIR", help="Folder to create (must not exist)."),
     size: str = typer.Option("tiny", "--size", help="tiny (seconds on CPU), small (the default model's architecture) or full (SVD-img2vid sizes, ~7 GB)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the random weights."),
+    seed: int = typer.Option(0, "--seed", min=0, max=MAX_SEED, help="Seed of the random weights (0 to 2**32 - 1)."),
     no_image_encoder: bool = typer.Option(False, "--no-image-encoder", help="Leave out the CLIP image encoder."),
     vae: Optional[Path] = typer.Option(None, "--vae", help="A trained VAE folder (e.g. from train-vae) instead of a random one."),
     method: str = typer.Option("puppet-master", "--method", metavar="NAME",
