@@ -130,6 +130,12 @@ def test_demo_offers_draganything_when_given(tiny_pipeline_dir, tiny_draganythin
     # the controls: seed, steps, guidance, min. guidance, warp start, detail radius (read from the options)
     values = {"seed": 0, "steps": 1, "guidance": 3.0, "min_guidance": 1.0, "warp_init_sigma": None,
               "detail_transfer_radius": None}
+    # choosing DragAnything shows its controls at its values; Puppet-Master's own ones are hidden
+    on_method = next(f.fn for f in demo.fns.values() if f.fn.__name__ == "on_method")
+    updates = dict(zip(values, on_method("DragAnything")))
+    assert updates["steps"]["value"] == 1 and updates["guidance"]["value"] == 3.0 and updates["steps"]["visible"]
+    assert updates["warp_init_sigma"]["visible"] is False
+    assert dict(zip(values, on_method("Puppet-Master")))["guidance"]["value"] == 5.0
     path, _, status = generate(state, False, True, "DragAnything", *values.values())
     assert "DragAnything" in status, status
     assert read_video(path).shape == (4, 64, 64, 3)  # generated at 128x64, shown at the demo's square

@@ -8,8 +8,8 @@ import typer
 
 from ..errors import UserInputError
 from ..options import DEMO, DragAnythingOptions, PuppetMasterOptions
-from .options import (MODEL_DEFAULT_SHOWN, MODEL_HELP, THREADS, flag_names, method_flags, method_options, set_threads,
-                      unused_flags)
+from .options import (MODEL_DEFAULT_SHOWN, MODEL_HELP, THREADS, flag_names, method_flags, method_options, quiet_loading,
+                      set_threads, unused_flags)
 
 
 @method_flags([PuppetMasterOptions, DragAnythingOptions], DEMO)
@@ -42,5 +42,6 @@ def demo(
     starts = [method_options(cls, flags, DEMO) for cls in offered]
     set_threads(threads)
     check_device(device)
+    quiet_loading()
     launch(model, host=host, port=port, device=device, options=starts[0],
            draganything_model=draganything_model, draganything_options=starts[1] if len(starts) > 1 else None)
