@@ -1,7 +1,9 @@
 """Values read from users' files, checked at the boundary (README "Safety and bad input").
 
-Every JSON and YAML file the package reads (drags, split folders, training configs and
-overrides, checkpoint state, build records, model configs it inspects) goes through
+The JSON and YAML files a user gives or may have edited (drags, split folders and drag
+samples, training configs and overrides, a checkpoint's ``ema.json`` and
+``trainer_state.json``, a VAE run's ``step.json``, a build's ``manifest.json``, curation
+models, label and UID lists, a VAE config for ``random-model --vae``) are parsed with
 :func:`parse_json` or :func:`parse_yaml`. They turn every problem into one
 :class:`~puppet_master.errors.UserInputError` that names the file:
 

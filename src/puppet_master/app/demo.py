@@ -12,6 +12,7 @@ server, holding at most :data:`MAX_KEPT_VIDEOS` files and removed when the serve
 
 import atexit
 import copy
+import inspect
 import logging
 import shutil
 import signal
@@ -224,7 +225,9 @@ def build_demo(pipe, options: PuppetMasterOptions | None = None, draganything=No
         state.drags, state.pending = [], None
         return state, render_canvas(state), state.describe()
 
-    def on_generate(state, segment, overlay, method, *values, progress=gr.Progress(track_tqdm=True)):
+    def on_generate(state, segment, overlay, method, *values):
+        if values and isinstance(values[-1], gr.Progress):  # Gradio passes the progress tracker last
+            values = values[:-1]
         try:
             return _generate(state, segment, overlay, method, values)
         except UserInputError as exc:
@@ -330,6 +333,12 @@ def build_demo(pipe, options: PuppetMasterOptions | None = None, draganything=No
         undo.click(on_undo, [state], [state, canvas, status])
         clear.click(on_clear, [state], [state, canvas, status])
         method.change(on_method, [method], controls)
+        # one parameter per input and a gr.Progress default last: Gradio then tracks the pipeline's tqdm bar
+        on_generate.__signature__ = inspect.Signature(
+            [inspect.Parameter(name, inspect.Parameter.POSITIONAL_ONLY)
+             for name in ("state", "segment", "overlay", "method", *control_names)]
+            + [inspect.Parameter("progress", inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                 default=gr.Progress(track_tqdm=True))])
         generate.click(on_generate, [state, segment, overlay, method, *controls], [video, download, status],
                        concurrency_limit=1)
     return demo

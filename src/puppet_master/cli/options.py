@@ -22,6 +22,8 @@ THREADS = typer.Option(
     None, "--threads", min=1, metavar="N",
     help="CPU threads for torch (default: one per core). On a busy machine fewer threads can be faster.",
 )
+
+
 def finite(low: Optional[float] = None, high: Optional[float] = None, above: bool = False):
     """A typer ``parser`` for a number option that must be finite and within ``[low, high]`` (``(low, high]`` with ``above``).
 
@@ -61,7 +63,13 @@ def set_threads(threads: Optional[int]) -> None:
 
 
 def quiet_loading() -> None:
-    """Silence the loading bars of diffusers and transformers (``--quiet``)."""
+    """Silence the loading bars of diffusers and transformers.
+
+    The commands call it before loading any model, with or without ``--quiet``: a refusal
+    after loading (a size the model cannot work at) is then the only line printed, and a
+    local model loads in a second or two. (Hub downloads' bars are off through
+    ``HF_HUB_DISABLE_PROGRESS_BARS``, set by :func:`puppet_master.cli.main`.)
+    """
     from diffusers.utils import logging as diffusers_logging
 
     diffusers_logging.disable_progress_bar()

@@ -26,8 +26,7 @@ def train(
     from ..training import Trainer, load_config
 
     set_threads(threads)
-    if quiet:
-        quiet_loading()
+    quiet_loading()
     cfg = load_config(config, overrides or [])
     result = Trainer(cfg, progress=not quiet).train()
     if result.pipeline_dir is not None:
@@ -65,8 +64,7 @@ def cache_latents(
     from ..training.cache import build_cache
 
     set_threads(threads)
-    if quiet:
-        quiet_loading()
+    quiet_loading()
     n = build_cache(data, model, out, size=size, device=device, limit=limit, progress=not quiet, flip=flip)
     print(f"cached {n} new clips in {out}", file=sys.stderr)
 
