@@ -35,7 +35,7 @@ class _Strict(BaseModel):
     @classmethod
     def _sane_integers(cls, value: Any) -> Any:
         if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT_SETTING:
-            raise ValueError(f"{value:.3g} is too large for a setting (at most 2**63 - 1)")
+            raise ValueError("is too large for a setting (at most 2**63 - 1)")
         return value
 
 
