@@ -27,7 +27,6 @@ import cv2
 import gradio as gr
 import numpy as np
 import PIL.Image
-import torch
 
 from ..drags import DragSet
 from ..errors import UserInputError

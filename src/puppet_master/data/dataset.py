@@ -17,7 +17,6 @@ for the source groups of a clip dataset with the paper's probabilities :data:`PA
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
