@@ -18,6 +18,7 @@ import numpy as np
 
 from puppet_master.data.splits import load_dragamove_example
 from puppet_master.evaluation.runner import model_method
+from puppet_master.options import PuppetMasterOptions
 from puppet_master.pipelines.loading import load_pipeline
 from puppet_master.video import draw_drags
 
@@ -27,12 +28,13 @@ def main() -> None:
     ap.add_argument("example", type=Path, help="a Drag-a-Move NNNNN.pkl (its NNNNN.gif beside it)")
     ap.add_argument("out", type=Path, help="PNG to write")
     ap.add_argument("--model", default="default")
-    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--steps", type=int, default=PuppetMasterOptions.default("steps"))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--frames", default="0,4,9,13", help="comma-separated frame indices")
     args = ap.parse_args()
     example = load_dragamove_example(args.example)
-    video = model_method(load_pipeline(args.model), steps=args.steps, seed=args.seed)(example)
+    options = PuppetMasterOptions.from_values({"steps": args.steps, "seed": args.seed})
+    video = model_method(load_pipeline(args.model), options)(example)
     picks = [int(i) for i in args.frames.split(",")]
     n = len(example.frames)
     inputs = draw_drags(np.repeat(example.frames[:1], n, axis=0), example.trajectories())

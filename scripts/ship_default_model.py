@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from puppet_master.cli.options import check_sampling_settings
 from puppet_master.errors import UserInputError
+from puppet_master.options import PuppetMasterOptions
 from puppet_master.pipelines import PuppetMasterPipeline
 from puppet_master.pipelines.loading import DEFAULT_MODEL_DIR
 
@@ -52,8 +52,9 @@ def main() -> int:
     args = parser.parse_args()
     shipped = json.loads((args.out / "model_index.json").read_text()) if (args.out / "model_index.json").is_file() else {}
     settings = {}
-    try:
-        check_sampling_settings(args.warp_init_sigma, args.detail_transfer_radius)
+    try:  # the checks of animate's --warp-init-sigma / --detail-transfer-radius
+        PuppetMasterOptions.from_values({"warp_init_sigma": args.warp_init_sigma,
+                                         "detail_transfer_radius": args.detail_transfer_radius})
     except UserInputError as exc:
         parser.error(str(exc))
     for name in ("warp_init_sigma", "detail_transfer_radius"):

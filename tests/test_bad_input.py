@@ -155,8 +155,8 @@ ANIMATE_CASES = [
     ("ok.png", ["--drags-json", "missing.json"], "cannot read"),
     ("ok.png", ["--drag", "1,nan:2,2"], "non-finite"),
     ("ok.png", ["--drag", "1,1:2,2", "--drags-json", "size_dict.json"], "not both"),
-    ("ok.png", ["--drag", "1,1:2,2", "--detail-transfer-radius", "-1"], "--detail-transfer-radius must be a number >= 0"),
-    ("ok.png", ["--drag", "1,1:2,2", "--warp-init-sigma", "nan"], "--warp-init-sigma must be a number >= 0"),
+    ("ok.png", ["--drag", "1,1:2,2", "--detail-transfer-radius", "-1"], "--detail-transfer-radius must be a finite number from 0"),
+    ("ok.png", ["--drag", "1,1:2,2", "--warp-init-sigma", "nan"], "--warp-init-sigma must be a finite number from 0"),
 ]
 
 
@@ -211,7 +211,8 @@ def test_animate_accepts_a_trajectory_leaving_the_image_and_an_animated_gif(tmp_
                            tiny_pipeline_dir, "-o", tmp_path / "v.gif", "--steps", "1", "--frames", "4", "--size", "64",
                            "--overlay", "-q", "--threads", "1"], capsys)
     assert code == 0, err
-    assert err == ["note: anim.gif is animated (3 frames): the first frame is used"]
+    assert err[0] == "note: anim.gif is animated (3 frames): the first frame is used" and len(err) == 2
+    assert err[1].startswith(f"wrote {tmp_path / 'v.gif'} (4 frames, 64x64)")  # -q keeps the result's line
     from puppet_master.video import read_video
 
     video = read_video(tmp_path / "v.gif")
@@ -324,7 +325,7 @@ def test_evaluate_refuses_a_folder_of_only_unreadable_batches(tmp_path, capsys, 
     (["--tracker", "cotracker", "--cotracker-checkpoint", "CORRUPT"], ""),  # no package or unreadable: one line
     (["--method", "warp", "--method", "draw"], "unknown --method"),
     (["--out", "FILE"], "is not a folder"),
-    (["--method", "model", "--detail-transfer-radius", "inf"], "--detail-transfer-radius must be a number >= 0"),
+    (["--method", "model", "--detail-transfer-radius", "inf"], "--detail-transfer-radius must be a finite number from 0"),
     (["--method", "static", "--warp-init-sigma", "2"], "add --method model"),
 ])
 def test_evaluate_refuses_bad_options(shared_dir, tmp_path, capsys, args, message):
@@ -505,9 +506,10 @@ def test_demo_upload_errors_name_the_reason_and_outputs_are_bounded(corpus, tiny
 
     from puppet_master.app import demo as demo_module
     from puppet_master.app.demo import OutputFolder, build_demo
+    from puppet_master.options import PuppetMasterOptions
     from puppet_master.pipelines.loading import load_pipeline
 
-    demo = build_demo(load_pipeline(str(tiny_pipeline_dir)), size=64, num_frames=3)
+    demo = build_demo(load_pipeline(str(tiny_pipeline_dir)), PuppetMasterOptions(size=64, frames=3))
     upload = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "upload")
     assert not Path(demo_module.__file__).with_suffix(".pyi").exists()  # Gradio wrote no stub into the package
     for name, words in [("bomb.png", "megapixel limit"), ("text.png", "cannot read image"), ("empty.png", "cannot read")]:

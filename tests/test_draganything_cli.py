@@ -114,6 +114,7 @@ def test_evaluate_draganything_model_option_rules(shared_dir, tmp_path, tiny_dra
 
 def test_demo_offers_draganything_when_given(tiny_pipeline_dir, tiny_draganything_dir):
     from puppet_master.app.demo import DemoState, build_demo
+    from puppet_master.options import DragAnythingOptions, PuppetMasterOptions
     from puppet_master.pipelines import load_draganything_pipeline, load_pipeline
 
     pm = load_pipeline(str(tiny_pipeline_dir))
@@ -121,14 +122,24 @@ def test_demo_offers_draganything_when_given(tiny_pipeline_dir, tiny_draganythin
     arr = np.full((64, 64, 3), 240, np.uint8)
     arr[16:48, 16:40] = (200, 50, 40)
     state = DemoState(image=PIL.Image.fromarray(arr), drags=[((28.0, 30.0), (44.0, 30.0))])
-    demo = build_demo(pm, size=64, num_frames=4, default_steps=1, draganything=da, draganything_resolution=(128, 64))
+    demo = build_demo(pm, PuppetMasterOptions(size=64, frames=4, steps=1), draganything=da,
+                      draganything_options=DragAnythingOptions(frames=4, steps=1, resolution="128x64"))
     generate = next(f.fn for f in demo.fns.values() if f.fn.__name__ == "on_generate")
     radio = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "method")
     assert radio.visible and "DragAnything" in [c[0] if isinstance(c, tuple) else c for c in radio.choices]
-    path, _, status = generate(state, False, 0, 3.0, 1, True, "DragAnything")
+    # the controls: seed, steps, guidance, min. guidance, warp start, detail radius (read from the options)
+    values = {"seed": 0, "steps": 1, "guidance": 3.0, "min_guidance": 1.0, "warp_init_sigma": None,
+              "detail_transfer_radius": None}
+    # choosing DragAnything shows its controls at its values; Puppet-Master's own ones are hidden
+    on_method = next(f.fn for f in demo.fns.values() if f.fn.__name__ == "on_method")
+    updates = dict(zip(values, on_method("DragAnything")))
+    assert updates["steps"]["value"] == 1 and updates["guidance"]["value"] == 3.0 and updates["steps"]["visible"]
+    assert updates["warp_init_sigma"]["visible"] is False
+    assert dict(zip(values, on_method("Puppet-Master")))["guidance"]["value"] == 5.0
+    path, _, status = generate(state, False, True, "DragAnything", *values.values())
     assert "DragAnything" in status, status
     assert read_video(path).shape == (4, 64, 64, 3)  # generated at 128x64, shown at the demo's square
-    path, _, status = generate(state, False, 0, 3.0, 1, False, "Puppet-Master")
+    path, _, status = generate(state, False, False, "Puppet-Master", *values.values())
     assert "DragAnything" not in status and read_video(path).shape == (4, 64, 64, 3)
-    plain = build_demo(pm, size=64, num_frames=4, default_steps=1)
+    plain = build_demo(pm, PuppetMasterOptions(size=64, frames=4, steps=1))
     assert not next(b for b in plain.blocks.values() if getattr(b, "elem_id", None) == "method").visible

@@ -138,11 +138,12 @@ def test_sd15_components_tokenizer_is_empty_prompt_ready():
 def test_evaluation_method_resizes_to_the_model_and_back(pipe, shared_dir):
     from puppet_master.data.splits import EvalExample, load_eval_dataset
     from puppet_master.evaluation.draganything import draganything_method
+    from puppet_master.options import DragAnythingOptions
 
     ex = load_eval_dataset(shared_dir / "data" / "dragamove-test-dev", limit=1)[1][0]
     ex = EvalExample(ex.name, ex.frames[:4], ex.drags[:4], ex.category)
     seen = {}
-    run = draganything_method(pipe, width=128, height=64, steps=1, dift_ensemble_size=1)
+    run = draganything_method(pipe, DragAnythingOptions(resolution="128x64", steps=1), dift_ensemble_size=1)
     def hook(module, inputs, output):
         seen["shape"] = tuple(output[0].shape)
 

@@ -12,6 +12,7 @@ server, holding at most :data:`MAX_KEPT_VIDEOS` files and removed when the serve
 
 import atexit
 import copy
+import inspect
 import logging
 import shutil
 import signal
@@ -20,15 +21,16 @@ import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, get_args, get_origin
 
 import cv2
 import gradio as gr
 import numpy as np
 import PIL.Image
-import torch
 
 from ..drags import DragSet
 from ..errors import UserInputError
+from ..options import CONTROL, DragAnythingOptions, MethodOptions, PuppetMasterOptions
 from ..pipelines.loading import load_pipeline
 from ..preprocessing import composite_on_white, load_image, square_pad
 from ..segmentation import grabcut_foreground
@@ -141,17 +143,31 @@ def render_canvas(state: DemoState) -> np.ndarray | None:
     return canvas
 
 
-def build_demo(pipe, size: int = 256, num_frames: int = 14, default_steps: int = 25, draganything=None,
-               draganything_resolution: tuple[int, int] = (576, 320)):
+def build_demo(pipe, options: PuppetMasterOptions | None = None, draganything=None,
+               draganything_options: DragAnythingOptions | None = None):
     """Create the Gradio Blocks app around a loaded :class:`PuppetMasterPipeline`.
 
-    With ``draganything`` (a loaded :class:`~puppet_master.pipelines.DragAnythingPipeline`)
-    a *Method* selector offers it too; it animates the same square image at
-    ``draganything_resolution`` (width, height) and segments each drag's entity with GrabCut.
+    ``options`` (default: :class:`~puppet_master.options.PuppetMasterOptions`'s defaults)
+    fix the session's size, frames and frames per second and give the values the page's
+    controls start with: one control per option that appears at
+    :data:`~puppet_master.options.CONTROL`, read from the options' definition. With
+    ``draganything`` (a loaded :class:`~puppet_master.pipelines.DragAnythingPipeline`) a
+    *Method* selector offers it too, with its own options (``draganything_options``,
+    default its defaults with the same frames): choosing a method shows its controls at
+    its values. DragAnything animates the same square image at its resolution and
+    segments each drag's entity with GrabCut.
 
     Returns:
         ``gr.Blocks`` (call ``.queue().launch(...)``).
     """
+    options = options or PuppetMasterOptions()
+    starts: dict[str, MethodOptions] = {options.label: options}
+    if draganything is not None:
+        starts[DragAnythingOptions.label] = draganything_options or DragAnythingOptions(frames=options.frames,
+                                                                                        fps=options.fps)
+    size, num_frames = options.size, options.frames
+    #: the demo's controls: every CONTROL option of the offered methods, in their order
+    control_names = list(dict.fromkeys(name for start in starts.values() for name in start.options(CONTROL)))
     max_drags = pipe.unet.config.num_drags  # as many drag slots as the loaded model has
 
     outputs = OutputFolder()
@@ -208,21 +224,32 @@ def build_demo(pipe, size: int = 256, num_frames: int = 14, default_steps: int =
         state.drags, state.pending = [], None
         return state, render_canvas(state), state.describe()
 
-    def on_generate(state, segment, seed, guidance, steps, overlay, method="Puppet-Master",
-                    progress=gr.Progress(track_tqdm=True)):
+    def on_generate(state, segment, overlay, method, *values):
+        if values and isinstance(values[-1], gr.Progress):  # Gradio passes the progress tracker last
+            values = values[:-1]
         try:
-            return _generate(state, segment, seed, guidance, steps, overlay, method)
+            return _generate(state, segment, overlay, method, values)
         except UserInputError as exc:
             return None, None, f"Cannot generate: {exc}"
         except Exception as exc:  # noqa: BLE001 - shown as a message, logged in full on the server
             logger.exception("generation failed")
             return None, None, f"Generation failed ({type(exc).__name__}); see the server log."
 
-    def _generate(state, segment, seed, guidance, steps, overlay, method="Puppet-Master"):
+    def chosen_options(method: str, values) -> MethodOptions:
+        """The chosen method's options: the session's, with the controls' values (checked as the command line's)."""
+        if method not in starts:
+            raise UserInputError(f"{method} is not offered here: start the demo with --draganything-model DIR")
+        start = starts[method]
+        own = start.options(CONTROL)
+        given = {name: value for name, value in zip(control_names, values) if name in own}
+        return type(start).from_values({**start.model_dump(), **given}, CONTROL)
+
+    def _generate(state, segment, overlay, method, values):
         if state.image is None:
             return None, None, "Upload an image first (or pick an example)."
         if not state.drags:
             return None, None, "Add at least one drag: click a start point, then an end point."
+        opts = chosen_options(method, values)
         notice = ""
         if state.pending is not None:
             notice = " (the unfinished drag was ignored)"
@@ -232,27 +259,46 @@ def build_demo(pipe, size: int = 256, num_frames: int = 14, default_steps: int =
         elif segment:
             image = apply_mask(image, grabcut_foreground(image, [d[0] for d in state.drags]))
         drags = DragSet.from_pairs(state.drags, size, size, num_frames=num_frames)
-        if method == draganything_label:
+        if isinstance(opts, DragAnythingOptions):
             from .draganything import generate_draganything
 
-            video = generate_draganything(draganything, state.image, drags, num_frames, seed, steps, guidance,
-                                          draganything_resolution)
+            video = generate_draganything(draganything, state.image, drags, opts)
             if overlay:
                 video = draw_drags(video, drags.trajectories)
             out = outputs.new_file(".mp4")
-            write_video(video, out, fps=7)
+            write_video(video, out, fps=opts.fps)
             return str(out), str(out), f"Generated {num_frames} frames with DragAnything, {len(state.drags)} drag(s){notice}."
-        frames = pipe(image, drags, num_frames=num_frames, height=size, width=size, num_inference_steps=int(steps),
-                      max_guidance_scale=float(guidance), generator=torch.Generator().manual_seed(int(seed)),
-                      output_type="np").frames[0]
+        frames = pipe(image, drags, num_frames=num_frames, height=size, width=size, output_type="np",
+                      **opts.call_kwargs()).frames[0]
         video = to_uint8_frames(frames)
         if overlay:
             video = draw_drags(video, drags.trajectories)
         out = outputs.new_file(".mp4")
-        write_video(video, out, fps=7)
+        write_video(video, out, fps=opts.fps)
         return str(out), str(out), f"Generated {num_frames} frames with {len(state.drags)} drag(s){notice}."
 
-    from .draganything import LABEL as draganything_label
+    def make_control(name: str):
+        """The control of option ``name``, showing the first method's value (hidden if it lacks the option)."""
+        first = next(start for start in starts.values() if name in start.options(CONTROL))
+        info, spec = first.options(CONTROL)[name]
+        shown = name in options.options(CONTROL)
+        value, kind = getattr(first, name), info.annotation
+        common = dict(label=spec.control.label, visible=shown, elem_id=f"option-{name.replace('_', '-')}")
+        if get_origin(kind) is Literal:
+            return gr.Dropdown(list(get_args(kind)), value=value, **common)
+        if kind is bool:
+            return gr.Checkbox(value=value, **common)
+        if spec.control.minimum is not None:
+            return gr.Slider(spec.control.minimum, spec.control.maximum, value=value, step=spec.control.step,
+                             **common)
+        return gr.Number(value=value, precision=0 if kind is int else None, **common)
+
+    def on_method(method):
+        """Show the chosen method's controls at its values."""
+        start = starts.get(method, options)
+        own = start.options(CONTROL)
+        return [gr.update(value=getattr(start, name), visible=True) if name in own else gr.update(visible=False)
+                for name in control_names]
 
     with gr.Blocks(title="Puppet-Master", delete_cache=(600, 3600)) as demo:
         gr.Markdown("# Puppet-Master — drag parts of an object, get a video\n"
@@ -272,12 +318,10 @@ def build_demo(pipe, size: int = 256, num_frames: int = 14, default_steps: int =
                     undo = gr.Button("Undo last", elem_id="undo")
                     clear = gr.Button("Clear all", elem_id="clear")
             with gr.Column():
-                method = gr.Radio(["Puppet-Master", draganything_label], value="Puppet-Master", label="Method",
-                                  visible=draganything is not None, elem_id="method")
+                method = gr.Radio(list(starts), value=options.label, label="Method", visible=len(starts) > 1,
+                                  elem_id="method")
                 segment = gr.Checkbox(label="Remove background (GrabCut) when the image has no alpha", value=False)
-                seed = gr.Slider(0, 2**31 - 1, value=0, step=1, label="Seed")
-                guidance = gr.Slider(1.0, 10.0, value=5.0, step=0.5, label="Guidance (max CFG weight)")
-                steps = gr.Slider(1, 100, value=default_steps, step=1, label="Sampling steps")
+                controls = [make_control(name) for name in control_names]
                 overlay = gr.Checkbox(label="Draw drags on the video", value=True)
                 generate = gr.Button("Generate", variant="primary", elem_id="generate")
                 video = gr.Video(label="Result", elem_id="result", autoplay=True, loop=True)
@@ -287,23 +331,29 @@ def build_demo(pipe, size: int = 256, num_frames: int = 14, default_steps: int =
         canvas.select(on_click, [state], [state, canvas, status])
         undo.click(on_undo, [state], [state, canvas, status])
         clear.click(on_clear, [state], [state, canvas, status])
-        generate.click(on_generate, [state, segment, seed, guidance, steps, overlay, method], [video, download, status],
+        method.change(on_method, [method], controls)
+        # one parameter per input and a gr.Progress default last: Gradio then tracks the pipeline's tqdm bar
+        on_generate.__signature__ = inspect.Signature(
+            [inspect.Parameter(name, inspect.Parameter.POSITIONAL_ONLY)
+             for name in ("state", "segment", "overlay", "method", *control_names)]
+            + [inspect.Parameter("progress", inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                 default=gr.Progress(track_tqdm=True))])
+        generate.click(on_generate, [state, segment, overlay, method, *controls], [video, download, status],
                        concurrency_limit=1)
     return demo
 
 
 def launch(model: str | None = None, host: str = "127.0.0.1", port: int = 7860, device: str = "cpu",
-           steps: int = 25, size: int = 256, frames: int = 14, draganything_model: str | None = None,
-           draganything_resolution: tuple[int, int] = (576, 320)) -> None:
-    """Load the model and serve the demo (blocking)."""
+           options: PuppetMasterOptions | None = None, draganything_model: str | None = None,
+           draganything_options: DragAnythingOptions | None = None) -> None:
+    """Load the model(s) and serve the demo (blocking); the options as :func:`build_demo`'s."""
     pipe = load_pipeline(model, device=device)
     draganything = None
     if draganything_model is not None:
         from ..pipelines.pipeline_draganything import load_draganything_pipeline
 
         draganything = load_draganything_pipeline(draganything_model, device=device)
-    demo = build_demo(pipe, size=size, num_frames=frames, default_steps=steps, draganything=draganything,
-                      draganything_resolution=draganything_resolution)
+    demo = build_demo(pipe, options, draganything=draganything, draganything_options=draganything_options)
     # SIGTERM (e.g. from a process manager) exits through Python, so atexit removes the temporary videos
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     demo.queue(default_concurrency_limit=1).launch(server_name=host, server_port=port, show_error=False,

@@ -7,24 +7,22 @@ import numpy as np
 import PIL.Image
 
 from ..drags import DragSet
+from ..options import DragAnythingOptions
 from ..video import to_uint8_frames
 
-#: Label of the method in the demo's selector.
-LABEL = "DragAnything"
 
-
-def generate_draganything(pipe, image: PIL.Image.Image, drags: DragSet, num_frames: int, seed: int, steps: int,
-                          guidance: float, resolution: tuple[int, int] = (576, 320)) -> np.ndarray:
+def generate_draganything(pipe, image: PIL.Image.Image, drags: DragSet, options: DragAnythingOptions) -> np.ndarray:
     """Animate the demo's square image with DragAnything.
 
-    The image is resized to ``resolution`` (width, height; the release's 576×320), each
-    drag's entity is segmented around its start point (GrabCut; the demo has no mask
-    editor) and the video is resized back to the square.
+    The image is resized to ``options.resolution`` (width × height; the release's
+    576×320), each drag's entity is segmented around its start point (GrabCut; the demo
+    has no mask editor) and the video is resized back to the square.
 
     Args:
         pipe: a :class:`~puppet_master.pipelines.DragAnythingPipeline`.
         image: the square RGB model image (S × S).
         drags: drags in its pixels.
+        options: frames, resolution and sampling settings (checked).
 
     Returns:
         uint8 ``(N, S, S, 3)``.
@@ -32,11 +30,8 @@ def generate_draganything(pipe, image: PIL.Image.Image, drags: DragSet, num_fram
     Raises:
         UserInputError: drags or sizes the pipeline refuses.
     """
-    import torch
-
-    width, height = resolution
-    frames = pipe(image, drags.resample(num_frames), masks=None, num_frames=num_frames, height=height, width=width,
-                  num_inference_steps=int(steps), max_guidance_scale=float(guidance),
-                  generator=torch.Generator().manual_seed(int(seed)), output_type="np").frames[0]
+    width, height = options.size
+    frames = pipe(image, drags.resample(options.frames), masks=None, num_frames=options.frames, height=height,
+                  width=width, output_type="np", **options.call_kwargs()).frames[0]
     video = to_uint8_frames(frames)
     return np.stack([cv2.resize(f, image.size, interpolation=cv2.INTER_AREA) for f in video])

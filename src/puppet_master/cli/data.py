@@ -10,7 +10,8 @@ from typing import Optional
 import typer
 
 from ..errors import UserInputError
-from .options import Command
+from ..options import MAX_SEED
+from .options import Command, finite
 
 data_app = typer.Typer(help="Animated 3D assets → Blender renders → curation → drags → training samples.",
                        no_args_is_help=True, rich_markup_mode=None)
@@ -39,7 +40,7 @@ SAMPLES = typer.Option(16, "--cycles-samples", min=1, help="Cycles samples per p
 WORKERS = typer.Option(2, "--workers", min=1, help="Parallel asset workers.")
 EXECUTOR = typer.Option("local", "--executor", help="local (process pool) or ray.")
 RAY = typer.Option(None, "--ray-address", help="Address of a running Ray cluster (default: start a local one).")
-SEED = typer.Option(0, "--seed")
+SEED = typer.Option(0, "--seed", min=0, max=MAX_SEED, help="Random seed (0 to 2**32 - 1).")
 NUMF = typer.Option(14, "--num-frames", min=2, help="Frames N of each drag sample.")
 SPV = typer.Option(2, "--samples-per-view", min=1, help="Drag samples (start frames) per view.")
 MODEL = typer.Option(None, "--curation-model", help="Curation model JSON (default: the shipped one).")
@@ -69,7 +70,7 @@ def setup_blender_cmd(
 
 @data_app.command("generate-assets", cls=Command)
 def generate_assets(out: Path = OUT, num_assets: int = typer.Option(8, "--num-assets", min=1), seed: int = SEED,
-                    frames: int = FRAMES, bad_fraction: float = typer.Option(0.2, "--bad-fraction", min=0, max=1),
+                    frames: int = FRAMES, bad_fraction: float = typer.Option(0.2, "--bad-fraction", parser=finite(0.0, 1.0)),
                     textures: bool = TEXTURES, motion_episodes: int = EPISODES, num_frames: int = NUMF,
                     workers: int = WORKERS, quiet: bool = QUIET) -> None:
     """Write procedural animated GLB assets (one named sub-model per moving part) to OUT/assets."""

@@ -2,31 +2,14 @@
 
 from __future__ import annotations
 
-import re
 import sys
 import time
 from pathlib import Path
 
 from ..errors import UserInputError
-from .options import parse_dtype
-
-#: The release's sampling settings (used when --steps / --guidance are not given).
-DRAGANYTHING_STEPS, DRAGANYTHING_GUIDANCE = 25, 3.0
-#: The released weights' resolution (width x height).
-DRAGANYTHING_RESOLUTION = "576x320"
-SEGMENTERS = ("grabcut", "sam")
-
-
-def parse_resolution(text: str) -> tuple[int, int]:
-    """``"576x320"`` → ``(576, 320)`` (width, height in pixels).
-
-    Raises:
-        UserInputError: not ``WIDTHxHEIGHT`` with positive integers.
-    """
-    match = re.fullmatch(r"\s*(\d+)\s*[xX×]\s*(\d+)\s*", text or "")
-    if not match or int(match.group(1)) == 0 or int(match.group(2)) == 0:
-        raise UserInputError(f"--resolution must be WIDTHxHEIGHT in pixels (e.g. 576x320), got {text!r}")
-    return int(match.group(1)), int(match.group(2))
+from ..options import SEGMENTERS, DragAnythingOptions
+from .inputs import read_drags
+from .options import parse_dtype, progress_bar_config, quiet_loading
 
 
 def read_entity_masks(image, drags, mask_files, segmenter: str = "grabcut", sam_checkpoint: Path | None = None,
@@ -44,7 +27,7 @@ def read_entity_masks(image, drags, mask_files, segmenter: str = "grabcut", sam_
     from ..entity import assign_drags_to_masks, load_mask, sam_entity_masks, segment_entities
 
     if segmenter not in SEGMENTERS:
-        raise UserInputError(f"--segmenter must be one of {', '.join(SEGMENTERS)}, got {segmenter!r}")
+        raise UserInputError(f"--segmenter must be one of {', '.join(SEGMENTERS)}, got {segmenter!r}")  # library callers
     if mask_files:
         masks = [load_mask(p, size=image.size) for p in mask_files]
         return [masks[i] for i in assign_drags_to_masks(drags.starts, masks)]
@@ -58,61 +41,45 @@ def read_entity_masks(image, drags, mask_files, segmenter: str = "grabcut", sam_
 def run_animate_draganything(opts) -> Path:
     """``animate --method draganything``: image + drags (+ masks) → video at the model's resolution.
 
-    ``opts`` is :class:`~puppet_master.cli.animate.AnimateOptions` (``steps`` and
-    ``guidance`` already resolved). Inputs, masks and the resolution are checked before
-    the model is loaded; nothing is written before sampling has finished.
+    ``opts`` is :class:`~puppet_master.cli.animate.AnimateOptions` with
+    :class:`~puppet_master.options.DragAnythingOptions`. Inputs, masks and the resolution
+    are checked before the model is loaded; nothing is written before sampling has finished.
 
     Raises:
         UserInputError: any bad input.
     """
     from ..preprocessing import composite_on_white, load_image
     from ..video import check_output_path, draw_drags, to_uint8_frames, write_video
-    from .options import progress_bar_config, quiet_loading
 
-    width, height = parse_resolution(opts.resolution or DRAGANYTHING_RESOLUTION)
+    options: DragAnythingOptions = opts.options
+    width, height = options.size
     # auto keeps fp32 on a CPU: DragAnything's bf16 path is not measured (an explicit --dtype is honoured)
     torch_dtype = None if opts.dtype == "auto" else parse_dtype(opts.dtype, opts.device)
     check_output_path(opts.output, opts.overwrite)
     img = composite_on_white(load_image(opts.image, notice=lambda message: print(f"note: {message}", file=sys.stderr)))
-    from .animate import read_drags
-
     w, h = img.size
-    drags = read_drags(opts, w, h, max_drags=64)  # DragAnything takes any number of entities
-    masks = read_entity_masks(img, drags, opts.masks, opts.segmenter or "grabcut", opts.sam_checkpoint, opts.device)
-
-    import torch
+    drags = read_drags(opts.drags, opts.drags_json, w, h, num_frames=options.frames,
+                       max_drags=64)  # DragAnything takes any number of entities
+    masks = read_entity_masks(img, drags, options.masks, options.segmenter, options.sam_checkpoint, opts.device)
 
     from ..pipelines.pipeline_draganything import load_draganything_pipeline
 
-    if opts.quiet:
-        quiet_loading()
+    quiet_loading()
     pipe = load_draganything_pipeline(opts.model, device=opts.device, torch_dtype=torch_dtype)
     multiple = pipe.size_multiple
     if width % multiple or height % multiple:
         raise UserInputError(f"--resolution must be multiples of {multiple} for this model, got {width}x{height}")
     pipe.set_progress_bar_config(**progress_bar_config("denoising", opts.quiet))
     start = time.perf_counter()
-    result = pipe(
-        img,
-        drags,
-        masks=masks,
-        num_frames=opts.frames,
-        height=height,
-        width=width,
-        num_inference_steps=opts.steps,
-        min_guidance_scale=opts.min_guidance,
-        max_guidance_scale=opts.guidance,
-        generator=torch.Generator(device="cpu").manual_seed(opts.seed),
-        output_type="np",
-    )
+    result = pipe(img, drags, masks=masks, num_frames=options.frames, height=height, width=width, output_type="np",
+                  **options.call_kwargs())
     video = to_uint8_frames(result.frames[0])
     if opts.overlay:
-        model_drags = drags.transformed((width / w, height / h), (0.0, 0.0), width, height).resample(opts.frames)
+        model_drags = drags.transformed((width / w, height / h), (0.0, 0.0), width, height).resample(options.frames)
         video = draw_drags(video, model_drags.trajectories)
-    path = write_video(video, opts.output, fps=opts.fps, overwrite=opts.overwrite)
-    if not opts.quiet:
-        print(f"wrote {path} ({len(video)} frames, {width}x{height}, DragAnything) in "
-              f"{time.perf_counter() - start:.1f} s", file=sys.stderr)
+    path = write_video(video, opts.output, fps=options.fps, overwrite=opts.overwrite)
+    print(f"wrote {path} ({len(video)} frames, {width}x{height}, DragAnything) in "
+          f"{time.perf_counter() - start:.1f} s", file=sys.stderr)
     return path
 
 
@@ -128,20 +95,20 @@ def save_random_draganything(out_dir: Path, seed: int = 0, with_image_encoder: b
 
 
 def draganything_evaluation_method(methods: list[str], model: str | None, draganything_model: str | None,
-                                   resolution: str, steps: int | None, guidance: float | None, seed: int,
-                                   device: str):
+                                   options: DragAnythingOptions, device: str):
     """The ``draganything`` generator of ``evaluate``, with its pipeline loaded.
 
     ``--draganything-model`` names the pipeline; ``--model`` does when no Puppet-Master
     method (``model``, ``autoencoder``) needs it.
 
     Raises:
-        UserInputError: no DragAnything model, a bad resolution, an unloadable model.
+        UserInputError: no DragAnything model, a resolution the model cannot work at, an
+            unloadable model.
     """
     from ..evaluation.draganything import draganything_method
     from ..pipelines.pipeline_draganything import load_draganything_pipeline
 
-    width, height = parse_resolution(resolution)
+    width, height = options.size
     if draganything_model is None:
         if any(m in ("model", "autoencoder") for m in methods):
             raise UserInputError("--method draganything with a Puppet-Master method needs --draganything-model DIR "
@@ -149,6 +116,6 @@ def draganything_evaluation_method(methods: list[str], model: str | None, dragan
         draganything_model = model
     pipe = load_draganything_pipeline(draganything_model, device=device)
     if width % pipe.size_multiple or height % pipe.size_multiple:
-        raise UserInputError(f"--resolution must be multiples of {pipe.size_multiple} for this model, got {resolution}")
-    return draganything_method(pipe, width=width, height=height, steps=DRAGANYTHING_STEPS if steps is None else steps,
-                               seed=seed, max_guidance=DRAGANYTHING_GUIDANCE if guidance is None else guidance)
+        raise UserInputError(f"--resolution must be multiples of {pipe.size_multiple} for this model, got "
+                             f"{options.resolution}")
+    return draganything_method(pipe, options)

@@ -11,28 +11,29 @@ from typing import Optional
 import typer
 
 from ..errors import UserInputError
-from .options import (DETAIL_TRANSFER_RADIUS, MODEL_DEFAULT_SHOWN, MODEL_HELP, THREADS, WARP_INIT_SIGMA,
-                      apply_sampling_settings, check_sampling_settings, quiet_loading, set_threads)
+from ..options import EVALUATE, DragAnythingOptions, MethodOptions, PuppetMasterOptions, owners
+from .options import (MODEL_DEFAULT_SHOWN, MODEL_HELP, THREADS, flag_names, method_flags, method_options, quiet_loading,
+                      set_threads, unused_flags)
 
 #: Methods ``--method`` accepts; ``model`` and ``autoencoder`` need ``--model``'s pipeline, ``draganything``
 #: ``--draganything-model``'s (or ``--model``'s when no Puppet-Master method is asked for).
 METHODS = ("model", "static", "warp", "autoencoder", "draganything")
 PIPELINE_METHODS = ("model", "autoencoder")
+#: The methods that sample, and their options (puppet_master/options.py): their flags are evaluate's.
+SAMPLING_METHODS = {"model": PuppetMasterOptions, "draganything": DragAnythingOptions}
 
 
 @dataclass(frozen=True)
 class EvaluateOptions:
-    """Everything ``evaluate`` needs (one field per command-line option)."""
+    """Everything ``evaluate`` needs: data, output, methods and their options, metrics."""
 
     data: Path
     out: Path
     methods: list[str] = field(default_factory=lambda: ["static"])
+    #: the options of each sampling method asked for (``"model"``, ``"draganything"``)
+    method_options: dict[str, MethodOptions] = field(default_factory=dict)
     model: Optional[str] = None
     limit: Optional[int] = None
-    seed: int = 0
-    #: ``None``: each method's own default (Puppet-Master 50 steps / 5.0, DragAnything 25 / 3.0).
-    steps: Optional[int] = None
-    guidance: Optional[float] = None
     tracker: str = "opencv-dis"
     cotracker_checkpoint: Optional[Path] = None
     i3d: Optional[Path] = None
@@ -42,12 +43,13 @@ class EvaluateOptions:
     quiet: bool = False
     threads: Optional[int] = None
     draganything_model: Optional[str] = None
-    resolution: str = "576x320"
-    #: not in the paper; ``None`` keeps the model's setting (cli/options.py)
-    warp_init_sigma: Optional[float] = None
-    detail_transfer_radius: Optional[float] = None
+
+    def options_of(self, method: str) -> MethodOptions:
+        """The options of sampling ``method`` (the method's defaults when none were made)."""
+        return self.method_options.get(method) or SAMPLING_METHODS[method]()
 
 
+@method_flags(list(SAMPLING_METHODS.values()), EVALUATE)
 def evaluate(
     data: Path = typer.Option(..., "--data", metavar="DIR",
                               help="Folder of NNNNN.pkl + NNNNN.gif (Drag-a-Move) or NAME.json + video."),
@@ -55,16 +57,13 @@ def evaluate(
         ["static"], "--method", metavar="NAME",
         help="model, static, warp, draganything or autoencoder (the ground truth through the model's VAE: the best any model "
              "with that VAE can reach without detail transfer); repeat for several."),
-    out: Path = typer.Option(..., "--out", metavar="DIR", help="Output folder for report.json, report.md and videos/."),
+    out: Path = typer.Option(..., "--out", metavar="DIR",
+                             help="Output folder for report.json, report.md and videos/ (required: name a folder outside "
+                                  "the repository, or one that .gitignore covers such as eval-NAME)."),
     model: Optional[str] = typer.Option(None, "--model", metavar="DIR|HUB_ID",
                                         help=MODEL_HELP + " For --method model or autoencoder.",
                                         show_default=MODEL_DEFAULT_SHOWN),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, metavar="N", help="Only the first N examples."),
-    seed: int = typer.Option(0, "--seed", metavar="N", help="Seed of the model's initial noise."),
-    steps: Optional[int] = typer.Option(None, "--steps", min=1, metavar="N",
-                                        help="Sampling steps [default: 50; DragAnything: 25]."),
-    guidance: Optional[float] = typer.Option(None, "--guidance", metavar="W",
-                                             help="Maximum CFG weight [default: 5.0; DragAnything: 3.0]."),
     tracker: str = typer.Option("opencv-dis", "--tracker", metavar="NAME",
                                 help="opencv-dis (default), opencv-lk or cotracker."),
     cotracker_checkpoint: Optional[Path] = typer.Option(
@@ -78,27 +77,37 @@ def evaluate(
     device: str = typer.Option("cpu", "--device", metavar="DEVICE", help="Device for the model, CoTracker, LPIPS and I3D."),
     no_videos: bool = typer.Option(False, "--no-videos", help="Skip the side-by-side GIFs."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing report in --out."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or loading bars."),
+    quiet: bool = typer.Option(False, "--quiet", "-q",
+                               help="No progress bars (the report and the final 'wrote' line stay)."),
     threads: Optional[int] = THREADS,
-    warp_init_sigma: Optional[float] = WARP_INIT_SIGMA,
-    detail_transfer_radius: Optional[float] = DETAIL_TRANSFER_RADIUS,
     draganything_model: Optional[str] = typer.Option(
         None, "--draganything-model", metavar="DIR|HUB_ID",
         help="DragAnythingPipeline for --method draganything (--model serves when no Puppet-Master method is asked for)."),
-    resolution: str = typer.Option("576x320", "--resolution", metavar="WxH",
-                                   help="DragAnything: the size each example is resized to and back from."),
+    **flags,
 ) -> None:
     """Evaluate methods on a test split; write OUT/report.json, OUT/report.md and OUT/videos/*.gif.
 
     An example that cannot be read is listed in the report with the reason and skipped;
-    the run goes on.
+    the run goes on. The sampling options (--steps, --guidance, ...) apply to every method
+    that has them, each defaulting to its method's own setting.
     """
-    run_evaluate(EvaluateOptions(data=data, out=out, methods=list(method), model=model, limit=limit, seed=seed,
-                                 steps=steps, guidance=guidance, tracker=tracker,
-                                 cotracker_checkpoint=cotracker_checkpoint, i3d=i3d, device=device,
-                                 no_videos=no_videos, overwrite=overwrite, quiet=quiet, threads=threads,
-                                 draganything_model=draganything_model, resolution=resolution,
-                                 warp_init_sigma=warp_init_sigma, detail_transfer_radius=detail_transfer_radius))
+    methods = list(method)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise UserInputError(f"unknown --method {unknown[0]!r}: choose from {', '.join(METHODS)}")
+    chosen = {m: cls for m, cls in SAMPLING_METHODS.items() if m in methods}
+    foreign = unused_flags(flags, list(chosen.values()), EVALUATE)
+    if foreign:
+        owner = next(m for m, cls in SAMPLING_METHODS.items() if owners(foreign[0], [cls], EVALUATE))
+        what = flag_names(foreign, list(SAMPLING_METHODS.values()), EVALUATE)
+        verb = "sets" if len(foreign) == 1 else "set"
+        raise UserInputError(f"{what} {verb} how --method {owner} samples: add --method {owner} or leave "
+                             f"{'it' if len(foreign) == 1 else 'them'} out")
+    run_evaluate(EvaluateOptions(data=data, out=out, methods=methods,
+                                 method_options={m: method_options(cls, flags, EVALUATE) for m, cls in chosen.items()},
+                                 model=model, limit=limit, tracker=tracker, cotracker_checkpoint=cotracker_checkpoint,
+                                 i3d=i3d, device=device, no_videos=no_videos, overwrite=overwrite, quiet=quiet,
+                                 threads=threads, draganything_model=draganything_model))
 
 
 def run_evaluate(opts: EvaluateOptions):
@@ -106,11 +115,13 @@ def run_evaluate(opts: EvaluateOptions):
 
     Raises:
         UserInputError: unknown method, missing data folder, existing report without
-            ``overwrite``, unreadable tracker / detector / model, no readable example.
+            ``overwrite``, an output folder whose ``report.*`` or ``videos`` is of the wrong
+            kind, unusable device, unreadable tracker / detector / model, no readable example.
     """
     from ..evaluation.metrics import FVDMetric, LPIPSMetric
     from ..evaluation.runner import evaluate as run_evaluation
     from ..evaluation.tracking import make_tracker
+    from ..pipelines.loading import check_device
 
     set_threads(opts.threads)
     unknown = [m for m in opts.methods if m not in METHODS]
@@ -120,24 +131,23 @@ def run_evaluate(opts: EvaluateOptions):
         raise UserInputError(f"--data {str(opts.data)!r} is not a folder")
     if (opts.out / "report.json").exists() and not opts.overwrite:
         raise UserInputError(f"{opts.out / 'report.json'} already exists: pass --overwrite or choose another --out")
-    _check_out_folder(opts.out)
-    check_sampling_settings(opts.warp_init_sigma, opts.detail_transfer_radius)
-    if "model" not in opts.methods and (opts.warp_init_sigma is not None or opts.detail_transfer_radius is not None):
-        raise UserInputError("--warp-init-sigma and --detail-transfer-radius set how --method model samples: "
-                             "add --method model or leave them out")
+    _check_out_folder(opts.out, write_gifs=not opts.no_videos)
+    check_device(opts.device)
     trk = make_tracker(opts.tracker, opts.cotracker_checkpoint, opts.device)
     fvd = FVDMetric(opts.i3d, opts.device) if opts.i3d is not None else None
     methods = build_methods(opts)
     report = run_evaluation(opts.data, methods, trk, opts.out, limit=opts.limit, lpips=LPIPSMetric(device=opts.device),
                             fvd=fvd, write_gifs=not opts.no_videos, progress=not opts.quiet)
-    if not opts.quiet:
-        print((opts.out / "report.md").read_text())
-        print(f"wrote {opts.out / 'report.json'} ({report.num_examples} examples)", file=sys.stderr)
+    print((opts.out / "report.md").read_text())
+    print(f"wrote {opts.out / 'report.json'} ({report.num_examples} examples)", file=sys.stderr)
     return report
 
 
-def _check_out_folder(out: Path) -> None:
-    """``--out`` must be a folder, or creatable in a writable one (checked before any work)."""
+def _check_out_folder(out: Path, write_gifs: bool = True) -> None:
+    """``--out`` must be a folder, or creatable in a writable one, and what goes in it must fit (checked before any work).
+
+    ``report.json`` and ``report.md`` must be files if they exist, ``videos`` a folder.
+    """
     existing = Path(out)
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
@@ -145,34 +155,37 @@ def _check_out_folder(out: Path) -> None:
         raise UserInputError(f"--out {str(out)!r} is not a folder ({str(existing)!r} is a file)")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UserInputError(f"--out {str(out)!r} cannot be written: {str(existing)!r} is not writable")
+    for name in ("report.json", "report.md"):
+        target = Path(out) / name
+        if target.exists() and not target.is_file():
+            raise UserInputError(f"{str(target)!r} is not a file: the report cannot be written there; remove it or "
+                                 "choose another --out")
+    videos = Path(out) / "videos"
+    if write_gifs and videos.exists() and not videos.is_dir():
+        raise UserInputError(f"{str(videos)!r} is a file, not a folder: the side-by-side GIFs go there; remove it, "
+                             "choose another --out or pass --no-videos")
 
 
 def build_methods(opts: EvaluateOptions) -> dict:
     """``{method name: generator}`` in the order given; the pipeline is loaded once if a method needs it."""
     from ..evaluation.runner import autoencoder_method, model_method, static_method, warp_method
 
+    quiet_loading()
     draganything = None
     if "draganything" in opts.methods:
         from .draganything import draganything_evaluation_method
 
-        if opts.quiet:
-            quiet_loading()
         draganything = draganything_evaluation_method(opts.methods, opts.model, opts.draganything_model,
-                                                      opts.resolution, opts.steps, opts.guidance, opts.seed,
-                                                      opts.device)
+                                                      opts.options_of("draganything"), opts.device)
     pipe = None
     if any(m in PIPELINE_METHODS for m in opts.methods):
         from ..pipelines.loading import load_pipeline
 
-        if opts.quiet:
-            quiet_loading()
         pipe = load_pipeline(opts.model, device=opts.device)
-        apply_sampling_settings(pipe, opts.warp_init_sigma, opts.detail_transfer_radius)
     builders = {
         "static": lambda: static_method,
         "warp": lambda: warp_method,
-        "model": lambda: model_method(pipe, steps=50 if opts.steps is None else opts.steps, seed=opts.seed,
-                                      max_guidance=5.0 if opts.guidance is None else opts.guidance),
+        "model": lambda: model_method(pipe, opts.options_of("model")),
         "autoencoder": lambda: autoencoder_method(pipe),
         "draganything": lambda: draganything,
     }

@@ -1,21 +1,53 @@
-"""Options and settings shared by several commands: threads, quiet loading, progress bars."""
+"""Options and settings shared by several commands: threads, quiet loading, progress bars, the methods' flags."""
 
 from __future__ import annotations
 
+import copy
+import inspect
+import math
 import sys
-from typing import Optional
+import types
+from collections.abc import Sequence
+from typing import Literal, Optional, Union, get_args, get_origin
 
 import typer
 from typer.core import TyperArgument, TyperCommand
 
 from .. import runtime
 from ..errors import UserInputError
+from ..options import MAX_SEED, MethodOptions, PuppetMasterOptions, is_given, owners
 
 #: ``--threads N``: CPU threads torch uses (default: torch's choice, one per core).
 THREADS = typer.Option(
     None, "--threads", min=1, metavar="N",
     help="CPU threads for torch (default: one per core). On a busy machine fewer threads can be faster.",
 )
+
+
+def finite(low: Optional[float] = None, high: Optional[float] = None, above: bool = False):
+    """A typer ``parser`` for a number option that must be finite and within ``[low, high]`` (``(low, high]`` with ``above``).
+
+    Typer's own ``min`` / ``max`` let ``inf`` and ``nan`` through; this refuses them as a
+    usage error (one ``error:`` line).
+    """
+    bounds = " and ".join(b for b in (None if low is None else f"{'>' if above else '>='} {low:g}",
+                                      None if high is None else f"<= {high:g}") if b)
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise typer.BadParameter(f"must be a number, got {text!r}") from None
+        if not math.isfinite(value) or (low is not None and (value <= low if above else value < low)) or \
+                (high is not None and value > high):
+            raise typer.BadParameter(f"must be a finite number{' ' + bounds if bounds else ''}, got {text}")
+        return value
+
+    return parse
+
+
+#: ``--seed`` of the commands outside the methods' options (the same range as theirs).
+SEED = typer.Option(0, "--seed", min=0, max=MAX_SEED, metavar="N", help="Random seed (0 to 2**32 - 1).")
 #: ``--model`` of the commands that run a pipeline.
 MODEL_HELP = "Pipeline folder saved by save_pretrained, a hub id, or 'default' (the model shipped in the package)."
 MODEL_DEFAULT_SHOWN = "the model shipped in the package"
@@ -31,7 +63,13 @@ def set_threads(threads: Optional[int]) -> None:
 
 
 def quiet_loading() -> None:
-    """Silence the loading bars of diffusers and transformers (``--quiet``)."""
+    """Silence the loading bars of diffusers and transformers.
+
+    The commands call it before loading any model, with or without ``--quiet``: a refusal
+    after loading (a size the model cannot work at) is then the only line printed, and a
+    local model loads in a second or two. (Hub downloads' bars are off through
+    ``HF_HUB_DISABLE_PROGRESS_BARS``, set by :func:`puppet_master.cli.main`.)
+    """
     from diffusers.utils import logging as diffusers_logging
 
     diffusers_logging.disable_progress_bar()
@@ -95,38 +133,90 @@ def parse_dtype(name: str, device: str = "cpu"):
 
 
 
-#: ``--warp-init-sigma`` / ``--detail-transfer-radius``: the pipeline's sampling settings that are
-#: not in the paper (``PuppetMasterPipeline``'s class docstring); ``None`` keeps the model's own.
-WARP_INIT_SIGMA = typer.Option(
-    None, "--warp-init-sigma", metavar="SIGMA",
-    help="Start sampling from the first frame warped along the drags at this noise level (not in the paper; "
-         "0: the paper's sampling from pure noise) [default: the model's setting; the shipped model's is 2].",
-)
-DETAIL_TRANSFER_RADIUS = typer.Option(
-    None, "--detail-transfer-radius", metavar="CELLS",
-    help="Add the input's detail lost by the VAE back to every frame, moved along the drags with this radius in "
-         "latent cells (not in the paper; 0: decode as the paper does) [default: the model's setting; the shipped "
-         "model's is 1].",
-)
+
+# ---------------------------------------------------------------------------------------- method options
+def method_flags(classes: Sequence[type[MethodOptions]], where: str):
+    """Decorator: give a typer command the flags of the method options ``classes`` that appear at ``where``.
+
+    One flag per option name (``--steps`` serves both methods); its help names each
+    method's default. Every generated flag defaults to ``None`` ("not given"), so the
+    command can tell the options the user gave from the method's defaults, and values are
+    checked by :meth:`~puppet_master.options.MethodOptions.from_values`, not by typer.
+    The command function takes them as ``**flags`` (``{field name: value or None}``).
+    """
+    def decorate(func):
+        signature = inspect.signature(func)
+        params = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        names = list(dict.fromkeys(name for cls in classes for name in cls.options(where)))
+        params += [_flag_parameter(name, classes, where) for name in names]
+        func.__signature__ = signature.replace(parameters=params)
+        return func
+
+    return decorate
 
 
-def check_sampling_settings(warp_init_sigma: Optional[float], detail_transfer_radius: Optional[float]) -> None:
-    """Refuse a negative or non-finite ``--warp-init-sigma`` / ``--detail-transfer-radius`` (before any loading).
+def _flag_parameter(name: str, classes: Sequence[type[MethodOptions]], where: str) -> inspect.Parameter:
+    """The typer parameter of option ``name``: its flag, metavar and help with each method's default."""
+    having = owners(name, classes, where)
+    info, spec = having[0].options(where)[name]
+    if any(cls.options(where)[name][1].flag != spec.flag for cls in having):
+        raise TypeError(f"option {name!r} has different flags in {[cls.__name__ for cls in having]}")
+    defaults = [(cls, cls.default(name)) for cls in having]
+    shown = [(cls, d) for cls, d in defaults if d is not None and d is not False and d != []]
+    help_text = info.description or ""
+    if shown and len({repr(d) for _, d in defaults}) == 1:
+        help_text += f" [default: {shown[0][1]}]"
+    elif shown:
+        help_text += " [default: " + ", ".join(f"{cls.label} {d}" for cls, d in shown) + "]"
+    if len(having) < len(classes):
+        help_text += f" ({', '.join(cls.label for cls in having)} only.)"
+    option = typer.Option(None, spec.flag, metavar=spec.metavar, help=help_text, show_default=False)
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option,
+                             annotation=_flag_type(info.annotation))
+
+
+def _flag_type(annotation):
+    """The command-line type of a field: ``Optional`` of its base type (a choice is read as text)."""
+    args = [a for a in get_args(annotation) if a is not type(None)]
+    base = args[0] if get_origin(annotation) in (Union, types.UnionType) and len(args) == 1 else annotation
+    if get_origin(base) is Literal:
+        base = str
+    return Optional[base]
+
+
+def unused_flags(flags: dict, used: Sequence[type[MethodOptions]], where: str) -> list[str]:
+    """The names of given ``flags`` that none of the ``used`` methods has at ``where``."""
+    return [name for name, value in flags.items() if is_given(value) and not owners(name, used, where)]
+
+
+def flag_names(names: Sequence[str], classes: Sequence[type[MethodOptions]], where: str) -> str:
+    """``"--mask, --segmenter"``: the flags of option ``names``."""
+    return ", ".join(owners(n, classes, where)[0].options(where)[n][1].flag for n in names)
+
+
+def method_options(cls: type[MethodOptions], flags: dict, where: str) -> MethodOptions:
+    """``cls``'s options from the given ``flags`` (the others take ``cls``'s defaults).
 
     Raises:
-        UserInputError: naming the option and its valid range.
+        UserInputError: a value of the wrong type or out of range (names the flag).
     """
-    import math
-
-    for flag, value in (("--warp-init-sigma", warp_init_sigma), ("--detail-transfer-radius", detail_transfer_radius)):
-        if value is not None and not (math.isfinite(value) and value >= 0):
-            raise UserInputError(f"{flag} must be a number >= 0 (0 turns it off), got {value}")
+    own = cls.options(where)
+    return cls.from_values({name: value for name, value in flags.items() if name in own}, where)
 
 
-def apply_sampling_settings(pipe, warp_init_sigma: Optional[float], detail_transfer_radius: Optional[float]) -> None:
-    """Set the given sampling settings on a loaded ``PuppetMasterPipeline`` (``None`` keeps the model's)."""
-    settings = {name: value for name, value in (("warp_init_sigma", warp_init_sigma),
-                                                  ("detail_transfer_radius", detail_transfer_radius))
-                if value is not None}
-    if settings:
-        pipe.register_to_config(**settings)
+def sampling_note(pipe, options: PuppetMasterOptions) -> Optional[str]:
+    """The ``note:`` that sampling starts from the drag-warped first frame, or ``None`` when it does not.
+
+    With ``warp_init_sigma`` (the option, else the pipeline's setting) sampling skips the
+    scheduler steps whose σ is above it (``PuppetMasterPipeline``'s class docstring): the
+    progress bar counts only the steps that run. Counted on a copy of the scheduler.
+    """
+    sigma = options.warp_init_sigma if options.warp_init_sigma is not None else pipe.config.get("warp_init_sigma")
+    if not sigma:
+        return None
+    scheduler = copy.deepcopy(pipe.scheduler)
+    scheduler.set_timesteps(options.steps)
+    sigmas = scheduler.sigmas[:-1]
+    first = min(int((sigmas > sigma).sum()), options.steps - 1)
+    return (f"sampling from the drag-warped first frame at σ={sigma:g}: {options.steps - first} of {options.steps} "
+            "steps run (--warp-init-sigma 0 samples from pure noise, as the paper)")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Optional
@@ -10,12 +9,14 @@ from typing import Optional
 import typer
 
 from ..errors import UserInputError
+from ..options import MAX_SEED
+from ..values import parse_json
 
 
 def random_model(
     out_dir: Path = typer.Argument(..., metavar="OUT_DIR", help="Folder to create (must not exist)."),
     size: str = typer.Option("tiny", "--size", help="tiny (seconds on CPU), small (the default model's architecture) or full (SVD-img2vid sizes, ~7 GB)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the random weights."),
+    seed: int = typer.Option(0, "--seed", min=0, max=MAX_SEED, help="Seed of the random weights (0 to 2**32 - 1)."),
     no_image_encoder: bool = typer.Option(False, "--no-image-encoder", help="Leave out the CLIP image encoder."),
     vae: Optional[Path] = typer.Option(None, "--vae", help="A trained VAE folder (e.g. from train-vae) instead of a random one."),
     method: str = typer.Option("puppet-master", "--method", metavar="NAME",
@@ -48,10 +49,10 @@ def random_model(
         config_file = vae / "config.json"
         if not config_file.is_file():
             raise UserInputError(f"VAE folder {str(vae)!r} has no config.json (save it with save_pretrained)")
-        try:
-            class_name = json.loads(config_file.read_text()).get("_class_name")
-        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-            raise UserInputError(f"{str(config_file)!r} is not a diffusers VAE config (JSON object)") from None
+        config = parse_json(config_file.read_bytes(), f"VAE config {str(config_file)!r}")
+        if not isinstance(config, dict):
+            raise UserInputError(f"{str(config_file)!r} is not a diffusers VAE config (JSON object)")
+        class_name = config.get("_class_name")
         cls = AutoencoderKLTemporalDecoder if class_name == AutoencoderKLTemporalDecoder.__name__ else AutoencoderKL
         trained_vae = cls.from_pretrained(vae)
     pipe = PuppetMasterPipeline(**build_components(size, seed=seed, with_image_encoder=not no_image_encoder, vae=trained_vae))

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from ..errors import UserInputError
-from .options import THREADS, quiet_loading, set_threads
+from .options import SEED, THREADS, finite, quiet_loading, set_threads
 
 
 def train(
@@ -26,8 +26,7 @@ def train(
     from ..training import Trainer, load_config
 
     set_threads(threads)
-    if quiet:
-        quiet_loading()
+    quiet_loading()
     cfg = load_config(config, overrides or [])
     result = Trainer(cfg, progress=not quiet).train()
     if result.pipeline_dir is not None:
@@ -65,8 +64,7 @@ def cache_latents(
     from ..training.cache import build_cache
 
     set_threads(threads)
-    if quiet:
-        quiet_loading()
+    quiet_loading()
     n = build_cache(data, model, out, size=size, device=device, limit=limit, progress=not quiet, flip=flip)
     print(f"cached {n} new clips in {out}", file=sys.stderr)
 
@@ -77,14 +75,15 @@ def train_vae(
     steps: int = typer.Option(3000, "--steps", min=1, help="Optimizer steps."),
     batch_size: int = typer.Option(8, "--batch-size", min=1),
     crop: int = typer.Option(128, "--crop", min=16, help="Training crop size in pixels."),
-    lr: float = typer.Option(2e-4, "--lr", min=0.0),
+    lr: float = typer.Option(2e-4, "--lr", parser=finite(0.0, above=True), help="Learning rate (> 0)."),
     channels: str = typer.Option("32,64,128,128", "--channels", help="block_out_channels; n blocks = 2^(n-1)x down."),
     latent_channels: int = typer.Option(4, "--latent-channels", min=1),
-    fg_weight: float = typer.Option(1.0, "--fg-weight", min=1.0, help="L1 weight of non-white (object) pixels."),
-    chroma_weight: float = typer.Option(4.0, "--chroma-weight", min=0.0,
+    fg_weight: float = typer.Option(1.0, "--fg-weight", parser=finite(1.0),
+                                    help="L1 weight of non-white (object) pixels (>= 1)."),
+    chroma_weight: float = typer.Option(4.0, "--chroma-weight", parser=finite(0.0),
                                         help="L1 weight of colour (each pixel's deviation from its grey level)."),
     no_photos: bool = typer.Option(False, "--no-photos", help="Do not mix in scikit-image's sample photographs."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = SEED,
     quiet: bool = typer.Option(False, "--quiet", "-q"),
     threads: Optional[int] = THREADS,
 ) -> None:

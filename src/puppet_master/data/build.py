@@ -31,6 +31,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..errors import UserInputError
+from ..values import parse_json
 from .blender_env import BlenderError, find_blender_python, run_worker
 from .curation import MotionClassifier, VLMFilter, curate
 from .drag_sampling import sample_drags, write_sample
@@ -239,6 +240,26 @@ def _episode_windows(info: dict, render) -> list[tuple[int, int]] | None:
     return [(s, e - s) for s, e in zip(starts, starts[1:] + [render.num_frames])]
 
 
+def _read_manifest(manifest_file: Path) -> dict:
+    """The asset records of an earlier build's ``manifest.json`` (``{}`` when there is none).
+
+    Raises:
+        UserInputError: the file is not a manifest this command wrote.
+    """
+    if not manifest_file.exists():
+        return {}
+    try:
+        raw = manifest_file.read_bytes()
+    except OSError as exc:
+        raise UserInputError(f"cannot read {manifest_file}: {exc.strerror or exc}") from None
+    data = parse_json(raw, f"build manifest {str(manifest_file)!r}")
+    records = data.get("assets") if isinstance(data, dict) else None
+    if not isinstance(records, dict) or not all(isinstance(r, dict) for r in records.values()):
+        raise UserInputError(f"{manifest_file} is not a manifest of `puppet-master data build`: choose another --out "
+                             "or remove the file")
+    return records
+
+
 def _write_manifest(out: Path, cfg: BuildConfig, records: dict) -> None:
     _atomic_json(out / "manifest.json", {"config": asdict(cfg), "assets": dict(sorted(records.items()))})
 
@@ -258,18 +279,23 @@ def build(tasks: list[AssetTask], cfg: BuildConfig, workers: int = 2, executor: 
     dies, so killing a build leaves nothing running.
 
     Raises:
-        UserInputError: no Blender Python, unknown executor.
+        UserInputError: ``cfg.out`` is (or lies under) a file, a damaged manifest, no
+            Blender Python, unknown executor.
         BuildConfigError: a setting that fails for every asset (e.g. a missing curation
             model), before any asset is processed where it can be checked up front.
     """
     out = Path(cfg.out)
+    for part in (out, *out.parents):
+        if part.exists() and not part.is_dir():
+            raise UserInputError(f"--out {str(out)!r}: {str(part)!r} is a file, not a folder; give a dataset folder "
+                                 "(created if missing)")
     if cfg.blender_python is None and any(s in cfg.stages for s in ("asset", "render")):
         cfg.blender_python = find_blender_python()
     if "curate" in cfg.stages:
         _classifier(cfg.curation_model)  # a missing or foreign curation model stops the build now
     out.mkdir(parents=True, exist_ok=True)
     manifest_file = out / "manifest.json"
-    records = json.loads(manifest_file.read_text())["assets"] if manifest_file.exists() else {}
+    records = _read_manifest(manifest_file)
     cfg_dict = {**asdict(cfg), "stages": list(cfg.stages)}
     bar = tqdm(total=len(tasks), desc="assets", disable=not progress)
 

@@ -26,6 +26,7 @@ import PIL.Image
 from sklearn.ensemble import RandomForestClassifier
 
 from ..errors import UserInputError
+from ..values import parse_json
 from .motion import FEATURE_NAMES, is_static, motion_features
 
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "assets" / "curation" / "default.json"
@@ -85,8 +86,8 @@ class MotionClassifier:
         path = Path(path) if path is not None else DEFAULT_MODEL
         if not path.is_file():
             raise UserInputError(f"curation model {str(path)!r} does not exist")
-        data = json.loads(path.read_text())
-        if data.get("feature_names") != FEATURE_NAMES:
+        data = parse_json(path.read_bytes(), f"curation model {str(path)!r}")
+        if not isinstance(data, dict) or data.get("feature_names") != FEATURE_NAMES:
             raise UserInputError(f"curation model {str(path)!r} was made for other motion features")
         return cls(np.array(data["features"]), np.array(data["labels"]), data["threshold"], data["n_estimators"],
                    data["seed"], data.get("ids"))
@@ -103,7 +104,10 @@ def read_labels(path: str | Path) -> dict[str, int]:
         raise UserInputError(f"labels file {str(path)!r} does not exist")
     text = path.read_text()
     if path.suffix == ".json":
-        labels = {str(k): int(v) for k, v in json.loads(text).items()}
+        data = parse_json(text, f"labels file {str(path)!r}")
+        if not isinstance(data, dict) or not all(v in (0, 1) and not isinstance(v, float) for v in data.values()):
+            raise UserInputError(f"labels file {str(path)!r} must be a JSON object of asset_id: 0 or 1")
+        labels = {str(k): int(v) for k, v in data.items()}
     else:
         labels = {}
         for n, line in enumerate(text.splitlines(), 1):

@@ -17,7 +17,6 @@ for the source groups of a clip dataset with the paper's probabilities :data:`PA
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +26,7 @@ from torch.utils.data import Dataset, Subset
 
 from ..drags import K_MAX, DragSet
 from ..errors import UserInputError
+from ..values import parse_json
 from .renders import RenderedAsset
 
 #: The paper's training mixture: probability of each source group (docs/design.md §6).
@@ -71,7 +71,7 @@ class DragVideoDataset(Dataset):
             raise UserInputError(f"no drag samples (samples/*.json) under {', '.join(map(str, roots))}")
         self.size, self.num_drags = size, num_drags
         self.latent_cache = Path(latent_cache) if latent_cache else None
-        self.specs = [json.loads(p.read_text()) for p in self.files]
+        self.specs = [parse_json(p.read_bytes(), f"drag sample {str(p)!r}") for p in self.files]
         self._renders: dict[Path, RenderedAsset] = {}
 
     def __len__(self) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import random
 import re
@@ -10,6 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..errors import UserInputError
+from ..values import parse_json
 from .blender.kinds import BAD_KINDS, GOOD_KINDS
 
 OBJAVERSE_LISTS = {
@@ -75,7 +77,18 @@ def objaverse_uids(which: str = "hq") -> list[str]:
 
 
 def objaverse_tasks(which: str = "hq", limit: int | None = None, uids_file: str | Path | None = None) -> list[AssetTask]:
-    uids = json.loads(Path(uids_file).read_text()) if uids_file else objaverse_uids(which)
+    """Tasks for the first ``limit`` Objaverse objects of a shipped list (or of ``uids_file``, a JSON list of UIDs).
+
+    Raises:
+        UserInputError: the ``objaverse`` package (the optional extra) is not installed,
+            checked before any asset is attempted; an unknown list or unreadable file.
+    """
+    if importlib.util.find_spec("objaverse") is None:
+        raise UserInputError("--source objaverse needs the objaverse package, which downloads the objects: "
+                             "pip install objaverse (or pip install 'puppet-master[objaverse]')")
+    uids = parse_json(Path(uids_file).read_bytes(), f"UID list {str(uids_file)!r}") if uids_file else objaverse_uids(which)
+    if not isinstance(uids, list) or not all(isinstance(u, str) for u in uids):
+        raise UserInputError(f"UID list {str(uids_file)!r} must be a JSON list of Objaverse UIDs (strings)")
     return [AssetTask(uid, "objaverse", uid=uid) for uid in uids[:limit]]
 
 

@@ -18,7 +18,6 @@ are all zeros in every frame.
 
 from __future__ import annotations
 
-import json
 import math
 import reprlib
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 
 from ..errors import DragError
+from ..values import parse_json
 
 #: Maximum number of drags the released model was trained with (docs/design.md §1).
 K_MAX = 5
@@ -394,7 +394,8 @@ def read_drags_json(source: str | Path | dict | list) -> Any:
 
     Raises:
         DragError: unreadable, larger than :data:`MAX_JSON_BYTES`, not UTF-8, not JSON,
-            or nested deeper than :data:`MAX_JSON_DEPTH`.
+            nested deeper than :data:`MAX_JSON_DEPTH`, or holding an overlong integer or a
+            non-finite number (:func:`puppet_master.values.parse_json`).
     """
     if isinstance(source, (dict, list)):
         data = source
@@ -414,14 +415,10 @@ def read_drags_json(source: str | Path | dict | list) -> Any:
         if len(raw) > MAX_JSON_BYTES:
             raise DragError(f"{what} is larger than {MAX_JSON_BYTES >> 20} MiB: it cannot be a drags file")
         try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise DragError(f"{what} is not UTF-8 text (byte {exc.start}): save it as UTF-8 JSON") from None
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise DragError(f"{what} is not valid JSON: {exc.msg} (line {exc.lineno})") from exc
-        except RecursionError:
+            data = parse_json(raw, what, DragError)
+        except DragError as exc:
+            if "nested too deeply" not in str(exc):
+                raise
             raise DragError(f"{what} is nested too deeply (more than {MAX_JSON_DEPTH} levels)") from None
     if _depth(data) > MAX_JSON_DEPTH:
         raise DragError(f"drags JSON is nested too deeply (more than {MAX_JSON_DEPTH} levels)")

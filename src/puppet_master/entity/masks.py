@@ -7,6 +7,7 @@ mask contains its start point.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -38,20 +39,28 @@ def load_mask(path: str | Path, size: tuple[int, int] | None = None) -> np.ndarr
     if not path.is_file():
         raise UserInputError(f"mask {str(path)!r} does not exist")
     try:
-        with PIL.Image.open(path) as img:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", PIL.Image.DecompressionBombWarning)
+            img = PIL.Image.open(path)
+        with img:
+            if size is not None and tuple(img.size) != tuple(size):  # from the header: nothing decoded yet
+                raise UserInputError(
+                    f"mask {str(path)!r} is {img.size[0]}x{img.size[1]} but the image is {size[0]}x{size[1]}: "
+                    "give masks of the image's size"
+                )
             img.load()
             if img.mode in ("RGBA", "LA") and np.asarray(img.getchannel("A")).min() < 255:
                 arr = np.asarray(img.getchannel("A"))
             else:
                 arr = np.asarray(img.convert("L"))
-    except (PIL.UnidentifiedImageError, OSError, ValueError) as exc:
-        raise UserInputError(f"cannot read mask {str(path)!r}: {exc}") from exc
+    except UserInputError:
+        raise
+    except (PIL.Image.DecompressionBombError, PIL.Image.DecompressionBombWarning):
+        raise UserInputError(f"mask {str(path)!r} is larger than Pillow's decompression-bomb limit: give a mask of "
+                             "the image's size") from None
+    except (PIL.UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise UserInputError(f"cannot read mask {str(path)!r}: {exc}") from None
     mask = arr > 127
-    if size is not None and (mask.shape[1], mask.shape[0]) != tuple(size):
-        raise UserInputError(
-            f"mask {str(path)!r} is {mask.shape[1]}x{mask.shape[0]} but the image is {size[0]}x{size[1]}: "
-            "give masks of the image's size"
-        )
     if not mask.any():
         raise UserInputError(f"mask {str(path)!r} is empty (no pixel brighter than 127): white marks the entity")
     return mask

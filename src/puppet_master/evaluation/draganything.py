@@ -17,51 +17,33 @@ import PIL.Image
 
 from ..data.splits import EvalExample
 from ..drags import DragSet
+from ..options import DragAnythingOptions
 from ..video import to_uint8_frames
 
 Generator = Callable[[EvalExample], np.ndarray]
 
 
-def draganything_method(
-    pipe,
-    width: int = 576,
-    height: int = 320,
-    steps: int = 25,
-    seed: int = 0,
-    max_guidance: float = 3.0,
-    dift_ensemble_size: int = 8,
-) -> Generator:
+def draganything_method(pipe, options: DragAnythingOptions | None = None, dift_ensemble_size: int = 8) -> Generator:
     """A generator running a :class:`~puppet_master.pipelines.DragAnythingPipeline` on an example.
 
     Args:
         pipe: the loaded pipeline.
-        width, height: the model's resolution in pixels (the release: 576 × 320).
-        steps: Euler steps (25 in the release).
-        seed: seed of the initial noise, noise augmentation and DIFT.
-        max_guidance: CFG weight at the last frame (3 in the release).
+        options: resolution (the model's working size; the release: 576 × 320) and
+            sampling settings (the release's: 25 Euler steps, CFG weight 3 at the last
+            frame); default :class:`~puppet_master.options.DragAnythingOptions`'s.
         dift_ensemble_size: noised copies averaged for the entity features (8).
 
     Returns:
         ``f(example) -> uint8 (N, S, S, 3)`` at the example's size ``S``.
     """
-    import torch
+    options = options or DragAnythingOptions()
+    width, height = options.size
 
     def run(example: EvalExample) -> np.ndarray:
         n, s = example.frames.shape[:2]
         drags = DragSet.from_tensor(example.drags, s, s)
-        out = pipe(
-            PIL.Image.fromarray(example.frames[0]),
-            drags,
-            masks=None,
-            num_frames=n,
-            height=height,
-            width=width,
-            num_inference_steps=steps,
-            max_guidance_scale=max_guidance,
-            dift_ensemble_size=dift_ensemble_size,
-            generator=torch.Generator().manual_seed(seed),
-            output_type="np",
-        ).frames[0]
+        out = pipe(PIL.Image.fromarray(example.frames[0]), drags, masks=None, num_frames=n, height=height, width=width,
+                   dift_ensemble_size=dift_ensemble_size, output_type="np", **options.call_kwargs()).frames[0]
         video = to_uint8_frames(out)
         return np.stack([cv2.resize(f, (s, s), interpolation=cv2.INTER_AREA) for f in video])
 

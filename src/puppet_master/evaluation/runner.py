@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict
 from tqdm.auto import tqdm
 
 from ..data.splits import EvalExample, scan_eval_dataset
+from ..options import PuppetMasterOptions
 from ..video import draw_drags, write_video
 from .baselines import static_video, warp_video
 from .metrics import FVDMetric, LPIPSMetric, flow_errors, psnr_per_frame, ssim_per_frame, trajectory_rmse
@@ -68,22 +69,19 @@ def warp_method(example: EvalExample) -> np.ndarray:
     return warp_video(example.frames[0], example.trajectories())
 
 
-def model_method(pipe, steps: int = 50, seed: int = 0, max_guidance: float = 5.0) -> Generator:
-    """A generator that runs a :class:`PuppetMasterPipeline` on the example's frame 0 and drags."""
+def model_method(pipe, options: PuppetMasterOptions | None = None) -> Generator:
+    """A generator that runs a :class:`PuppetMasterPipeline` on the example's frame 0 and drags.
+
+    ``options`` (default: :class:`~puppet_master.options.PuppetMasterOptions`'s defaults,
+    as ``animate``) set the sampling arguments of each call; the frames and size are the
+    example's.
+    """
+    options = options or PuppetMasterOptions()
 
     def run(example: EvalExample) -> np.ndarray:
         n, s = example.frames.shape[:2]
-        out = pipe(
-            PIL.Image.fromarray(example.frames[0]),
-            example.drags[None],
-            num_frames=n,
-            height=s,
-            width=s,
-            num_inference_steps=steps,
-            max_guidance_scale=max_guidance,
-            generator=torch.Generator().manual_seed(seed),
-            output_type="np",
-        ).frames[0]
+        out = pipe(PIL.Image.fromarray(example.frames[0]), example.drags[None], num_frames=n, height=s, width=s,
+                   output_type="np", **options.call_kwargs()).frames[0]
         return (np.clip(out, 0, 1) * 255 + 0.5).astype(np.uint8)
 
     return run

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
 from ..errors import ModelLoadError
+from ..values import check_config_numbers
 from .pipeline_puppet_master import PuppetMasterPipeline
 
 #: Folder of the model shipped inside the package (``--model default``).
@@ -42,6 +44,54 @@ def resolve_model(model: str | os.PathLike | None) -> str:
     return text  # a hub id such as "user/puppet-master"
 
 
+#: Device types a pipeline can run on (``meta`` holds no data; others are not supported).
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """The ``torch.device`` of ``--device``, if this machine has it.
+
+    Raises:
+        ModelLoadError: not a device name, a type other than :data:`DEVICE_TYPES`
+            (``meta`` computes nothing), CUDA or MPS asked for but not available, or a
+            GPU index beyond the GPUs present.
+    """
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ModelLoadError(f"unknown device {device!r}: {' '.join(str(exc).split())}; use cpu or cuda") from None
+    if dev.type not in DEVICE_TYPES:
+        raise ModelLoadError(f"--device {device!r}: a pipeline runs on {', '.join(DEVICE_TYPES)} only; use --device cpu "
+                             "or cuda")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ModelLoadError("--device cuda was asked for but no CUDA GPU is available: use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ModelLoadError(f"--device {device!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
+                                 f"numbered from 0")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ModelLoadError("--device mps was asked for but Apple's MPS is not available: use --device cpu")
+    return dev
+
+
+def check_component_configs(pipe, model: str | os.PathLike | None) -> None:
+    """Refuse a loaded pipeline whose components' configs hold non-finite or out-of-range numbers.
+
+    :func:`~puppet_master.values.check_config_numbers` on the pipeline's own config
+    (``model_index.json``) and every component's config: a VAE with
+    ``scaling_factor: NaN`` loads without complaint and gives a black video.
+
+    Raises:
+        ModelLoadError: naming the model, the file and the entry.
+    """
+    name = str(model or "default")
+    check_config_numbers(pipe.config, f"model {name!r} (model_index.json)", ModelLoadError)
+    for component, module in pipe.components.items():
+        config = getattr(module, "config", None)
+        if isinstance(config, Mapping):
+            check_config_numbers(config, f"model {name!r} ({component}/config.json)", ModelLoadError)
+
+
 def device_and_dtype(device: str | torch.device, torch_dtype: torch.dtype | None) -> tuple[torch.device, dict]:
     """The device to load onto and ``from_pretrained``'s dtype arguments.
 
@@ -51,12 +101,7 @@ def device_and_dtype(device: str | torch.device, torch_dtype: torch.dtype | None
     Raises:
         ModelLoadError: an unknown device, or CUDA asked for without a CUDA GPU.
     """
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ModelLoadError(f"unknown device {device!r}: {exc}") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ModelLoadError("--device cuda was asked for but no CUDA GPU is available: use --device cpu")
+    dev = check_device(device)
     if torch_dtype is None and dev.type == "cpu":
         torch_dtype = torch.float32
     return dev, ({"dtype": torch_dtype} if torch_dtype is not None else {})
@@ -81,5 +126,6 @@ def load_pipeline(model: str | os.PathLike | None = None, device: str | torch.de
     except Exception as exc:  # noqa: BLE001 - hub/network/format errors all mean "cannot load this model"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(f"cannot load model {str(model or 'default')!r}: {first}") from exc
+    check_component_configs(pipe, model)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(dev)

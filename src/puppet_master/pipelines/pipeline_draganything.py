@@ -41,7 +41,7 @@ from ..entity import (
 )
 from ..errors import ModelLoadError, UserInputError
 from ..models import DragAnythingControlNetModel, UNetSpatioTemporalControlNetConditionModel
-from .loading import device_and_dtype, resolve_model
+from .loading import check_component_configs, device_and_dtype, resolve_model
 from .pipeline_puppet_master import PuppetMasterPipeline, guidance_scales
 
 #: The release's resolution (width × height) and entity-feature modes.
@@ -436,5 +436,6 @@ def load_draganything_pipeline(model: str | Path, device: str | torch.device = "
     except Exception as exc:  # noqa: BLE001 - any load failure means "cannot load this model"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(f"cannot load DragAnything model {str(model)!r}: {first}") from exc
+    check_component_configs(pipe, model)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(dev)

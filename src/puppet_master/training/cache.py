@@ -70,7 +70,8 @@ def build_cache(data: str | Path, model: str | None, out: str | Path, size: int 
         Number of files written in this call.
 
     Raises:
-        UserInputError: bad folders or model.
+        UserInputError: bad folders or model, or a ``size`` the model cannot work at (a
+            multiple of its VAE and UNet strides); nothing is created then.
     """
     data, out = Path(data), Path(out)
     if not data.is_dir():
@@ -81,8 +82,14 @@ def build_cache(data: str | Path, model: str | None, out: str | Path, size: int 
         files = files[:limit]
     if not files:
         raise UserInputError(f"{str(data)!r} holds no examples")
-    out.mkdir(parents=True, exist_ok=True)
+    for part in (out, *out.parents):
+        if part.exists() and not part.is_dir():
+            raise UserInputError(f"--out {str(out)!r}: {str(part)!r} is a file, not a folder")
     pipe = load_pipeline(model, device=device)
+    stride = pipe.vae_scale_factor * pipe.unet.spatial_stride
+    if size < stride or size % stride:
+        raise UserInputError(f"--size must be a positive multiple of {stride} for this model, got {size}")
+    out.mkdir(parents=True, exist_ok=True)
     written = 0
     for f in tqdm(files, desc="caching latents", disable=not progress):
         target = out / f"{f.stem}.safetensors"

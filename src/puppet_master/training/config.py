@@ -4,16 +4,39 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from ..errors import UserInputError
+from ..values import YAMLSyntaxError, parse_yaml
+
+
+#: Largest whole number a setting may hold (integers beyond it are a typo, and overflow torch and numpy).
+MAX_INT_SETTING = 2**63 - 1
+#: Seeds seed Python, numpy and torch alike: numpy's legacy generator takes 0 to 2**32 - 1.
+MAX_SEED = 2**32 - 1
+_NUMBERS = (int, float, int | None, float | None)
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Unknown keys, non-finite numbers (``.nan``, ``.inf``) and integers beyond :data:`MAX_INT_SETTING` are refused."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_as_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, bool) and cls.model_fields[info.field_name].annotation in _NUMBERS:
+            raise ValueError(f"must be a number, not {str(value).lower()}")
+        return value
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _sane_integers(cls, value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT_SETTING:
+            raise ValueError("is too large for a setting (at most 2**63 - 1)")
+        return value
 
 
 class SourceConfig(_Strict):
@@ -86,7 +109,8 @@ class OptimConfig(_Strict):
         "needs the bitsandbytes package and a CUDA GPU)"))
     lr: float = Field(1e-5, gt=0)
     weight_decay: float = Field(0.0, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = Field(
+        (0.9, 0.999), description="Adam's two moment decays, each in [0, 1)")
     eps: float = Field(1e-8, gt=0)
     grad_clip: float | None = Field(1.0, gt=0)
     lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine"] = "constant"
@@ -110,7 +134,7 @@ class TrainConfig(_Strict):
     """Everything a run needs; see ``configs/*.yaml``."""
 
     output_dir: str = "runs/puppet-master"
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="seeds Python, numpy and torch (0 to 2**32 - 1)")
     max_steps: int = Field(1000, ge=1, description="optimizer steps; also the length of the LR schedule")
     stop_at_step: int | None = Field(None, ge=1, description=(
         "end the run at this step (checkpoint and export there) while the LR schedule keeps max_steps' length"))
@@ -162,6 +186,19 @@ class TrainConfig(_Strict):
     def _nonempty(cls, v: str) -> str:
         if not v.strip():
             raise ValueError("output_dir must not be empty")
+        path = Path(v)
+        for part in (path, *path.parents):
+            if part.exists() and not part.is_dir():
+                raise ValueError(f"{str(part)!r} is a file, not a folder: give output_dir a folder (created if missing)")
+        return v
+
+    @field_validator("log_with")
+    @classmethod
+    def _tracker_installed(cls, v: str) -> str:
+        package = {"wandb": "wandb", "tensorboard": "tensorboard"}.get(v)
+        if package and importlib.util.find_spec(package) is None:
+            raise ValueError(f"log_with={v} needs the {package} package (pip install {package}); install it or use "
+                             "log_with=none")
         return v
 
 
@@ -195,7 +232,8 @@ def _read_yaml(path: Path) -> Any:
     """The YAML document of a config file (``None`` when empty).
 
     Raises:
-        UserInputError: larger than :data:`MAX_CONFIG_BYTES`, not UTF-8 text, or not YAML.
+        UserInputError: larger than :data:`MAX_CONFIG_BYTES`, not UTF-8 text, not YAML,
+            nested too deeply or holding an overlong integer (:func:`~puppet_master.values.parse_yaml`).
     """
     if path.stat().st_size > MAX_CONFIG_BYTES:
         raise UserInputError(f"config file {str(path)!r} is larger than {MAX_CONFIG_BYTES >> 20} MiB: not a config")
@@ -203,12 +241,7 @@ def _read_yaml(path: Path) -> Any:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as exc:
         raise UserInputError(f"config file {str(path)!r} is not UTF-8 text (byte {exc.start}): give a YAML file") from None
-    try:
-        return yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise UserInputError(f"config file {str(path)!r} is not valid YAML: {' '.join(str(exc).split())}") from None
-    except RecursionError:
-        raise UserInputError(f"config file {str(path)!r} is nested too deeply to be a config") from None
+    return parse_yaml(text, f"config file {str(path)!r}") or {}
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
@@ -232,15 +265,16 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise UserInputError(f"override {item!r} must look like key.sub=value")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError:
-            value = raw
-        except RecursionError:
-            raise UserInputError(f"override {key.strip()!r}: the value is nested too deeply") from None
+            value = parse_yaml(raw, f"override {key.strip()!r}")
+        except YAMLSyntaxError:
+            value = raw  # not YAML: the text itself (a string setting)
         _set(tree, key.strip(), value)
     try:
         return TrainConfig.model_validate(tree)
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(x) for x in err["loc"]) or "config"
-        raise UserInputError(f"invalid config: {where}: {err['msg']}") from None
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "finite_number":
+            message = "must be a finite number (not .nan or .inf)"
+        raise UserInputError(f"invalid config: {where}: {message}") from None

@@ -20,7 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from torch.utils.data import Dataset, Sampler
 
 from ..data.dataset import MixtureDataset
@@ -72,6 +72,10 @@ class SyntheticDragDataset(Dataset):
         }
 
 
+#: The tensors of a latent-cache file.
+CACHE_KEYS = ("latents", "image_latents", "embedding", "drags")
+
+
 class LatentCacheDataset(Dataset):
     """A folder of ``*.safetensors`` written by ``puppet-master cache-latents`` (keys as the module docstring).
 
@@ -86,6 +90,7 @@ class LatentCacheDataset(Dataset):
 
     def __init__(self, root: str | Path, min_drag_motion: float = 0.0):
         self.root = Path(root)
+        self._shapes: dict | None = None  # tensor shapes of the first clip read: every clip must match
         if not self.root.is_dir():
             raise UserInputError(f"latent cache folder {str(self.root)!r} does not exist")
         self.files = sorted(self.root.glob("*.safetensors"))
@@ -94,9 +99,14 @@ class LatentCacheDataset(Dataset):
         if min_drag_motion > 0:
             kept = []
             for f in self.files:
-                with safe_open(str(f), framework="pt") as fh:
-                    if largest_drag_motion(fh.get_tensor("drags").float()) >= min_drag_motion:
-                        kept.append(f)
+                try:
+                    with safe_open(str(f), framework="pt") as fh:
+                        motion = largest_drag_motion(fh.get_tensor("drags").float())
+                except (OSError, SafetensorError) as exc:
+                    raise UserInputError(f"latent cache file {str(f)!r} cannot be read ({' '.join(str(exc).split())}): "
+                                         "delete it and run `puppet-master cache-latents` again") from None
+                if motion >= min_drag_motion:
+                    kept.append(f)
             if not kept:
                 raise UserInputError(f"no clip in {str(self.root)!r} has a drag moving at least "
                                      f"min_drag_motion={min_drag_motion}; lower it")
@@ -106,9 +116,34 @@ class LatentCacheDataset(Dataset):
         return len(self.files)
 
     def __getitem__(self, index: int) -> dict:
-        with safe_open(str(self.files[index]), framework="pt") as fh:
-            item = {k: fh.get_tensor(k).float() for k in ("latents", "image_latents", "embedding", "drags")}
-            item["category"] = (fh.metadata() or {}).get("category", "")
+        """One cached clip (keys as the module docstring).
+
+        Raises:
+            UserInputError: the file became unreadable (truncated, replaced, deleted), lacks
+                a key, or holds tensors whose shapes differ from the cache's first file;
+                the message names the file and the fix.
+        """
+        path = self.files[index]
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                missing = [k for k in CACHE_KEYS if k not in fh.keys()]
+                if missing:
+                    raise UserInputError(f"latent cache file {str(path)!r} lacks the tensor {missing[0]!r}: delete it "
+                                         "and run `puppet-master cache-latents` again to rewrite it")
+                item = {k: fh.get_tensor(k).float() for k in CACHE_KEYS}
+                category = (fh.metadata() or {}).get("category", "")
+        except (OSError, SafetensorError) as exc:
+            raise UserInputError(f"latent cache file {str(path)!r} cannot be read ({' '.join(str(exc).split())}): "
+                                 "delete it and run `puppet-master cache-latents` again to rewrite it") from None
+        shapes = {k: tuple(v.shape) for k, v in item.items()}
+        if self._shapes is None:
+            self._shapes = shapes
+        elif shapes != self._shapes:
+            odd = next(k for k in CACHE_KEYS if shapes[k] != self._shapes[k])
+            raise UserInputError(f"latent cache file {str(path)!r} holds {odd} of shape {shapes[odd]}, the cache's "
+                                 f"other clips {self._shapes[odd]}: it was cached with other settings; delete it or "
+                                 "re-cache the folder")
+        item["category"] = category
         return item
 
 

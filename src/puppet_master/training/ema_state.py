@@ -25,6 +25,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..errors import UserInputError
+from ..values import parse_json
 
 EMA_WEIGHTS = "ema.safetensors"
 EMA_SETTINGS = "ema.json"
@@ -32,6 +33,9 @@ EMA_SETTINGS = "ema.json"
 LEGACY_EMA_FILE = "custom_checkpoint_0.pkl"
 _SETTINGS = {"decay": float, "min_decay": float, "optimization_step": int, "update_after_step": int,
              "use_ema_warmup": bool, "inv_gamma": float, "power": float}
+#: Valid range of each numeric setting: ``(low, high)``, both inclusive (diffusers ``EMAModel``'s checks and more).
+_RANGES = {"decay": (0.0, 1.0), "min_decay": (0.0, 1.0), "optimization_step": (0, 2**63 - 1),
+           "update_after_step": (0, 2**63 - 1), "inv_gamma": (1e-12, 1e12), "power": (1e-12, 1e12)}
 
 
 def save_ema_state(ema, names: list[str], folder: str | Path) -> None:
@@ -71,25 +75,66 @@ def read_ema_state(checkpoint: str | Path) -> tuple[list[str], list[torch.Tensor
             format only), or unreadable / inconsistent files.
     """
     checkpoint = Path(checkpoint)
+    weights = checkpoint / EMA_WEIGHTS
+    names, values = read_ema_settings(checkpoint)
+    try:
+        tensors = load_file(str(weights))
+    except (OSError, SafetensorError) as exc:
+        raise UserInputError(f"cannot read the EMA state of {checkpoint}: {' '.join(str(exc).split())}") from None
+    if set(names) != set(tensors) or len(names) != len(tensors):
+        raise UserInputError(f"the EMA state of {checkpoint} is inconsistent: {EMA_SETTINGS} does not list the "
+                             f"tensors of {EMA_WEIGHTS}")
+    return names, [tensors[n] for n in names], values
+
+
+def read_ema_settings(checkpoint: str | Path) -> tuple[list[str], dict]:
+    """The EMA's parameter names and settings (``ema.json``), checked without reading the weights.
+
+    Every setting must be there with its type (``bool`` for ``use_ema_warmup``, a whole
+    number for the step counters, a finite number otherwise) and within its range
+    (``decay`` and ``min_decay`` in [0, 1], counters >= 0, ``inv_gamma`` and ``power`` > 0).
+
+    Raises:
+        UserInputError: no EMA in the folder, or ``ema.json`` unreadable, not JSON
+            (:func:`~puppet_master.values.parse_json`), or a setting missing, of the wrong
+            type or out of range.
+    """
+    checkpoint = Path(checkpoint)
     weights, settings_file = checkpoint / EMA_WEIGHTS, checkpoint / EMA_SETTINGS
     if not weights.is_file() or not settings_file.is_file():
         raise UserInputError(f"{checkpoint} holds no EMA weights ({EMA_WEIGHTS} + {EMA_SETTINGS}); "
                              "was the run trained with use_ema=false?")
     try:
-        settings = json.loads(settings_file.read_bytes().decode("utf-8"))
-        tensors = load_file(str(weights))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, SafetensorError, RecursionError) as exc:
-        raise UserInputError(f"cannot read the EMA state of {checkpoint}: {' '.join(str(exc).split())}") from None
+        raw = settings_file.read_bytes()
+    except OSError as exc:
+        raise UserInputError(f"cannot read the EMA state of {checkpoint}: {exc.strerror or exc}") from None
+    settings = parse_json(raw, f"the EMA settings {str(settings_file)!r}")
     names = settings.get("parameters") if isinstance(settings, dict) else None
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or set(names) != set(tensors) \
-            or len(names) != len(tensors):
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise UserInputError(f"the EMA state of {checkpoint} is inconsistent: {EMA_SETTINGS} does not list the "
                              f"tensors of {EMA_WEIGHTS}")
-    try:
-        values = {k: cast(settings[k]) for k, cast in _SETTINGS.items()}
-    except (KeyError, TypeError, ValueError):
-        raise UserInputError(f"{checkpoint / EMA_SETTINGS} lacks the EMA settings {sorted(_SETTINGS)}") from None
-    return names, [tensors[n] for n in names], values
+    missing = sorted(k for k in _SETTINGS if k not in settings)
+    if missing:
+        raise UserInputError(f"{settings_file} lacks the EMA settings {missing}")
+    values = {}
+    for key, kind in _SETTINGS.items():
+        value = settings[key]
+        if kind is bool:
+            ok = isinstance(value, bool)
+        elif kind is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        low, high = _RANGES.get(key, (None, None))
+        if ok and low is not None:
+            ok = low <= value <= high
+        if not ok:
+            expected = {bool: "true or false", int: "a whole number"}.get(kind, "a number")
+            where = f" from {low:g} to {high:g}" if low is not None else ""
+            raise UserInputError(f"{settings_file}: {key} must be {expected}{where}, got {value!r}; the checkpoint is "
+                                 "damaged: resume from another one")
+        values[key] = kind(value)
+    return names, values
 
 
 def load_ema_state(ema, names: list[str], checkpoint: str | Path) -> None:

@@ -77,12 +77,19 @@ def export_checkpoint(
         ``out``.
 
     Raises:
-        UserInputError: missing checkpoint or EMA state, ``out`` exists without ``overwrite``,
+        UserInputError: missing checkpoint or EMA state, ``out`` exists without ``overwrite``
+            (or is a file: only a pipeline folder is replaced), a file among its parents,
             or a base whose UNet does not match the checkpoint (parameter count or shapes).
     """
     out = Path(out)
     if out.exists() and not overwrite:
         raise UserInputError(f"{out} already exists: choose another --out or pass --overwrite")
+    if out.exists() and not out.is_dir():
+        raise UserInputError(f"{out} is a file, not a pipeline folder: --overwrite replaces a pipeline folder only; "
+                             "choose another --out")
+    for part in out.parents:
+        if part.exists() and not part.is_dir():
+            raise UserInputError(f"--out {str(out)!r}: {str(part)!r} is a file, not a folder")
     shadow = load_ema_weights(checkpoint)
     try:
         pipe = PuppetMasterPipeline.from_pretrained(base, dtype=torch.float32)
@@ -108,8 +115,11 @@ def export_checkpoint(
     tmp = out.with_name(f".{out.name}.partial")
     if tmp.exists():
         shutil.rmtree(tmp)
-    pipe.save_pretrained(tmp, safe_serialization=True)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    try:
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # only left when saving or replacing failed
     return out

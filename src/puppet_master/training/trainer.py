@@ -17,6 +17,7 @@ import contextlib
 import difflib
 import inspect
 import json
+import math
 import os
 import pickle
 import shutil
@@ -31,6 +32,7 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers import UNetSpatioTemporalConditionModel
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
+from safetensors import SafetensorError, safe_open
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -40,10 +42,12 @@ from ..errors import TrainingDiverged, UserInputError
 from ..models import UNetDragSpatioTemporalConditionModel
 from ..pipelines import PuppetMasterPipeline
 from ..pipelines.components import build_components, load_svd_components
+from ..values import parse_json
 from ..video import draw_drags, to_uint8_frames, write_video
 from .config import OptimConfig, TrainConfig
 from .data import PositionSampler, build_mixture, collate, steps_to_positions
-from .ema_state import LEGACY_EMA_FILE, custom_pickles, has_legacy_ema, load_ema_state, save_ema_state
+from .ema_state import (LEGACY_EMA_FILE, custom_pickles, has_legacy_ema, load_ema_state, read_ema_settings,
+                        save_ema_state)
 from .losses import edm_denoising_loss, motion_weights, sample_noise  # noqa: F401  (re-exported)
 
 DRAG_MODULE_MARKERS = (".flow_convs.", ".drag_token_mlps.")
@@ -205,15 +209,81 @@ def _read_trainer_state(checkpoint: Path) -> int:
     Raises:
         UserInputError: the file is not JSON holding a non-negative integer ``global_step``.
     """
+    path = checkpoint / "trainer_state.json"
     try:
-        state = json.loads((checkpoint / "trainer_state.json").read_bytes().decode("utf-8"))
+        state = parse_json(path.read_bytes(), f"{path}")
         step = state["global_step"]
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError, TypeError, KeyError):
+    except (OSError, UserInputError, TypeError, KeyError):
         step = None
     if type(step) is not int or step < 0:
         raise UserInputError(f"{checkpoint / 'trainer_state.json'} does not hold a step number: not a checkpoint "
                              "of puppet-master train")
     return step
+
+
+def _check_safetensors_header(path: Path) -> None:
+    """Refuse a checkpoint's safetensors file that is missing, truncated or not safetensors (reads the header only).
+
+    Raises:
+        UserInputError: naming the file and what is wrong.
+    """
+    if not path.is_file():
+        raise UserInputError(f"{path} is missing: the checkpoint is incomplete; resume from another one")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            fh.keys()
+    except (OSError, SafetensorError) as exc:
+        raise UserInputError(f"{path} is not a readable safetensors file ({' '.join(str(exc).split())}): the "
+                             "checkpoint is damaged; resume from another one") from None
+
+
+def _check_resumed_state(optimizer, scheduler, scheduler_keys: set[str], ckpt: Path) -> None:
+    """Check the optimizer and LR-scheduler state just loaded from ``ckpt`` (before the first step uses it).
+
+    ``torch.load(weights_only=True)`` keeps code out, not wrong values: a state file may
+    hold other keys or values of the wrong type, which would fail (or silently change the
+    run) at the first step.
+
+    Args:
+        optimizer: the prepared optimizer (its ``param_groups`` after loading).
+        scheduler: the wrapped ``torch.optim.lr_scheduler`` object after loading.
+        scheduler_keys: the keys of the scheduler's ``state_dict()`` before loading (a loaded
+            state may lack some, as one saved by an older torch does, but not add any).
+
+    Raises:
+        UserInputError: naming the file, the entry and the fix.
+    """
+    for i, group in enumerate(optimizer.param_groups):
+        for key in ("lr", "initial_lr", "eps", "weight_decay"):
+            value = group.get(key)
+            if key not in group or (key == "eps" and value is None):
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise UserInputError(f"{ckpt / 'optimizer.bin'}: parameter group {i} has {key}={value!r}, not a finite "
+                                     "number >= 0; the checkpoint is damaged: resume from another one")
+        betas = group.get("betas")
+        if betas is not None and not (isinstance(betas, (tuple, list)) and len(betas) == 2 and all(
+                isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in betas)):
+            raise UserInputError(f"{ckpt / 'optimizer.bin'}: parameter group {i} has betas={betas!r}, not two numbers "
+                                 "in [0, 1); the checkpoint is damaged: resume from another one")
+    for param, state in optimizer.state.items():
+        for key, value in state.items():
+            if torch.is_tensor(value) and value.dim() > 0 and value.shape != param.shape:
+                raise UserInputError(f"{ckpt / 'optimizer.bin'}: its {key} of shape {tuple(value.shape)} belongs to a "
+                                     f"parameter of shape {tuple(param.shape)}; resume with the model settings the run "
+                                     "was trained with")
+    extra = sorted(map(str, set(scheduler.state_dict()) - scheduler_keys))
+    if extra:
+        raise UserInputError(f"{ckpt / 'scheduler.bin'} does not hold this run's learning-rate schedule (unexpected "
+                             f"entries: {', '.join(extra)}); resume from another checkpoint")
+    for key, value in scheduler.state_dict().items():
+        if key in ("last_epoch", "_step_count") and (type(value) is not int or value < -1):
+            raise UserInputError(f"{ckpt / 'scheduler.bin'}: {key}={value!r} is not a step number; resume from another "
+                                 "checkpoint")
+        if key in ("base_lrs", "_last_lr") and not (isinstance(value, list) and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)):
+            raise UserInputError(f"{ckpt / 'scheduler.bin'}: {key}={value!r} is not a list of finite learning rates; "
+                                 "resume from another checkpoint")
 
 
 @dataclass
@@ -302,6 +372,16 @@ class Trainer:
         if pickles:
             raise UserInputError(f"{ckpt} holds {', '.join(pickles)}, a pickle this version never loads (it could run "
                                  "code); delete it if the checkpoint is yours, or do not resume from it")
+        step = _read_trainer_state(ckpt)
+        if step > self.config.last_step:
+            which = "stop_at_step" if self.config.stop_at_step else "max_steps"
+            raise UserInputError(f"{ckpt} is at step {step}, beyond {which}={self.config.last_step}: there is nothing "
+                                 f"to train; raise {which} to train on, or export the checkpoint with "
+                                 "`puppet-master export-checkpoint`")
+        for name in ("model.safetensors", *(["ema.safetensors"] if self.config.use_ema else [])):
+            _check_safetensors_header(ckpt / name)
+        if self.config.use_ema:
+            read_ema_settings(ckpt)
         return ckpt
 
     def _resume(self, run: _RunState, ckpt: Path | None) -> int:
@@ -315,6 +395,8 @@ class Trainer:
         if ckpt is None:
             return 0
         start_step = _read_trainer_state(ckpt)
+        scheduler = getattr(run.lr_scheduler, "scheduler", run.lr_scheduler)  # accelerate wraps it
+        scheduler_keys = set(scheduler.state_dict())
         try:
             acc.load_state(str(ckpt))
         except ValueError as exc:
@@ -324,10 +406,11 @@ class Trainer:
                 f"{ckpt} was saved with another optim.drag_lr_scale (its optimizer has a different number "
                 f"of parameter groups): resume with the scale it was trained with, or start a new output_dir "
                 f"from its exported weights (model.init=checkpoint model.pretrained=FOLDER)") from exc
-        except (pickle.UnpicklingError, RuntimeError, OSError, KeyError, EOFError, TypeError) as exc:
+        except (pickle.UnpicklingError, RuntimeError, OSError, KeyError, EOFError, TypeError, SafetensorError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UserInputError(f"cannot resume from {ckpt}: a state file is unreadable or not plain data "
                                  f"({first})") from None
+        _check_resumed_state(run.optimizer, scheduler, scheduler_keys, ckpt)
         if run.ema is not None:
             load_ema_state(run.ema, run.param_names, ckpt)
         acc.print(f"resumed from {ckpt} at step {start_step}")

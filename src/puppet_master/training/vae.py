@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 from ..data.splits import split_video_path
 from ..errors import UserInputError
 from ..pipelines.components import make_image_vae
+from ..values import parse_json
 from ..video import read_video
 from .recipe import lr_factor
 
@@ -229,6 +230,25 @@ def reconstruction_psnr(vae, frames: list[np.ndarray], foreground: bool = False)
     return float(np.mean(values)) if values else float("nan")
 
 
+#: Fewest frames ``train_vae`` accepts: one in ten is held out for the reported PSNR.
+MIN_FRAMES = 10
+
+
+def _read_step(path: Path) -> int:
+    """The step of a VAE run's ``checkpoint/step.json``.
+
+    Raises:
+        UserInputError: not JSON holding a whole ``step`` >= 0.
+    """
+    try:
+        step = parse_json(path.read_bytes(), str(path)).get("step")
+    except (OSError, UserInputError, AttributeError):
+        step = None
+    if type(step) is not int or step < 0:
+        raise UserInputError(f"{path} does not hold a step number: remove {path.parent} to start afresh")
+    return step
+
+
 def _save_checkpoint(acc, out: Path, step: int) -> None:
     tmp = out / ".checkpoint-partial"
     if tmp.exists():
@@ -259,8 +279,17 @@ def train_vae(cfg: VAETrainConfig, progress: bool = True, held_out: int = 32) ->
     if cfg.crop % 2 ** (len(cfg.block_out_channels) - 1):
         raise UserInputError(f"crop {cfg.crop} must be a multiple of the VAE stride {2 ** (len(cfg.block_out_channels) - 1)}")
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    for part in (out, *out.parents):
+        if part.exists() and not part.is_dir():
+            raise UserInputError(f"--out {str(out)!r}: {str(part)!r} is a file, not a folder")
     frames = collect_frames(cfg.data, cfg.frames_per_clip)
+    if len(frames) < MIN_FRAMES:
+        clips = -(-MIN_FRAMES // cfg.frames_per_clip)
+        raise UserInputError(f"train-vae read {len(frames)} frames from {', '.join(map(str, cfg.data))}; it needs at "
+                             f"least {MIN_FRAMES} ({clips} clips of {cfg.frames_per_clip} frames): one in ten is held "
+                             "out to measure the reconstruction. Give more clips")
+    start = _read_step(out / "checkpoint" / "step.json") if (out / "checkpoint" / "step.json").is_file() else 0
+    out.mkdir(parents=True, exist_ok=True)
     held_out = min(held_out, len(frames) // 10)
     train_frames, test_frames = frames[: len(frames) - held_out], frames[len(frames) - held_out :]
     photos = skimage_photos() if cfg.use_photos else []
@@ -272,10 +301,13 @@ def train_vae(cfg: VAETrainConfig, progress: bool = True, held_out: int = 32) ->
         opt, lambda s: min(1.0, (s + 1) / 100) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, cfg.max_steps) / cfg.max_steps)))
     )
     vae, opt, sched = acc.prepare(vae, opt, sched)
-    start = 0
-    if (out / "checkpoint" / "step.json").is_file():
-        acc.load_state(str(out / "checkpoint"))
-        start = json.loads((out / "checkpoint" / "step.json").read_text())["step"]
+    if start:
+        try:
+            acc.load_state(str(out / "checkpoint"))
+        except Exception as exc:  # noqa: BLE001 - any unreadable state file is the same damaged checkpoint
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserInputError(f"cannot resume from {out / 'checkpoint'} ({first}): remove it to start afresh, or "
+                                 "train into another --out") from None
     dataset = CropDataset(train_frames, photos, cfg.crop, cfg.max_steps * cfg.batch_size, cfg.photo_share, cfg.seed)
     # stateless dataset: resuming at step s starts at item s·batch
     indices = list(range(start * cfg.batch_size, cfg.max_steps * cfg.batch_size))
