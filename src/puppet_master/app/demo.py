@@ -22,17 +22,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
-import gradio as gr
 import numpy as np
 import PIL.Image
 import torch
 
 from ..drags import DragSet
-from ..errors import UserInputError
+from ..errors import UserInputError, optional_imports
 from ..pipelines.loading import load_pipeline
 from ..preprocessing import composite_on_white, load_image, square_pad
 from ..segmentation import grabcut_foreground
 from ..video import DRAG_COLORS, draw_drags, to_uint8_frames, write_video
+
+with optional_imports("demo"):
+    import gradio as gr
 
 logger = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..errors import UserInputError
+from ..errors import UserInputError, optional_imports
 from .blender_env import BlenderError, find_blender_python, run_worker
 from .curation import MotionClassifier, VLMFilter, curate
 from .drag_sampling import sample_drags, write_sample
@@ -259,9 +259,13 @@ def build(tasks: list[AssetTask], cfg: BuildConfig, workers: int = 2, executor: 
 
     Raises:
         UserInputError: no Blender Python, unknown executor.
+        MissingExtraError: ``executor="ray"`` without the ray package.
         BuildConfigError: a setting that fails for every asset (e.g. a missing curation
             model), before any asset is processed where it can be checked up front.
     """
+    if executor == "ray":
+        with optional_imports("ray"):  # before anything is written
+            import ray  # optional dependency, only for --executor ray
     out = Path(cfg.out)
     if cfg.blender_python is None and any(s in cfg.stages for s in ("asset", "render")):
         cfg.blender_python = find_blender_python()
@@ -295,10 +299,6 @@ def build(tasks: list[AssetTask], cfg: BuildConfig, workers: int = 2, executor: 
                     pool.shutdown(wait=True, cancel_futures=True)
                     raise
     elif executor == "ray":
-        try:
-            import ray  # optional dependency, only for --executor ray
-        except ImportError:
-            raise UserInputError("--executor ray needs the ray package: pip install 'ray[default]'") from None
         started_here = not ray.is_initialized()
         if started_here:
             if ray_address:
