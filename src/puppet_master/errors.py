@@ -41,7 +41,7 @@ class MissingExtraError(ImportError, UserInputError):
 #: What each extra of ``pyproject.toml`` enables, for the message of :func:`optional_imports`.
 EXTRAS = {
     "demo": "the demo (puppet-master demo)",
-    "train": "training",
+    "train": "training (puppet-master train, train-vae)",
     "data": "the data pipeline (puppet-master data)",
     "eval": "evaluation (puppet-master evaluate)",
     "ray": "--executor ray",
