@@ -49,6 +49,10 @@ class _Call:
         return (self.fn, self.args)
 
 
+#: numpy's scalar constructor, the global a pickled numpy scalar calls (``numpy._core`` from numpy 2 on)
+_NUMPY_SCALAR = (np._core if hasattr(np, "_core") else np.core).multiarray.scalar
+
+
 def _cli(argv, capsys):
     """Run the CLI in-process: ``(exit code, stdout, stderr lines)``."""
     try:
@@ -269,9 +273,9 @@ def _bad_batches() -> dict:
         "drags_start_outside": (pickle.dumps({"drags": _good_drags() + 1.0}), "ok", "starts outside"),
         "no_drags": (pickle.dumps({"latents": 1}), "ok", "no 'drags' entry"),
         "not_a_dict": (pickle.dumps([1, 2, 3]), "ok", "no 'drags' entry"),
-        "numpy_empty_scalar": (pickle.dumps({"drags": _Call(np._core.multiarray.scalar, np.dtype("f4"), b"")}), "ok",
+        "numpy_empty_scalar": (pickle.dumps({"drags": _Call(_NUMPY_SCALAR, np.dtype("f4"), b"")}), "ok",
                                "4 bytes"),
-        "numpy_object_dtype": (pickle.dumps({"drags": _Call(np._core.multiarray.scalar, np.dtype("O"), b"")}), "ok",
+        "numpy_object_dtype": (pickle.dumps({"drags": _Call(_NUMPY_SCALAR, np.dtype("O"), b"")}), "ok",
                                "numpy dtype"),
         "binbytes8_2_40": (b"\x80\x04\x8e" + struct.pack("<Q", 2**40) + b"abc", "ok", "only 3 remain"),
         "tensor_as_storage": (pickle.dumps({"drags": _Call(torch._utils._rebuild_tensor_v2, torch.zeros(3), 0, (3,), (1,),

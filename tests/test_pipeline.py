@@ -210,13 +210,14 @@ def test_detail_transfer_restores_the_input_detail_lost_by_the_vae(pipe, tmp_pat
     x = torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255
     latent = pipe.encode_first_frame(x[None] * 2 - 1)
     reconstruction = (pipe.decode_latents(latent[:, None] * pipe.vae.config.scaling_factor)[0, 0] + 1) / 2
-    # frame 0: the generated frame plus exactly the input's round-trip error (before clipping)
-    expected0 = (plain[0] + x - reconstruction).clamp(0, 1)
-    torch.testing.assert_close(restored[0], expected0, atol=2e-3, rtol=0)
-    # every frame: the decoded latents plus that error moved along the (conditional) drags, in [-1, 1]
     latents = pipe(image, drags, generator=torch.Generator().manual_seed(3),
                    **{**kwargs, "output_type": "latent"}).frames
-    decoded = pipe.decode_latents(latents)[0]
+    decoded = pipe.decode_latents(latents)[0]  # the generated frames before clipping (about [-1, 1])
+    # frame 0: the generated frame plus exactly the input's round-trip error, added before clipping (to the
+    # decoded frame, not to ``plain``, which is clipped already: the decoded frame may leave [-1, 1])
+    expected0 = ((decoded[0] + (x - reconstruction) * 2).clamp(-1, 1) + 1) / 2
+    torch.testing.assert_close(restored[0], expected0, atol=2e-3, rtol=0)
+    # every frame: the decoded latents plus that error moved along the (conditional) drags, in [-1, 1]
     moved = warp_images_by_drags((x - reconstruction)[None] * 2, drags.to_tensor(5)[None], 8, 1.0, 0.02)[0]
     torch.testing.assert_close(restored, ((decoded + moved).clamp(-1, 1) + 1) / 2, atol=2e-3, rtol=0)
     unmoved = ((decoded + (x - reconstruction) * 2).clamp(-1, 1) + 1) / 2

@@ -24,17 +24,19 @@ from pathlib import Path
 from typing import Literal, get_args, get_origin
 
 import cv2
-import gradio as gr
 import numpy as np
 import PIL.Image
 
 from ..drags import DragSet
-from ..errors import UserInputError
+from ..errors import UserInputError, optional_imports
 from ..options import CONTROL, DragAnythingOptions, MethodOptions, PuppetMasterOptions
 from ..pipelines.loading import load_pipeline
 from ..preprocessing import composite_on_white, load_image, square_pad
 from ..segmentation import grabcut_foreground
 from ..video import DRAG_COLORS, draw_drags, to_uint8_frames, write_video
+
+with optional_imports("demo"):
+    import gradio as gr
 
 logger = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..errors import UserInputError
+from ..errors import UserInputError, optional_imports
 from ..values import parse_json
 from .blender_env import BlenderError, find_blender_python, run_worker
 from .curation import MotionClassifier, VLMFilter, curate
@@ -281,9 +281,13 @@ def build(tasks: list[AssetTask], cfg: BuildConfig, workers: int = 2, executor: 
     Raises:
         UserInputError: ``cfg.out`` is (or lies under) a file, a damaged manifest, no
             Blender Python, unknown executor.
+        MissingExtraError: ``executor="ray"`` without the ray package.
         BuildConfigError: a setting that fails for every asset (e.g. a missing curation
             model), before any asset is processed where it can be checked up front.
     """
+    if executor == "ray":
+        with optional_imports("ray"):  # before anything is written
+            import ray  # optional dependency, only for --executor ray
     out = Path(cfg.out)
     for part in (out, *out.parents):
         if part.exists() and not part.is_dir():
@@ -321,10 +325,6 @@ def build(tasks: list[AssetTask], cfg: BuildConfig, workers: int = 2, executor: 
                     pool.shutdown(wait=True, cancel_futures=True)
                     raise
     elif executor == "ray":
-        try:
-            import ray  # optional dependency, only for --executor ray
-        except ImportError:
-            raise UserInputError("--executor ray needs the ray package: pip install 'ray[default]'") from None
         started_here = not ray.is_initialized()
         if started_here:
             if ray_address:

@@ -23,11 +23,13 @@ from pathlib import Path
 
 import numpy as np
 import PIL.Image
-from sklearn.ensemble import RandomForestClassifier
 
-from ..errors import UserInputError
+from ..errors import UserInputError, optional_imports
 from ..values import parse_json
 from .motion import FEATURE_NAMES, is_static, motion_features
+
+with optional_imports("data"):
+    from sklearn.ensemble import RandomForestClassifier
 
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "assets" / "curation" / "default.json"
 

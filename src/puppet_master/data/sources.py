@@ -10,7 +10,7 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..errors import UserInputError
+from ..errors import UserInputError, optional_imports
 from ..values import parse_json
 from .blender.kinds import BAD_KINDS, GOOD_KINDS
 
@@ -96,12 +96,10 @@ def fetch_objaverse(uid: str, out_file: Path) -> Path:
     """Download one Objaverse object with the ``objaverse`` package (needs internet) to ``out_file``.
 
     Raises:
-        UserInputError: the package is missing. Network errors propagate (recorded per asset).
+        MissingExtraError: the objaverse package is missing. Network errors propagate (recorded per asset).
     """
-    try:
+    with optional_imports("objaverse"):
         import objaverse  # optional dependency, only for the Objaverse source
-    except ImportError:
-        raise UserInputError("the Objaverse source needs the objaverse package: pip install objaverse") from None
     paths = objaverse.load_objects(uids=[uid], download_processes=1)
     if uid not in paths:
         raise RuntimeError(f"Objaverse did not return object {uid}")

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
-from scipy.interpolate import RBFInterpolator
+
+from ..errors import optional_imports
+
+with optional_imports("eval"):
+    from scipy.interpolate import RBFInterpolator
 
 
 def static_video(frame0: np.ndarray, num_frames: int) -> np.ndarray:

@@ -12,11 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import linalg
-from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from ..errors import UserInputError
+from ..errors import UserInputError, optional_imports
 from .tracking import PointTracker
+
+with optional_imports("eval"):
+    from scipy import linalg
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 
 def _check_pair(pred: np.ndarray, target: np.ndarray) -> None:

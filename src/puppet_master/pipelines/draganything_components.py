@@ -8,6 +8,10 @@ random weights here, so that the conditions visibly change the (meaningless) vid
 
 from __future__ import annotations
 
+import json
+import tempfile
+from pathlib import Path
+
 import torch
 
 from ..models import DragAnythingControlNetModel, UNetSpatioTemporalControlNetConditionModel
@@ -76,7 +80,11 @@ def make_sd15_dift_components(
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
     for i, ch in enumerate("abcdefghijklmnopqrstuvwxyz"):
         vocab[ch], vocab[ch + "</w>"] = 2 + 2 * i, 3 + 2 * i
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=max_length)
+    with tempfile.TemporaryDirectory() as folder:
+        # a BPE vocabulary without merges, read from its two files: the one way transformers 4 and 5 both build it
+        Path(folder, "vocab.json").write_text(json.dumps(vocab))
+        Path(folder, "merges.txt").write_text("#version: 0.2\n")
+        tokenizer = CLIPTokenizer.from_pretrained(folder, model_max_length=max_length)
     text_encoder = CLIPTextModel(
         CLIPTextConfig(vocab_size=len(vocab), max_position_embeddings=max_length, bos_token_id=0, eos_token_id=1,
                        pad_token_id=1, projection_dim=text_kw["hidden_size"], **text_kw)

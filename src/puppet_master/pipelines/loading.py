@@ -6,6 +6,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+import diffusers
 import torch
 
 from ..errors import ModelLoadError
@@ -14,6 +15,10 @@ from .pipeline_puppet_master import PuppetMasterPipeline
 
 #: Folder of the model shipped inside the package (``--model default``).
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "default-model"
+
+#: The precision argument of diffusers' ``from_pretrained``: ``dtype`` from diffusers 0.40 on (which
+#: deprecates ``torch_dtype``); older releases take only ``torch_dtype`` and ignore ``dtype``.
+DTYPE_ARG = "dtype" if tuple(int(p) for p in diffusers.__version__.split(".")[:2]) >= (0, 40) else "torch_dtype"
 
 
 def resolve_model(model: str | os.PathLike | None) -> str:
@@ -104,7 +109,7 @@ def device_and_dtype(device: str | torch.device, torch_dtype: torch.dtype | None
     dev = check_device(device)
     if torch_dtype is None and dev.type == "cpu":
         torch_dtype = torch.float32
-    return dev, ({"dtype": torch_dtype} if torch_dtype is not None else {})
+    return dev, ({DTYPE_ARG: torch_dtype} if torch_dtype is not None else {})
 
 
 def load_pipeline(model: str | os.PathLike | None = None, device: str | torch.device = "cpu", torch_dtype: torch.dtype | None = None):

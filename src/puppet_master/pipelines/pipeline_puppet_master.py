@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -255,7 +254,9 @@ class PuppetMasterPipeline(DiffusionPipeline):
         b, n = latents.shape[:2]
         flat = latents.flatten(0, 1) / self.vae.config.scaling_factor
         chunk = decode_chunk_size or n
-        accepts_frames = "num_frames" in inspect.signature(self.vae.decode).parameters
+        # SVD's temporal decoder takes the frame count (known by its class: diffusers before 0.42 wraps
+        # ``decode`` in a hook that hides its signature)
+        accepts_frames = isinstance(self.vae, AutoencoderKLTemporalDecoder)
         frames = []
         for i in range(0, flat.shape[0], chunk):
             part = flat[i : i + chunk].to(next(self.vae.parameters()).dtype)
@@ -466,7 +467,7 @@ class PuppetMasterPipeline(DiffusionPipeline):
         if output_type == "latent":
             frames = latents
         else:
-            temporal_vae = "num_frames" in inspect.signature(self.vae.decode).parameters
+            temporal_vae = isinstance(self.vae, AutoencoderKLTemporalDecoder)
             if decode_chunk_size is None and latents.device.type == "cuda" and not temporal_vae:
                 decode_chunk_size = 8  # an image VAE decodes frames independently: chunks bound the memory
             video = self.decode_latents(latents, decode_chunk_size)  # (B, N, 3, H, W) in [-1, 1]

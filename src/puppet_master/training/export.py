@@ -21,6 +21,7 @@ import torch
 
 from ..errors import UserInputError
 from ..pipelines import PuppetMasterPipeline
+from ..pipelines.loading import DTYPE_ARG
 from .ema_state import LEGACY_EMA_FILE, has_legacy_ema, read_ema_state
 
 
@@ -92,7 +93,7 @@ def export_checkpoint(
             raise UserInputError(f"--out {str(out)!r}: {str(part)!r} is a file, not a folder")
     shadow = load_ema_weights(checkpoint)
     try:
-        pipe = PuppetMasterPipeline.from_pretrained(base, dtype=torch.float32)
+        pipe = PuppetMasterPipeline.from_pretrained(base, **{DTYPE_ARG: torch.float32})
     except Exception as exc:  # noqa: BLE001
         raise UserInputError(f"cannot load the base pipeline {base}: {exc}") from exc
     params = list(pipe.unet.parameters())

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from .. import edm
 from ..drags import DragSet
-from ..errors import TrainingDiverged, UserInputError
+from ..errors import TrainingDiverged, UserInputError, optional_imports
 from ..models import UNetDragSpatioTemporalConditionModel
 from ..pipelines import PuppetMasterPipeline
 from ..pipelines.components import build_components, load_svd_components
@@ -307,6 +307,9 @@ class Trainer:
         self.progress = progress
         self.output_dir = Path(config.output_dir)
         log_with = None if config.log_with == "none" else config.log_with
+        if log_with == "tensorboard":
+            with optional_imports("train"):
+                import tensorboard  # noqa: F401 - optional dependency: accelerate's TensorBoard tracker writes with it
         # several processes without CUDA (torchrun / accelerate launch on CPUs): DDP over gloo
         multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
         self.accelerator = Accelerator(

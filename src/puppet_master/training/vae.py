@@ -32,7 +32,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import skimage.data
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
@@ -41,11 +40,14 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ..data.splits import split_video_path
-from ..errors import UserInputError
+from ..errors import UserInputError, optional_imports
 from ..pipelines.components import make_image_vae
 from ..values import parse_json
 from ..video import read_video
 from .recipe import lr_factor
+
+with optional_imports("train"):
+    import skimage.data
 
 #: scikit-image sample photographs shipped inside its wheel (no download).
 SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "cat", "camera", "coins", "moon", "brick", "grass", "gravel")
