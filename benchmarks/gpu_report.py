@@ -8,6 +8,8 @@ Measures, with random weights of SVD-img2vid's size (1.68 B UNet parameters, bui
 
 * the pipeline's seconds per video at 50 Euler steps, fp16 and bf16, eager and with the
   CUDA-graph fast path (``pipe.enable_cuda_graph()``);
+* the few-step path of a consistency-distilled student (4 steps without CFG, fp16, eager and
+  graphed; the weights do not change the speed, so the random UNet stands in);
 * the UNet's milliseconds per forward (CFG batch 2): eager, CUDA-graph replay, and
   ``torch.compile`` (fullgraph, default mode; compile time reported) with and without
   graph replay; kernels launched per forward; peak memory;
@@ -140,12 +142,13 @@ def main() -> None:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--budget-s", type=float, default=240.0, help="wall-clock budget of the whole script")
     ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--student-steps", type=int, default=4, help="steps of the few-step (distilled) sampling path")
     ap.add_argument("--frames", type=int, default=14)
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--unet-repeats", type=int, default=10, help="timed UNet forwards per figure")
     ap.add_argument("--train-steps", type=int, default=3, help="timed optimizer steps per training figure")
     ap.add_argument("--compile-backend", default="inductor", help="torch.compile backend (aot_eager for a quick CPU dry run)")
-    ap.add_argument("--skip", default="", help="comma-separated parts to skip: unet,pipeline,svd,bf16,train,channels_last,compile")
+    ap.add_argument("--skip", default="", help="comma-separated parts to skip: unet,pipeline,student,svd,bf16,train,channels_last,compile")
     ap.add_argument("--out", default=os.environ.get("OUT", "gpu-report"))
     ap.add_argument("--commit", default=None, help="commit measured (default: git rev-parse, if the tree is a clone)")
     args = ap.parse_args()
@@ -269,6 +272,26 @@ def main() -> None:
                        (f"pipeline, {dtype_name}, {label}, end to end", f"**{sec:.2f} s/video**, peak {peak:.2f} GiB"))
         pipe.disable_cuda_graph()
 
+    def few_step_parts(dtype_name: str) -> None:
+        """The few-step student's sampling path: ``--student-steps`` steps without CFG (batch 1 per step).
+
+        Speed does not depend on the weights, so the random full-size UNet stands in for a
+        distilled one (training/consistency.py); eager and with CUDA-graph replay.
+        """
+        pipe = state["pipe"]
+        few = {**call_kwargs, "num_inference_steps": args.student_steps, "max_guidance_scale": 1.0}
+        for fast in (False, True):
+            label = "CUDA graph" if fast else "eager"
+            if fast:
+                pipe.enable_cuda_graph()
+            pipe(image, drags, **{**few, "num_inference_steps": 1})  # warm-up (+ capture)
+            sec = bl.median(bl.time_call(lambda: pipe(image, drags, generator=torch.Generator().manual_seed(0), **few),
+                                         device, 3, warmup=0))
+            report.add(f"student_s_{dtype_name}_{'graph' if fast else 'eager'}", sec,
+                       (f"few-step path: {args.student_steps} steps, no CFG, {dtype_name}, {label}, end to end",
+                        f"**{sec:.3f} s/video**"))
+        pipe.disable_cuda_graph()
+
     def svd_parts(dtype_name: str, graph: bool) -> None:
         svd = bl.build_svd_unet(args.config, device, bl.DTYPES[dtype_name])
         h = w = size // 8
@@ -359,6 +382,8 @@ def main() -> None:
         plan.append(("UNet fp16 eager/graph", 15, lambda: unet_parts("fp16")))
     if "pipeline" not in skip:
         plan.append(("pipeline fp16 eager/graph", 20, lambda: pipeline_parts("fp16")))
+    if "student" not in skip:
+        plan.append(("few-step path fp16 eager/graph", 8, lambda: few_step_parts("fp16")))
     if "svd" not in skip:
         plan.append(("SVD UNet fp16 eager", 10, lambda: svd_parts("fp16", graph=False)))
     if "channels_last" not in skip and "unet" not in skip:

@@ -1,3 +1,4 @@
+import math
 import os
 import subprocess
 import sys
@@ -267,20 +268,33 @@ def test_two_process_ddp_matches_one_process_with_doubled_batch(tmp_path):
     torch.testing.assert_close(torch.tensor(a["losses"]), torch.tensor(b["losses"]), atol=1e-9, rtol=1e-7)
 
 
-def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+def test_a_nan_batch_is_skipped_and_a_run_of_them_stops_with_the_last_checkpoint(tmp_path, monkeypatch):
+    """The loop's one non-finite policy (training/loop.py): skip the batch; max_nonfinite_steps in a row stop."""
     real = trainer_module.edm_loss
-    calls = {"n": 0}
+    calls = {"n": 0, "bad": {4}}
 
     def flaky(*args, **kwargs):
         calls["n"] += 1
         loss = real(*args, **kwargs)
-        return loss * float("nan") if calls["n"] == 4 else loss
+        return loss * float("nan") if calls["n"] in calls["bad"] else loss
 
     monkeypatch.setattr(trainer_module, "edm_loss", flaky)
-    with pytest.raises(TrainingDiverged, match="step 4.*step-00000002"):
-        Trainer(_cfg(tmp_path, "max_steps=6", "checkpoint_every=2"), progress=False).train()
-    ckpts = sorted((tmp_path / "run" / "checkpoints").glob("step-*"))
-    assert [c.name for c in ckpts] == ["step-00000002"]
+    result = Trainer(_cfg(tmp_path / "one", "max_steps=6", "checkpoint_every=2"), progress=False).train()
+    assert result.global_step == 6
+    assert math.isnan(result.losses[3]) and all(math.isfinite(x) for i, x in enumerate(result.losses) if i != 3)
+
+    calls.update(n=0, bad={4, 5, 6})
+    with pytest.raises(TrainingDiverged, match="step 5 .*step-00000004"):
+        Trainer(_cfg(tmp_path / "two", "max_steps=6", "checkpoint_every=1", "keep_checkpoints=5",
+                     "max_nonfinite_steps=2"), progress=False).train()
+    ckpts = sorted((tmp_path / "two" / "run" / "checkpoints").glob("step-*"))
+    assert [c.name for c in ckpts] == [f"step-0000000{i}" for i in (1, 2, 3, 4)]
+    # the skipped step 4 changed no weight; the steps before it did
+    from safetensors.torch import load_file
+
+    w2, w3, w4 = (load_file(str(c / "model.safetensors")) for c in ckpts[1:])
+    assert any(not torch.equal(w2[k], w3[k]) for k in w3)
+    assert all(torch.equal(w3[k], w4[k]) for k in w3)
 
 
 def test_checkpoint_init_applies_unet_overrides_and_refuses_unknown_ones(tmp_path):

@@ -130,6 +130,37 @@ class OptimConfig(_Strict):
         return v
 
 
+class DistillConfig(_Strict):
+    """Consistency distillation (``objective: consistency``; training/consistency.py, docs/design.md §5).
+
+    Not in the Puppet-Master paper: latent consistency distillation (LCM, AnimateLCM) of a
+    drag UNet (the *teacher*) into a few-step student that starts from the teacher's weights.
+    """
+
+    teacher: str | None = Field(None, description=(
+        "pipeline folder, hub id or 'default' of the teacher (its UNet and scheduler); default: model.pretrained"))
+    grid_steps: int = Field(50, ge=2, le=1000, description="steps of the teacher scheduler's Karras σ grid")
+    skip: int = Field(1, ge=1, description="grid intervals one teacher ODE step covers (LCM's skipping step)")
+    sigma_max: float | None = Field(None, gt=0, description=(
+        "cap of the grid's largest σ (e.g. the warp_init_sigma the student samples from); default: the scheduler's"))
+    min_guidance: float = Field(1.0, ge=0, description="teacher CFG weight at frame 0 (folded into the student)")
+    max_guidance: float = Field(5.0, ge=0, description="teacher CFG weight at the last frame")
+    solver: Literal["euler", "heun"] = "euler"
+    target_ema_decay: float = Field(0.95, ge=0, lt=1, description="μ of the target network (EMA of the student)")
+    loss: Literal["huber", "l2"] = "huber"
+    huber_c: float = Field(0.001, gt=0, description="pseudo-Huber constant (latent units)")
+    sampler_steps: int = Field(4, ge=1, le=1000, description=(
+        "sampling steps the exported student pipeline states in model_index.json"))
+
+    @model_validator(mode="after")
+    def _skip_within_grid(self):
+        if self.skip >= self.grid_steps:
+            raise ValueError(f"distill.skip={self.skip} must be below distill.grid_steps={self.grid_steps}")
+        if self.min_guidance > self.max_guidance:
+            raise ValueError("distill.min_guidance must not exceed distill.max_guidance")
+        return self
+
+
 class TrainConfig(_Strict):
     """Everything a run needs; see ``configs/*.yaml``."""
 
@@ -166,6 +197,11 @@ class TrainConfig(_Strict):
     log_every: int = Field(10, ge=1)
     resume: str | None = Field(None, description="'latest' or a checkpoint folder")
     export_pipeline: bool = True
+    max_nonfinite_steps: int = Field(20, ge=1, description=(
+        "consecutive batches with a NaN/inf loss that stop the run (each one is skipped: no weight changes)"))
+    objective: Literal["edm", "consistency"] = Field("edm", description=(
+        "edm: the paper's denoising loss; consistency: distil model.pretrained into a few-step student (distill)"))
+    distill: DistillConfig = Field(default_factory=DistillConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
@@ -174,6 +210,16 @@ class TrainConfig(_Strict):
     def _stop_within_schedule(self):
         if self.stop_at_step is not None and self.stop_at_step > self.max_steps:
             raise ValueError(f"stop_at_step={self.stop_at_step} is past max_steps={self.max_steps}")
+        return self
+
+    @model_validator(mode="after")
+    def _distillation_has_a_teacher(self):
+        if self.objective == "consistency":
+            if self.model.init != "checkpoint":
+                raise ValueError("objective=consistency starts the student from the teacher: set model.init=checkpoint "
+                                 "and model.pretrained=<teacher pipeline>")
+            if self.distill.teacher is None:
+                self.distill.teacher = self.model.pretrained
         return self
 
     @property

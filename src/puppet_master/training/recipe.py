@@ -22,18 +22,19 @@ from __future__ import annotations
 
 import copy
 import math
-import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from diffusers.training_utils import EMAModel
 
 from .. import edm
 from ..data.splits import load_split_example, split_video_path
 from ..errors import UserInputError
 from .cache import flip_example
+from .loop import LoopSettings, TrainingLoop
 from .losses import edm_denoising_loss, largest_drag_motion
 
 
@@ -122,6 +123,9 @@ def train_unet_in_memory(unet, data: dict, scaling_factor: float, cfg: UNetRecip
                          budget_s: float, device: str, log=None, save=None, save_every_s: float = 60.0) -> dict:
     """Fine-tune the drag UNet on latents held in device memory.
 
+    The optimizer steps are :class:`~puppet_master.training.loop.TrainingLoop`'s (budget
+    planning, the non-finite policy, EMA, periodic saving); this function draws the batches.
+
     Args:
         unet: :class:`~puppet_master.models.UNetDragSpatioTemporalConditionModel` (float32);
             moved to ``device``.
@@ -136,9 +140,12 @@ def train_unet_in_memory(unet, data: dict, scaling_factor: float, cfg: UNetRecip
             seconds and at the end, given a float32 copy of the UNet holding the EMA weights.
 
     Returns:
-        report dict: ``steps_planned``, ``steps_done``, ``seconds``, ``loss`` (mean of the last 50 steps).
+        report dict: ``steps_planned``, ``steps_done``, ``seconds``, ``loss`` (mean of the last
+        50 steps), ``skipped_steps``.
+
+    Raises:
+        TrainingDiverged: the loss stayed non-finite (the loop's policy); the last save stands.
     """
-    t0 = time.perf_counter()
     use_cuda = str(device).startswith("cuda")
     unet = unet.to(device).train()
     g = torch.Generator(device=device).manual_seed(cfg.seed)
@@ -153,80 +160,45 @@ def train_unet_in_memory(unet, data: dict, scaling_factor: float, cfg: UNetRecip
         moving_idx = torch.arange(m, device=device)
     params = [p for p in unet.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-    ema = [p.detach().clone() for p in params]
+    ema = EMAModel(params, decay=cfg.ema_decay)
     frame_w = edm.frame_weights(n, device=device)
-    planned = steps
-    timing_steps = 10
-    step, losses, last_save, t_timing, bad = 0, [], time.perf_counter(), None, 0
+    b = cfg.batch_size
 
-    def ema_copy():
-        model = copy.deepcopy(unet).float()
-        with torch.no_grad():
-            for p, e in zip([p for p in model.parameters() if p.requires_grad], ema):
-                p.copy_(e)
-        return model.eval()
+    def batches():
+        while True:
+            from_moving = torch.rand(b, generator=g, device=device) < cfg.moving_share
+            pick_moving = moving_idx[(torch.rand(b, generator=g, device=device) * len(moving_idx)).long()
+                                     .clamp(max=len(moving_idx) - 1)]
+            pick_all = (torch.rand(b, generator=g, device=device) * m).long().clamp(max=m - 1)
+            idx = torch.where(from_moving, pick_moving, pick_all)
+            sigma = edm.sigma_from_normal(torch.randn(b, generator=g, device=device), cfg.p_mean, cfg.p_std)
+            eps = torch.randn(latents[idx].shape, generator=g, device=device)
+            u = torch.rand(b, 2, generator=g, device=device)
+            yield idx, sigma, eps, u
 
-    while True:
-        total = planned if planned is not None else 10**9
-        if step >= total or time.perf_counter() - t0 > budget_s:
-            break
-        factor = lr_factor(step, total, cfg.warmup_steps) if planned is not None else min(1.0, (step + 1) / cfg.warmup_steps)
-        for group in opt.param_groups:
-            group["lr"] = cfg.lr * factor
-        b = cfg.batch_size
-        from_moving = torch.rand(b, generator=g, device=device) < cfg.moving_share
-        pick_moving = moving_idx[(torch.rand(b, generator=g, device=device) * len(moving_idx)).long().clamp(max=len(moving_idx) - 1)]
-        pick_all = (torch.rand(b, generator=g, device=device) * m).long().clamp(max=m - 1)
-        idx = torch.where(from_moving, pick_moving, pick_all)
-        x = latents[idx]
-        sigma = edm.sigma_from_normal(torch.randn(b, generator=g, device=device), cfg.p_mean, cfg.p_std)
-        eps = torch.randn(x.shape, generator=g, device=device)
-        u = torch.rand(b, 2, generator=g, device=device)
+    def compute_loss(batch):
+        idx, sigma, eps, u = batch
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_cuda):
             loss = edm_denoising_loss(
-                unet, x, image_latents[idx], torch.zeros(b, 1, dim, device=device), drags[idx], sigma, eps,
+                unet, latents[idx], image_latents[idx], torch.zeros(b, 1, dim, device=device), drags[idx], sigma, eps,
                 u[:, 0] < cfg.cond_dropout_prob, u[:, 1] < cfg.image_dropout_prob, frame_w,
                 cfg.motion_weight, cfg.motion_scale,
             )
-        if not torch.isfinite(loss):  # skip the step; a run of them ends the stage (weights as last saved)
-            bad += 1
-            if log:
-                log({"stage": "unet", "event": "non-finite loss", "step": step, "count": bad})
-            if bad >= 20:
-                break
-            continue
-        bad = 0  # only a run of consecutive non-finite steps ends the stage
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        opt.step()
-        with torch.no_grad():
-            torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - cfg.ema_decay)
-        step += 1
-        losses.append(loss.detach())
-        if planned is None and step == 2:
-            if use_cuda:
-                torch.cuda.synchronize()
-            t_timing = time.perf_counter()
-        if planned is None and step == 2 + timing_steps:
-            if use_cuda:
-                torch.cuda.synchronize()
-            per_step = (time.perf_counter() - t_timing) / timing_steps
-            left = budget_s - (time.perf_counter() - t0)
-            planned = max(step + 1, step + int(0.97 * left / per_step))
-            if log:
-                log({"stage": "unet", "event": "planned", "steps": planned, "s_per_step": per_step})
-        if log and step % 25 == 0:
-            recent = torch.stack(losses[-25:]).float().mean().item()
-            log({"stage": "unet", "step": step, "lr": opt.param_groups[0]["lr"], "loss": recent,
-                 "s": time.perf_counter() - t0})
-        if len(losses) > 200:
-            losses = losses[-50:]
-        if save and time.perf_counter() - last_save > save_every_s:
-            save(ema_copy(), step)
-            last_save = time.perf_counter()
-    if save:
-        save(ema_copy(), step)
-    loss = torch.stack(losses[-50:]).float().mean().item() if losses else float("nan")
-    return {"steps_planned": planned, "steps_done": step, "seconds": time.perf_counter() - t0, "loss": loss,
-            "skipped_steps": bad}
+        return loss, {}
+
+    def ema_copy():
+        model = copy.deepcopy(unet).float()
+        ema.copy_to([p for p in model.parameters() if p.requires_grad])
+        return model.eval()
+
+    loop = TrainingLoop(
+        unet, opt, LoopSettings(steps=steps, budget_s=budget_s, grad_clip=cfg.grad_clip, save_every_s=save_every_s),
+        params=params, ema=ema,
+        lr_at=lambda step, planned: (lr_factor(step, planned, cfg.warmup_steps) if planned is not None
+                                     else min(1.0, (step + 1) / cfg.warmup_steps)),
+        on_log=(lambda step, record: log({"stage": "unet", "step": step, **record})) if log else None,
+        on_save=(lambda step: save(ema_copy(), step)) if save else None,
+    )
+    report = loop.run(batches(), compute_loss)
+    return {"steps_planned": report.steps_planned, "steps_done": report.steps_done, "seconds": report.seconds,
+            "loss": report.recent_loss, "skipped_steps": report.skipped_steps}

@@ -21,11 +21,9 @@ import math
 import os
 import pickle
 import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
@@ -34,20 +32,22 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from safetensors import SafetensorError, safe_open
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from .. import edm
 from ..drags import DragSet
-from ..errors import TrainingDiverged, UserInputError, optional_imports
+from ..errors import TrainingDiverged, UserInputError, optional_imports  # noqa: F401  (TrainingDiverged re-exported)
 from ..models import UNetDragSpatioTemporalConditionModel
 from ..pipelines import PuppetMasterPipeline
 from ..pipelines.components import build_components, load_svd_components
+from ..pipelines.loading import load_pipeline, resolve_model
 from ..values import parse_json
 from ..video import draw_drags, to_uint8_frames, write_video
 from .config import OptimConfig, TrainConfig
+from .consistency import ConsistencyDistillation, DistillSettings
 from .data import PositionSampler, build_mixture, collate, steps_to_positions
 from .ema_state import (LEGACY_EMA_FILE, custom_pickles, has_legacy_ema, load_ema_state, read_ema_settings,
                         save_ema_state)
+from .loop import LoopSettings, TrainingLoop
 from .losses import edm_denoising_loss, motion_weights, sample_noise  # noqa: F401  (re-exported)
 
 DRAG_MODULE_MARKERS = (".flow_convs.", ".drag_token_mlps.")
@@ -85,6 +85,47 @@ def edm_loss(unet, batch: dict, config: TrainConfig, frame_weights: torch.Tensor
         non_first_frame_weight=config.non_first_frame_weight, weight_increasing=config.weight_increasing,
         scale_model_input=config.scale_model_input,
     )
+
+
+class EDMObjective:
+    """The paper's objective (``objective: edm``): :func:`edm_loss` on each batch; no state of its own."""
+
+    def __init__(self, config: TrainConfig, device) -> None:
+        self.config = config
+        self.frame_weights = edm.frame_weights(config.data.num_frames, config.frame_weight_ramp, device=device)
+
+    def loss(self, unet, batch: dict) -> tuple[torch.Tensor, dict]:
+        return edm_loss(unet, batch, self.config, self.frame_weights), {}
+
+    def after_update(self, unet) -> None:
+        pass
+
+    def save(self, folder: Path) -> None:
+        pass
+
+    def load(self, folder: Path) -> None:
+        pass
+
+
+def build_objective(config: TrainConfig, unet, device):
+    """The training objective of ``config.objective``: :class:`EDMObjective` or consistency distillation.
+
+    For ``consistency`` the teacher (``distill.teacher``: a pipeline folder, hub id or
+    ``"default"``) is loaded in float32 with its scheduler, and the target network starts
+    as a copy of ``unet`` (the student, started from the teacher).
+
+    Raises:
+        UserInputError: a teacher that cannot be loaded or does not match the student.
+    """
+    if config.objective == "edm":
+        return EDMObjective(config, device)
+    d = config.distill
+    teacher_pipe = load_pipeline(d.teacher, device="cpu")
+    settings = DistillSettings(grid_steps=d.grid_steps, skip=d.skip, sigma_max=d.sigma_max,
+                               min_guidance=d.min_guidance, max_guidance=d.max_guidance, solver=d.solver,
+                               target_ema_decay=d.target_ema_decay, loss=d.loss, huber_c=d.huber_c)
+    return ConsistencyDistillation(teacher_pipe.unet, unet, teacher_pipe.scheduler, settings, config.seed,
+                                   config.data.num_frames).to(device)
 
 
 def make_optimizer(groups: list[dict], optim: OptimConfig) -> torch.optim.Optimizer:
@@ -146,10 +187,10 @@ def build_unet(config: TrainConfig) -> UNetDragSpatioTemporalConditionModel:
             kwargs.pop("num_frames")
             unet = UNetDragSpatioTemporalConditionModel.from_svd_unet(svd, num_frames=config.data.num_frames, **kwargs)
         else:
-            path = Path(m.pretrained)
+            path = Path(resolve_model(m.pretrained) if m.pretrained == "default" else m.pretrained)
             sub = "unet" if (path / "unet" / "config.json").is_file() else None
             # model.unet entries override the saved config (e.g. drag_warp_image_latents: true)
-            unet = UNetDragSpatioTemporalConditionModel.from_pretrained(m.pretrained, subfolder=sub, **dict(m.unet))
+            unet = UNetDragSpatioTemporalConditionModel.from_pretrained(str(path), subfolder=sub, **dict(m.unet))
             for key, value in m.unet.items():
                 if unet.config.get(key) != value:
                     raise UserInputError(f"model.unet.{key}={value!r} cannot be applied to a pretrained UNet")
@@ -297,6 +338,7 @@ class _RunState:
     dataset: object
     params: list[torch.nn.Parameter]
     param_names: list[str]
+    objective: object = None
 
 
 class Trainer:
@@ -344,6 +386,7 @@ class Trainer:
         if acc.is_main_process:
             if run.ema is not None:
                 save_ema_state(run.ema, run.param_names, tmp)
+            run.objective.save(tmp)
             (tmp / "trainer_state.json").write_text(json.dumps({"global_step": step}))
             if final.exists():
                 shutil.rmtree(final)
@@ -416,6 +459,7 @@ class Trainer:
         _check_resumed_state(run.optimizer, scheduler, scheduler_keys, ckpt)
         if run.ema is not None:
             load_ema_state(run.ema, run.param_names, ckpt)
+        run.objective.load(ckpt)
         acc.print(f"resumed from {ckpt} at step {start_step}")
         return start_step
 
@@ -423,12 +467,15 @@ class Trainer:
     def train(self) -> TrainResult:
         """Train until ``stop_at_step`` (default ``max_steps``); resume first if ``config.resume`` says so.
 
-        Stages: :meth:`_setup` (model, optimizer, EMA, data), :meth:`_resume`,
-        :meth:`_loader`, then per optimizer step :meth:`_step` and :meth:`_after_step`
-        (logging, checkpoint, validation), and :meth:`_finish` (export).
+        Stages: :meth:`_setup` (model, optimizer, EMA, objective, data), :meth:`_resume`,
+        :meth:`_loader`, then the optimizer steps of
+        :class:`~puppet_master.training.loop.TrainingLoop` (the package's one training loop:
+        accumulation, clipping, the non-finite policy, EMA, periodic checkpoints) with
+        logging and validation after each step, and :meth:`_finish` (export).
 
         Raises:
-            TrainingDiverged: NaN/inf loss (the last good checkpoint is kept).
+            TrainingDiverged: the loss stayed NaN/inf for ``max_nonfinite_steps`` batches in a
+                row (the last good checkpoint is kept and named).
             UserInputError: bad data, model settings or checkpoint.
         """
         cfg, acc = self.config, self.accelerator
@@ -436,38 +483,30 @@ class Trainer:
         run = self._setup()
         start_step = self._resume(run, ckpt)
         loader = self._loader(run, start_step)
-        frame_w = edm.frame_weights(cfg.data.num_frames, cfg.frame_weight_ramp, device=acc.device)
         self._start_logging()
-
-        result = TrainResult(output_dir=self.output_dir)
-        step = start_step
-        bar = tqdm(total=cfg.last_step, initial=start_step, desc="training",
-                   disable=not (self.progress and acc.is_local_main_process))
         run.unet.train()
-        acc_losses: list[float] = []
-        t_last = time.perf_counter()
-        for batch in loader:
-            acc_losses.append(self._step(run, batch, frame_w, step))
-            if not acc.sync_gradients:
-                continue
-            step += 1
-            if run.ema is not None:
-                run.ema.step(acc.unwrap_model(run.unet).parameters())
-            mean_loss = float(acc.gather(torch.tensor([np.mean(acc_losses)], device=acc.device)).mean())
-            acc_losses = []
-            result.losses.append(mean_loss)
-            now = time.perf_counter()
-            bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{run.lr_scheduler.get_last_lr()[0]:.2e}")
-            bar.update()
-            self._after_step(run, step, mean_loss, now - t_last)
-            t_last = now
-            if step >= cfg.last_step:
-                break
-        bar.close()
-        return self._finish(run, step, result)
+        settings = LoopSettings(steps=cfg.last_step, start_step=start_step, grad_clip=cfg.optim.grad_clip,
+                                max_nonfinite=cfg.max_nonfinite_steps, save_every_steps=cfg.checkpoint_every,
+                                log_every=cfg.log_every,
+                                progress="training" if self.progress and acc.is_local_main_process else None)
+        loop = TrainingLoop(
+            run.unet, run.optimizer, settings, params=run.params, lr_scheduler=run.lr_scheduler, ema=run.ema,
+            ema_params=list(acc.unwrap_model(run.unet).parameters()), accelerator=acc,
+            after_update=lambda step: run.objective.after_update(acc.unwrap_model(run.unet)),
+            on_log=self._log, on_save=lambda step: self._save_checkpoint(run, step),
+            on_step_end=lambda step, loss, seconds: self._after_step(run, step),
+            describe_save=lambda step: str(self.checkpoint_root / f"step-{step:08d}"),
+        )
+        report = loop.run(loader, lambda batch: run.objective.loss(run.unet, self._to_device(batch)))
+        result = TrainResult(output_dir=self.output_dir, losses=report.losses)
+        return self._finish(run, report.final_step, result)
+
+    def _to_device(self, batch: dict) -> dict:
+        device = self.accelerator.device
+        return {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
     def _setup(self) -> _RunState:
-        """Seed, build the UNet, optimizer, scheduler, EMA and data mixture; prepare them with accelerate."""
+        """Seed, build the UNet, optimizer, scheduler, EMA, objective and data mixture; prepare them with accelerate."""
         cfg, acc = self.config, self.accelerator
         set_seed(cfg.seed)
         unet = build_unet(cfg)
@@ -484,10 +523,11 @@ class Trainer:
                            model_config=unet.config)
         names = [n for n, _ in unet.named_parameters()]
         dataset = build_mixture(cfg.data, cfg.seed)
+        objective = build_objective(cfg, unet, acc.device)
         unet, optimizer, lr_scheduler = acc.prepare(unet, optimizer, lr_scheduler)
         if ema is not None:
             ema.to(acc.device)  # saved and restored by save_ema_state / load_ema_state, never pickled
-        return _RunState(unet, optimizer, lr_scheduler, ema, dataset, params, names)
+        return _RunState(unet, optimizer, lr_scheduler, ema, dataset, params, names, objective)
 
     def _loader(self, run: _RunState, start_step: int) -> DataLoader:
         """The data stream from ``start_step`` on (positions, not epochs: a resumed run sees the same samples)."""
@@ -508,39 +548,14 @@ class Trainer:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             (self.output_dir / "config.json").write_text(json.dumps(cfg.model_dump(), indent=1))
 
-    def _step(self, run: _RunState, batch: dict, frame_w: torch.Tensor, step: int) -> float:
-        """One forward/backward (an accumulation micro-step); returns its loss.
+    def _log(self, step: int, record: dict) -> None:
+        """Send a loop record (loss, lr, seconds, the objective's figures) to the trackers."""
+        if self.accelerator.log_with:
+            self.accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=step)
 
-        Raises:
-            TrainingDiverged: the loss is NaN or infinite.
-        """
-        cfg, acc = self.config, self.accelerator
-        batch = {k: (v.to(acc.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
-        with acc.accumulate(run.unet):
-            with acc.autocast():
-                loss = edm_loss(run.unet, batch, cfg, frame_w)
-            if not torch.isfinite(loss):
-                last = self.latest_checkpoint()
-                raise TrainingDiverged(
-                    f"loss became {loss.item()} at step {step + 1}; stopped. Last good checkpoint: "
-                    f"{last if last else 'none (no checkpoint was saved yet)'}. Lower optim.lr or use bf16/fp32."
-                )
-            acc.backward(loss)
-            if acc.sync_gradients and cfg.optim.grad_clip:
-                acc.clip_grad_norm_(run.params, cfg.optim.grad_clip)
-            run.optimizer.step()
-            run.lr_scheduler.step()
-            run.optimizer.zero_grad(set_to_none=True)
-        return loss.detach().float().item()
-
-    def _after_step(self, run: _RunState, step: int, mean_loss: float, seconds: float) -> None:
-        """Logging, checkpointing and validation after optimizer step ``step``."""
-        cfg, acc = self.config, self.accelerator
-        if step % cfg.log_every == 0 and acc.log_with:
-            acc.log({"loss": mean_loss, "lr": run.lr_scheduler.get_last_lr()[0],
-                     "steps_per_s": 1.0 / max(seconds, 1e-9)}, step=step)
-        if step % cfg.checkpoint_every == 0 or step == cfg.last_step:
-            self._save_checkpoint(run, step)
+    def _after_step(self, run: _RunState, step: int) -> None:
+        """Validation after optimizer step ``step`` (checkpoints and logging are the loop's)."""
+        cfg = self.config
         if cfg.validate_every and step % cfg.validate_every == 0:
             self.validate(run.unet, run.ema, run.dataset, step)
 

@@ -27,7 +27,6 @@ import json
 import math
 import os
 import shutil
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -37,13 +36,13 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from ..data.splits import split_video_path
 from ..errors import UserInputError, optional_imports
 from ..pipelines.components import make_image_vae
 from ..values import parse_json
 from ..video import read_video
+from .loop import LoopSettings, TrainingLoop
 from .recipe import lr_factor
 
 with optional_imports("train"):
@@ -315,25 +314,14 @@ def train_vae(cfg: VAETrainConfig, progress: bool = True, held_out: int = 32) ->
     indices = list(range(start * cfg.batch_size, cfg.max_steps * cfg.batch_size))
     loader = DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=cfg.batch_size, shuffle=False)
     vae.train()
-    stats: dict = {}
-    bar = tqdm(total=cfg.max_steps, initial=start, desc="training VAE", disable=not progress)
-    step = start
-    for batch in loader:
-        loss, stats = vae_loss(vae, batch.to(acc.device), cfg)
-        if not torch.isfinite(loss):
-            raise RuntimeError(f"VAE loss became {loss.item()} at step {step}; resume from {out / 'checkpoint'} with a lower lr")
-        opt.zero_grad(set_to_none=True)
-        acc.backward(loss)
-        acc.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        step += 1
-        bar.update()
-        bar.set_postfix(l1=f"{stats['l1']:.4f}", grad=f"{stats['grad']:.4f}")
-        if step % cfg.checkpoint_every == 0 and step < cfg.max_steps:
-            _save_checkpoint(acc, out, step)
-    bar.close()
-    _save_checkpoint(acc, out, step)
+    loop = TrainingLoop(
+        vae, opt, LoopSettings(steps=cfg.max_steps, start_step=start, grad_clip=1.0,
+                               save_every_steps=cfg.checkpoint_every, progress="training VAE" if progress else None),
+        lr_scheduler=sched, accelerator=acc, on_save=lambda step: _save_checkpoint(acc, out, step),
+        describe_save=lambda step: f"{out / 'checkpoint'} (step {step}; resume with a lower lr)",
+    )
+    report = loop.run(loader, lambda batch: vae_loss(vae, batch.to(acc.device), cfg))
+    step, stats = report.final_step, report.stats
     model = acc.unwrap_model(vae).eval()
     std = latent_std(model, train_frames)
     model.register_to_config(scaling_factor=1.0 / std)
@@ -549,60 +537,32 @@ def train_vae_fast(vae, frames: torch.Tensor, photos: list[torch.Tensor], cfg: F
     ``fg_weight``, chroma, gradients, KL) under bf16 autocast on CUDA; AdamW, linear
     warm-up then cosine to 10 % over the planned steps.
     """
-    t0 = time.perf_counter()
     use_cuda = str(device).startswith("cuda")
     vae = vae.to(device).to(memory_format=torch.channels_last).train()
     g = torch.Generator(device=device).manual_seed(cfg.seed)
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0)
     loss_cfg = VAETrainConfig(kl_weight=cfg.kl_weight, grad_weight=cfg.grad_weight, fg_weight=cfg.fg_weight,
                               chroma_weight=cfg.chroma_weight)
-    planned = steps
-    timing_steps = 12
-    step, last, last_save, t_timing, bad = 0, {}, time.perf_counter(), None, 0
-    while True:
-        total = planned if planned is not None else 10**9
-        if step >= total or time.perf_counter() - t0 > budget_s:
-            break
-        # warm-up, then cosine to 10 % once the step count is planned (total 0: warm-up only)
-        factor = lr_factor(step, total if planned is not None else 0, cfg.warmup_steps, floor=0.1)
-        for group in opt.param_groups:
-            group["lr"] = cfg.lr * factor
-        x = _vae_batch(frames, photos, cfg, g).contiguous(memory_format=torch.channels_last)
+
+    def batches():
+        while True:
+            yield _vae_batch(frames, photos, cfg, g).contiguous(memory_format=torch.channels_last)
+
+    def compute_loss(x):
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_cuda):
-            loss, stats = vae_loss(vae, x, loss_cfg)
-        if not torch.isfinite(loss):  # skip the step; a run of them ends the stage (weights as last saved)
-            bad += 1
-            if log:
-                log({"stage": "vae", "event": "non-finite loss", "step": step, "count": bad})
-            if bad >= 20:
-                break
-            continue
-        bad = 0  # only a run of consecutive non-finite steps ends the stage
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
-        step += 1
-        last = stats
-        if planned is None and step == 2:
-            if use_cuda:
-                torch.cuda.synchronize()
-            t_timing = time.perf_counter()
-        if planned is None and step == 2 + timing_steps:
-            if use_cuda:
-                torch.cuda.synchronize()
-            per_step = (time.perf_counter() - t_timing) / timing_steps
-            left = budget_s - (time.perf_counter() - t0)
-            planned = max(step + 1, step + int(0.97 * left / per_step))
-            if log:
-                log({"stage": "vae", "event": "planned", "steps": planned, "s_per_step": per_step})
-        if log and step % 25 == 0:
-            log({"stage": "vae", "step": step, "lr": opt.param_groups[0]["lr"], "s": time.perf_counter() - t0, **stats})
-        if save and time.perf_counter() - last_save > save_every_s:
-            save(vae, step)
-            last_save = time.perf_counter()
-    vae.eval()
-    if save:
-        save(vae, step)
-    return {"steps_planned": planned, "steps_done": step, "seconds": time.perf_counter() - t0, "last_losses": last,
-            "skipped_steps": bad}
+            return vae_loss(vae, x, loss_cfg)
+
+    loop = TrainingLoop(
+        vae, opt, LoopSettings(steps=steps, budget_s=budget_s, grad_clip=1.0, save_every_s=save_every_s,
+                               timing_steps=12),
+        # warm-up, then cosine to 10 % once the step count is planned (before that: warm-up only)
+        lr_at=lambda step, planned: lr_factor(step, planned if planned is not None else 0, cfg.warmup_steps, floor=0.1),
+        on_log=(lambda step, record: log({"stage": "vae", "step": step, **record})) if log else None,
+        on_save=(lambda step: save(vae, step)) if save else None,
+    )
+    try:
+        report = loop.run(batches(), compute_loss)
+    finally:
+        vae.eval()
+    return {"steps_planned": report.steps_planned, "steps_done": report.steps_done, "seconds": report.seconds,
+            "last_losses": report.stats, "skipped_steps": report.skipped_steps}

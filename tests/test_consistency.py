@@ -1,0 +1,142 @@
+"""Consistency distillation (training/consistency.py, docs/design.md §5): the grid, the teacher's ODE step, the target."""
+
+import copy
+
+import pytest
+import torch
+
+from puppet_master.errors import UserInputError
+from puppet_master.pipelines import build_components
+from puppet_master.training import load_config
+from puppet_master.training.consistency import (ConsistencyDistillation, DistillSettings, edm_denoiser,
+                                                guided_denoiser, pseudo_huber, sample_distill_draws, sigma_grid)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    comps = build_components("tiny", seed=0, with_image_encoder=False)
+    return comps["unet"].eval(), comps["scheduler"]
+
+
+def _inputs(unet, b=2, n=3, size=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, n, 4, size, size, generator=g)
+    image = torch.randn(b, 4, size, size, generator=g)
+    dim = unet.config.cross_attention_dim
+    emb = torch.randn(b, 1, dim, generator=g)
+    drags = torch.zeros(b, n, unet.config.num_drags, 4)
+    drags[:, :, 0] = torch.tensor([0.3, 0.4, 0.3, 0.4])
+    drags[:, :, 0, 2] += torch.linspace(0, 0.3, n)
+    return x, image, emb, drags
+
+
+def test_the_grid_is_the_schedulers_own_karras_schedule(tiny):
+    _, scheduler = tiny
+    scheduler.set_timesteps(12)
+    torch.testing.assert_close(sigma_grid(scheduler, 12), scheduler.sigmas[:-1].float())
+    capped = sigma_grid(scheduler, 8, sigma_max=2.0)
+    assert capped.shape == (8,) and capped[0].item() == pytest.approx(2.0) and capped[-1].item() == pytest.approx(0.002)
+    assert bool((capped[:-1] > capped[1:]).all())
+    with pytest.raises(UserInputError, match="sigma_max"):
+        sigma_grid(scheduler, 8, sigma_max=0.001)
+
+
+def test_the_teacher_step_is_one_step_of_the_pipelines_guided_euler_sampler(tiny):
+    """The distillation's teacher solver equals diffusers' EulerDiscreteScheduler step on CFG-combined outputs.
+
+    In float64 (diffusers' step itself computes in float32): a random tiny UNet amplifies float32
+    rounding of its input (1e-9) a thousandfold, which would hide what is compared here, the formulas.
+    """
+    unet, scheduler = tiny
+    unet = copy.deepcopy(unet).double()
+    x, image, emb, drags = (t.double() for t in _inputs(unet))
+    w = torch.linspace(1.0, 5.0, x.shape[1], dtype=torch.float64)
+    scheduler.set_timesteps(10)
+    i = 3
+    t, s_hi, s_lo = scheduler.timesteps[i], scheduler.sigmas[i].double(), scheduler.sigmas[i + 1].double()
+    # what the pipeline does at step i (v-prediction outputs combined per frame, then scheduler.step);
+    # the scheduler finds its step index from the timestep
+    model_in = scheduler.scale_model_input(torch.cat([x, x]), t)
+    with torch.no_grad():
+        out = unet(model_in, t.double().expand(4), image_latents=torch.cat([torch.zeros_like(image), image]),
+                   encoder_hidden_states=torch.cat([torch.zeros_like(emb), emb]),
+                   drags=torch.cat([torch.zeros_like(drags), drags])).sample
+    uncond, cond = out.chunk(2)
+    expected = scheduler.step(uncond + w[None, :, None, None, None] * (cond - uncond), t, x).prev_sample
+
+    distill = ConsistencyDistillation(unet, unet, scheduler, DistillSettings(grid_steps=10), seed=0, num_frames=3)
+    distill.frame_guidance = w
+    got = distill.teacher_step(x, s_hi.expand(2), s_lo.expand(2), image, emb, drags)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    # and it is a real step: far from the input
+    assert (got - x).abs().mean() > 0.1
+
+
+def test_guided_denoiser_is_the_conditional_one_at_guidance_one(tiny):
+    unet, _ = tiny
+    unet = copy.deepcopy(unet).double()  # float64: batch composition changes float32 kernels' rounding
+    x, image, emb, drags = (t.double() for t in _inputs(unet))
+    sigma = torch.tensor([0.5, 3.0], dtype=torch.float64)
+    with torch.no_grad():
+        cond = edm_denoiser(unet, x, sigma, image, emb, drags)
+        guided = guided_denoiser(unet, x, sigma, image, emb, drags, torch.ones(3, dtype=torch.float64))
+        strong = guided_denoiser(unet, x, sigma, image, emb, drags, torch.full((3,), 3.0, dtype=torch.float64))
+    torch.testing.assert_close(guided, cond, atol=1e-9, rtol=1e-9)
+    assert (strong - cond).abs().max() > 1e-3
+
+
+def test_the_loss_trains_the_student_and_leaves_teacher_and_target_alone(tiny):
+    teacher, scheduler = tiny
+    student = copy.deepcopy(teacher).train().requires_grad_(True)
+    x, image, emb, drags = _inputs(teacher)
+    batch = {"latents": x, "image_latents": image, "embedding": emb, "drags": drags, "key": torch.tensor([0, 1])}
+    distill = ConsistencyDistillation(teacher, student, scheduler, DistillSettings(grid_steps=40), 0, 3)
+    loss, stats = distill.loss(student, batch)
+    assert loss.ndim == 0 and torch.isfinite(loss) and loss.item() > 0 and stats["sigma_hi"] > 0
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
+    assert all(p.grad is None for p in [*teacher.parameters(), *distill.target.parameters()])
+    # draws depend on (seed, key) only
+    a, b = sample_distill_draws(torch.tensor([5, 9]), 0, (2,), 7), sample_distill_draws(torch.tensor([9]), 0, (2,), 7)
+    assert a[0][1] == b[0][0] and torch.equal(a[1][1], b[1][0]) and bool((a[0] < 7).all())
+
+
+def test_target_network_averages_the_student_and_round_trips(tiny, tmp_path):
+    unet, scheduler = tiny
+    student = build_components("tiny", seed=1, with_image_encoder=False)["unet"]
+    distill = ConsistencyDistillation(unet, unet, scheduler, DistillSettings(target_ema_decay=0.75), 0, 3)
+    before = [p.detach().clone() for p in distill.target.parameters()]
+    distill.after_update(student)
+    for b, t, s in zip(before, distill.target.parameters(), student.parameters()):
+        torch.testing.assert_close(t, 0.75 * b + 0.25 * s)
+    distill.save(tmp_path)
+    other = ConsistencyDistillation(unet, unet, scheduler, DistillSettings(), 0, 3)
+    other.load(tmp_path)
+    for a, b in zip(distill.target.parameters(), other.target.parameters()):
+        assert torch.equal(a, b)
+    with pytest.raises(UserInputError, match="no consistency_target"):
+        other.load(tmp_path / "nowhere")
+
+
+def test_pseudo_huber_is_quadratic_near_zero_and_linear_far_away():
+    a = torch.zeros(1, 4, dtype=torch.float64)
+    small, large = torch.full((1, 4), 1e-5, dtype=torch.float64), torch.full((1, 4), 10.0, dtype=torch.float64)
+    assert pseudo_huber(small, a, 1e-3).item() == pytest.approx(0.5 * 1e-10 / 1e-3, rel=1e-3)
+    assert pseudo_huber(large, a, 1e-3).item() == pytest.approx(10.0 - 1e-3, rel=1e-6)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["objective=consistency"], "model.init=checkpoint"),
+    (["objective=consistency", "model.init=checkpoint", "model.pretrained=x", "distill.skip=50"], "distill.skip"),
+    (["distill.solver=rk4"], "distill.solver"),
+])
+def test_distillation_config_errors(overrides, message):
+    with pytest.raises(UserInputError, match=message):
+        load_config(None, overrides)
+
+
+def test_teacher_and_student_must_match(tiny):
+    unet, scheduler = tiny
+    other = build_components("tiny", seed=0, with_image_encoder=False, num_drags=3)["unet"]
+    with pytest.raises(UserInputError, match="same configuration"):
+        ConsistencyDistillation(unet, other, scheduler, DistillSettings(), 0, 3)
