@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, get_args, get_origin
 
-import annotated_types
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 
@@ -295,15 +294,15 @@ def describe(info: FieldInfo) -> str:
         return "one of " + ", ".join(map(str, get_args(base)))
     kind = {int: "a whole number", float: "a finite number", bool: "true or false"}.get(base, f"a {getattr(base, '__name__', base)}")
     low = high = None
+    # pydantic keeps the constraints of Field(ge=..., ...) as annotated-types objects with one
+    # attribute each (Ge.ge, Gt.gt, Le.le, Lt.lt); read them by attribute, not by class.
     for m in info.metadata:
-        if isinstance(m, annotated_types.Ge):
-            low = (">=", m.ge)
-        elif isinstance(m, annotated_types.Gt):
-            low = (">", m.gt)
-        elif isinstance(m, annotated_types.Le):
-            high = ("<=", m.le)
-        elif isinstance(m, annotated_types.Lt):
-            high = ("<", m.lt)
+        for attr, op in (("ge", ">="), ("gt", ">")):
+            if getattr(m, attr, None) is not None:
+                low = (op, getattr(m, attr))
+        for attr, op in (("le", "<="), ("lt", "<")):
+            if getattr(m, attr, None) is not None:
+                high = (op, getattr(m, attr))
     if low and high and low[0] == ">=" and high[0] == "<=":
         return f"{kind} from {_number(low[1])} to {_number(high[1])}"
     bounds = [f"{bound[0]} {_number(bound[1])}" for bound in (low, high) if bound]
