@@ -17,20 +17,22 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "src" / "puppet_master"
 
-_BASE = {"errors", "edm", "video", "drags", "preprocessing"}
-#: What each part of the package may import (besides itself).
+_BASE = {"errors", "limits", "edm", "video", "drags", "preprocessing"}
+#: What each part of the package may import (besides itself). ``limits`` (resource limits and the
+#: bounded readers) sits just above ``errors``: every layer may use it.
 ALLOWED = {
     "errors": set(),
-    "runtime": set(),
-    "edm": set(),
-    "video": {"errors"},
-    "drags": {"errors"},
-    "preprocessing": {"drags", "errors"},
-    "segmentation": set(),
-    "entity": {"errors", "segmentation"},
-    "models": {"drags", "edm", "errors"},
+    "limits": {"errors"},
+    "runtime": {"limits"},
+    "edm": {"limits"},
+    "video": {"errors", "limits"},
+    "drags": {"errors", "limits"},
+    "preprocessing": {"drags", "errors", "limits"},
+    "segmentation": {"limits"},
+    "entity": {"errors", "limits", "preprocessing", "segmentation"},
+    "models": {"drags", "edm", "errors", "limits"},
     "pipelines": _BASE | {"models", "entity", "segmentation"},
-    "data": {"drags", "errors", "video"},
+    "data": {"drags", "errors", "limits", "video"},
     "training": _BASE | {"models", "pipelines", "data"},
     "evaluation": _BASE | {"segmentation", "entity", "models", "pipelines", "data", "training"},
     "app": _BASE | {"segmentation", "entity", "models", "pipelines", "data", "training", "evaluation"},
@@ -94,3 +96,12 @@ def test_importing_a_layer_loads_no_higher_layer(layer, forbidden):
     assert run.returncode == 0, run.stderr
     loaded = set(json.loads(run.stdout.strip().splitlines()[-1]))
     assert layer in loaded and not loaded & forbidden, sorted(loaded & forbidden)
+
+
+def test_the_limits_module_imports_nothing_heavy():
+    """Every layer imports ``puppet_master.limits``: it must stay light (standard library + errors)."""
+    code = ("import sys, puppet_master.limits; "
+            "print(sorted(m for m in ('torch', 'numpy', 'PIL', 'cv2', 'diffusers') if m in sys.modules))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]", run.stdout

@@ -9,6 +9,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .. import limits
 from ..errors import UserInputError
 
 
@@ -187,28 +188,31 @@ def _set(tree: dict, dotted: str, value: Any) -> None:
             raise UserInputError(f"override {dotted!r}: {keys[depth - 1]!r} is not a section")
 
 
-#: Largest config file read (a config is a few hundred lines of YAML).
-MAX_CONFIG_BYTES = 1 << 20
+#: Largest config file read (a config is a few hundred lines of YAML; :mod:`puppet_master.limits`).
+MAX_CONFIG_BYTES = limits.MAX_CONFIG_BYTES
 
 
 def _read_yaml(path: Path) -> Any:
     """The YAML document of a config file (``None`` when empty).
 
     Raises:
-        UserInputError: larger than :data:`MAX_CONFIG_BYTES`, not UTF-8 text, or not YAML.
+        UserInputError: not a regular file, larger than :data:`MAX_CONFIG_BYTES`, not UTF-8
+            text, not YAML, or more than :data:`~puppet_master.limits.MAX_CONFIG_NODES`
+            values once its aliases are expanded.
     """
-    if path.stat().st_size > MAX_CONFIG_BYTES:
-        raise UserInputError(f"config file {str(path)!r} is larger than {MAX_CONFIG_BYTES >> 20} MiB: not a config")
+    raw = limits.read_bytes_bounded(path, "config file", MAX_CONFIG_BYTES, "MAX_CONFIG_BYTES")
     try:
-        text = path.read_bytes().decode("utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise UserInputError(f"config file {str(path)!r} is not UTF-8 text (byte {exc.start}): give a YAML file") from None
     try:
-        return yaml.safe_load(text) or {}
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         raise UserInputError(f"config file {str(path)!r} is not valid YAML: {' '.join(str(exc).split())}") from None
     except RecursionError:
         raise UserInputError(f"config file {str(path)!r} is nested too deeply to be a config") from None
+    limits.check_expanded_size(data, f"config file {str(path)!r}")
+    return data
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
@@ -222,7 +226,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     tree: dict = {}
     if path is not None:
         p = Path(path)
-        if not p.is_file():
+        if not p.exists():
             raise UserInputError(f"config file {str(p)!r} does not exist")
         tree = _read_yaml(p)
         if not isinstance(tree, dict):
@@ -237,6 +241,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             value = raw
         except RecursionError:
             raise UserInputError(f"override {key.strip()!r}: the value is nested too deeply") from None
+        limits.check_expanded_size(value, f"override {key.strip()[:80]!r}")
         _set(tree, key.strip(), value)
     try:
         return TrainConfig.model_validate(tree)
