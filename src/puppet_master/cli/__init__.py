@@ -54,7 +54,9 @@ def main(argv: list[str] | None = None) -> None:
 
     A :class:`UserInputError` raised anywhere in a command becomes one ``error: ...``
     line on stderr and exit status 2; a :class:`TrainingDiverged` run the same line and
-    status 1; Ctrl-C status 130. Commands raise, they never print errors themselves.
+    status 1; Ctrl-C status 130, and so does SIGTERM in the commands that turn it into an
+    interrupt (:func:`puppet_master.runtime.interrupt_on_sigterm`: ``animate``,
+    ``cache-latents``). Commands raise, they never print errors themselves.
     """
     _quiet_libraries()
     try:

@@ -11,7 +11,7 @@ from typing import Optional
 import typer
 
 from ..errors import UserInputError
-from ..runtime import keep_freed_memory
+from ..runtime import interrupt_on_sigterm, keep_freed_memory
 from .options import (DETAIL_TRANSFER_RADIUS, MODEL_DEFAULT_SHOWN, MODEL_HELP, THREADS, WARP_INIT_SIGMA,
                       apply_sampling_settings, check_sampling_settings, parse_dtype, progress_bar_config, quiet_loading,
                       set_threads)
@@ -145,6 +145,7 @@ def run_animate(opts: AnimateOptions) -> Path:
         UserInputError: any bad input (the message names it and the fix).
     """
     set_threads(opts.threads)
+    interrupt_on_sigterm()  # SIGTERM unwinds like Ctrl-C: the video's temporary file is removed
     if opts.device == "cpu":
         keep_freed_memory()  # freed tensor memory stays in the process: fewer page faults per step
     if opts.method == "draganything":
@@ -164,6 +165,9 @@ def run_animate(opts: AnimateOptions) -> Path:
     if given:
         raise UserInputError(f"{', '.join(given)}: for --method draganything only; Puppet-Master works at --size")
     check_sampling_settings(opts.warp_init_sigma, opts.detail_transfer_radius)
+    from ..limits import check_model_side
+
+    check_model_side(opts.size, "--size")
     square, model_drags = read_inputs(opts)
     pipe = load_model(opts, model_drags.num_drags)
     start = time.perf_counter()

@@ -21,12 +21,17 @@ def parse_resolution(text: str) -> tuple[int, int]:
     """``"576x320"`` → ``(576, 320)`` (width, height in pixels).
 
     Raises:
-        UserInputError: not ``WIDTHxHEIGHT`` with positive integers.
+        UserInputError: not ``WIDTHxHEIGHT`` with positive integers, or a side above
+            :data:`~puppet_master.limits.MAX_MODEL_SIDE`.
     """
-    match = re.fullmatch(r"\s*(\d+)\s*[xX×]\s*(\d+)\s*", text or "")
+    match = re.fullmatch(r"\s*(\d{1,9})\s*[xX×]\s*(\d{1,9})\s*", text or "")
     if not match or int(match.group(1)) == 0 or int(match.group(2)) == 0:
-        raise UserInputError(f"--resolution must be WIDTHxHEIGHT in pixels (e.g. 576x320), got {text!r}")
-    return int(match.group(1)), int(match.group(2))
+        raise UserInputError(f"--resolution must be WIDTHxHEIGHT in pixels (e.g. 576x320), got {str(text)[:40]!r}")
+    from ..limits import check_model_side
+
+    width, height = int(match.group(1)), int(match.group(2))
+    check_model_side(max(width, height), "--resolution side")
+    return width, height
 
 
 def read_entity_masks(image, drags, mask_files, segmenter: str = "grabcut", sam_checkpoint: Path | None = None,
