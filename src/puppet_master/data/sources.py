@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import random
 import re
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .. import limits
 from ..errors import UserInputError
 from .blender.kinds import BAD_KINDS, GOOD_KINDS
 
@@ -55,8 +55,13 @@ def procedural_tasks(num_assets: int, seed: int = 0, bad_fraction: float = 0.2, 
 def folder_tasks(folder: str | Path) -> list[AssetTask]:
     """Every ``*.glb`` / ``*.gltf`` in ``folder`` (sorted); ids are the sanitised file stems.
 
+    Each file is checked before the build starts (nothing is read or copied): it must be a
+    regular file (a folder, a device such as ``/dev/zero`` or a FIFO, also behind a
+    symbolic link, is refused) of at most :data:`~puppet_master.limits.MAX_ASSET_BYTES`.
+
     Raises:
-        UserInputError: missing folder or no glTF files.
+        UserInputError: missing folder, no glTF files, or a file that is not a regular
+            file or too large (named, with the fix).
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -64,6 +69,12 @@ def folder_tasks(folder: str | Path) -> list[AssetTask]:
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".glb", ".gltf"))
     if not files:
         raise UserInputError(f"asset folder {str(folder)!r} holds no .glb/.gltf files")
+    limit = limits.current("MAX_ASSET_BYTES")
+    for p in files:
+        size = limits.check_regular_file(p, "asset").st_size
+        if size > limit:
+            raise UserInputError(f"asset {str(p)!r} is larger than {limits.format_bytes(limit)}: remove it from the "
+                                 f"folder or {limits.raise_hint('MAX_ASSET_BYTES')}")
     return [AssetTask(re.sub(r"[^A-Za-z0-9_.-]", "_", p.stem), "folder", path=str(p.resolve())) for p in files]
 
 
@@ -82,8 +93,12 @@ def objaverse_tasks(which: str = "hq", limit: int | None = None, uids_file: str 
 def fetch_objaverse(uid: str, out_file: Path) -> Path:
     """Download one Objaverse object with the ``objaverse`` package (needs internet) to ``out_file``.
 
+    The download is copied to ``out_file`` with the byte budget
+    :data:`~puppet_master.limits.MAX_ASSET_BYTES` (a partial copy is removed).
+
     Raises:
-        UserInputError: the package is missing. Network errors propagate (recorded per asset).
+        UserInputError: the package is missing, or the object is not a regular file or too
+            large. Network errors propagate (recorded per asset).
     """
     try:
         import objaverse  # optional dependency, only for the Objaverse source
@@ -93,5 +108,5 @@ def fetch_objaverse(uid: str, out_file: Path) -> Path:
     if uid not in paths:
         raise RuntimeError(f"Objaverse did not return object {uid}")
     out_file.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(paths[uid], out_file)
+    limits.copy_bounded(paths[uid], out_file, "downloaded asset")
     return out_file
