@@ -842,12 +842,12 @@ def bombs(tmp_path_factory, tiny_pipeline_dir, corpus):
         out = d / f"{name}-eval"
         return ["evaluate", "--data", str(data), "--method", "static", "--out", str(out), "-q"], out
 
-    # a 512 MiB storage in ~0.5 MB of deflate (torch.load would inflate it): refused before torch.load
-    argv, out = evaluate_folder("deflate", {"00000.pkl": _storage_batch(_deflated_storage_payload(512 << 20), 1),
+    # a 320 MiB storage in ~0.3 MB of deflate (torch.load would inflate it): refused before torch.load
+    argv, out = evaluate_folder("deflate", {"00000.pkl": _storage_batch(_deflated_storage_payload(320 << 20), 1),
                                             "00000.gif": _eval_gif})
     cases["pickle_deflated_storage"] = (argv, "more than 256 MiB", out)
-    # a 160 MiB storage named 8 times: each would fit, together they pass the budget
-    argv, out = evaluate_folder("memo", {"00000.pkl": _storage_batch(_deflated_storage_payload(160 << 20), 8),
+    # a 96 MiB storage loaded 8 times: each would fit, together they pass the budget
+    argv, out = evaluate_folder("memo", {"00000.pkl": _storage_batch(_deflated_storage_payload(96 << 20), 8),
                                          "00000.gif": _eval_gif})
     cases["pickle_repeated_storage"] = (argv, "more than 256 MiB", out)
     # a legacy storage whose pickle claims 2**34 floats (64 GiB), allocated by torch before reading

@@ -32,6 +32,9 @@ DRAG_COLORS = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145
 #: ``.pm-<pid>-<output key>-<random><suffix>``: the writing process and a hash of the output
 #: name, so a later run for the same output can remove what a killed one left.
 TEMP_PREFIX = ".pm-"
+#: Limits on a video read from a file: frames, and pixels per frame (:mod:`puppet_master.limits`).
+MAX_VIDEO_FRAMES = limits.MAX_VIDEO_FRAMES
+MAX_VIDEO_PIXELS = limits.MAX_VIDEO_PIXELS
 
 
 def _temp_key(path: Path) -> str:
@@ -68,9 +71,6 @@ def remove_stale_temp_files(path: str | Path) -> list[Path]:
             tmp.unlink(missing_ok=True)
             removed.append(tmp)
     return removed
-#: Limits on a video read from a file: frames, and pixels per frame (:mod:`puppet_master.limits`).
-MAX_VIDEO_FRAMES = limits.MAX_VIDEO_FRAMES
-MAX_VIDEO_PIXELS = limits.MAX_VIDEO_PIXELS
 
 
 def check_output_path(path: str | Path, overwrite: bool = False) -> Path:

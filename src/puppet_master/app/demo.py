@@ -126,6 +126,8 @@ def demo_temp_root(base: str | Path | None = None) -> Path:
         base = Path(base or tempfile.gettempdir())
         remove_stale_demo_folders(base)
         root = base / f"{DEMO_FOLDER_PREFIX}{pid}"
+        if root.is_dir() and not root.is_symlink() and root.lstat().st_uid == os.geteuid():
+            shutil.rmtree(root, ignore_errors=True)  # a killed demo's, whose process id this one got again
         root.mkdir(mode=0o700, exist_ok=True)
         _TEMP_ROOTS[pid] = root
         atexit.register(shutil.rmtree, root, True)
