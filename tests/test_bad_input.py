@@ -714,6 +714,11 @@ def special_files(tmp_path_factory, corpus, tiny_pipeline_dir):
             outs[f"evaluate-{layout}-{kind}"] = k / f"eval-{layout}"
             cases[f"evaluate-{layout}-{kind}"] = ["evaluate", "--data", data, "--method", "static", "--out",
                                                   k / f"eval-{layout}", "--no-videos", "-q"]
+        for flag in ("--i3d", "--cotracker-checkpoint"):
+            name = f"evaluate{flag}-{kind}"
+            outs[name] = k / f"eval{flag}"
+            cases[name] = ["evaluate", "--data", k / "data-pkl", "--out", outs[name], "-q", flag,
+                           _special(k, f"{flag[2:]}.pt", kind)] + (["--tracker", "cotracker"] if "cotracker" in flag else [])
         if kind != "folder":
             model = _model_copy(tiny_pipeline_dir, k / "model")
             (model / "unet" / "config.json").unlink()
@@ -722,14 +727,15 @@ def special_files(tmp_path_factory, corpus, tiny_pipeline_dir):
             cases[f"model-config-{kind}"] = ["animate", corpus / "ok.png", "--drag", "30,20:60,40", "--model", model,
                                              "-o", k / "out-model" / "v.gif", "--size", "64", "-q"]
     for name, out in outs.items():
-        if not name.startswith(("evaluate", "train")):
+        if name.startswith("animate") or name.startswith("model"):
             out.mkdir()
     results = _run_batch(cases, d)
     return {name: (outs[name], results[name]) for name in cases}
 
 
 SPECIAL_CASES = [f"{reader}-{kind}" for kind in SPECIAL_KINDS for reader in
-                 ("animate-image", "animate-drags_json", "animate-mask", "train-config", "model-config")
+                 ("animate-image", "animate-drags_json", "animate-mask", "train-config", "model-config", "evaluate--i3d",
+                  "evaluate--cotracker-checkpoint")
                  if not (reader == "model-config" and kind == "folder")]
 
 

@@ -15,6 +15,7 @@ import torch
 from scipy import linalg
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
+from .. import limits
 from ..errors import UserInputError
 from .tracking import PointTracker
 
@@ -168,8 +169,9 @@ class FVDMetric:
 
     def __init__(self, detector: str | Path, device: str = "cpu") -> None:
         path = Path(detector)
-        if not path.is_file():
+        if not path.exists():
             raise UserInputError(f"I3D detector {str(path)!r} does not exist (FVD needs a local TorchScript I3D)")
+        limits.check_regular_file(path, "I3D detector")  # a FIFO or device would block or never end the reader
         self.device = device
         try:
             with warnings.catch_warnings():  # torch marks jit.load deprecated; the I3D detector exists only as TorchScript
