@@ -894,6 +894,13 @@ def bombs(tmp_path_factory, tiny_pipeline_dir, corpus):
         cases[f"scheduler_timesteps_{name}"] = (["animate", str(corpus / "ok.png"), "--drag", "30,20:60,40", "--model",
                                                  str(model), "-o", str(out / "v.gif"), "--size", "64", "-q"],
                                                 "num_train_timesteps", out)
+    # UNet weights as a .bin whose one record inflates to 320 MiB (torch.save never compresses)
+    model = _model_copy(tiny_pipeline_dir, d / "model-deflated")
+    (model / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    (model / "unet" / "diffusion_pytorch_model.bin").write_bytes(_deflated_storage_payload(320 << 20))
+    cases["model_deflated_weights"] = (["animate", str(corpus / "ok.png"), "--drag", "30,20:60,40", "--model", str(model),
+                                        "-o", str(d / "deflated" / "v.gif"), "--size", "64", "-q"],
+                                       "compressed records", d / "deflated")
     # image sizes bounded after padding and orientation; the sizes a model is run at
     (d / "wide.png").write_bytes(_png_header(65536, 1024))  # 64 megapixels, a 65536² square once padded
     (d / "mask.png").write_bytes(_png_header(20000, 20000))
@@ -918,6 +925,7 @@ def bombs(tmp_path_factory, tiny_pipeline_dir, corpus):
 
 BOMBS = ["pickle_deflated_storage", "pickle_repeated_storage", "pickle_legacy_storage", "split_mp4_decoded_size",
          "split_mp4_frame_count", "yaml_alias_bomb", "scheduler_timesteps_float", "scheduler_timesteps_int",
+         "model_deflated_weights",
          "wide_image", "size_100000", "resolution_65536", "mask_20000", "demo_size", "cache_latents_size"]
 
 

@@ -35,6 +35,8 @@ def check_model_folder(folder: str | os.PathLike) -> None:
       are at most :data:`~puppet_master.limits.MAX_JSON_BYTES`.
     * A scheduler's ``num_train_timesteps`` is a whole number from 1 to
       :data:`~puppet_master.limits.MAX_TRAIN_TIMESTEPS` (diffusers allocates arrays of that length).
+    * A torch weight file (``.bin``, ``.pt``…) declares no more tensor data than it holds
+      (:func:`~puppet_master.limits.torch_payload_bytes`; ``torch.save`` never compresses).
 
     Raises:
         ModelLoadError: naming the file and the problem.
@@ -54,8 +56,28 @@ def check_model_folder(folder: str | os.PathLike) -> None:
                                          f"{limits.file_kind(st.st_mode)}): not a model folder")
                 if _is_config(entry.name):
                     _check_config_file(entry)
+                elif entry.suffix in _TORCH_SUFFIXES:
+                    _check_torch_file(entry, st.st_size)
     except OSError as exc:
         raise ModelLoadError(f"cannot read model folder {str(root)!r}: {exc.strerror or exc}") from None
+
+
+#: Weight files diffusers and transformers read with ``torch.load(weights_only=True)``.
+_TORCH_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+
+
+def _check_torch_file(path: Path, size: int) -> None:
+    """``torch.save`` stores tensor data uncompressed: a file declaring more than it holds (a deflated zip
+    record inflating to gigabytes) is refused before ``torch.load`` allocates it."""
+    try:
+        with limits.open_regular(path, "model file") as fh:
+            declared = limits.torch_payload_bytes(fh, f"model file {str(path)!r}")
+    except UserInputError as exc:
+        raise ModelLoadError(str(exc)) from None
+    if declared > size + (1 << 20):
+        raise ModelLoadError(f"model file {str(path)!r} declares {limits.format_bytes(declared)} of tensor data but "
+                             f"holds {limits.format_bytes(size)} (compressed records): not a weight file torch.save "
+                             "wrote")
 
 
 def _check_config_file(path: Path) -> None:
