@@ -165,6 +165,8 @@ def test_corrupt_and_unanimated_assets_are_reported_not_fatal(tmp_path, built, b
                       blender_python=blender_python)
     recs = build(folder_tasks(folder), cfg, workers=1, progress=False)
     assert recs["broken"]["status"] == "failed" and recs["broken"]["error"]
+    assert not list((tmp_path / "out" / "renders").glob(".tmp-*"))  # the failed render left no partial folder
+    assert not list((tmp_path / "out" / "assets").glob(".*"))
     assert recs["static"]["status"] == "rejected" and "static" in recs["static"]["reason"]
     assert recs["good"]["status"] == "done" and recs["good"]["num_samples"] >= 1
 

@@ -6,7 +6,9 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -28,12 +30,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+#: Upload limit of the test server (the browser test's image is far smaller).
+UPLOAD_LIMIT = 1 << 20
+
+
 @pytest.fixture(scope="module")
-def demo_server(tiny_pipeline_dir, tmp_path_factory):
+def demo_process(tiny_pipeline_dir, tmp_path_factory):
+    """The served demo: ``(process, url)``."""
     port = _free_port()
     exe = shutil.which("puppet-master") or str(Path(sys.executable).parent / "puppet-master")
     log = tmp_path_factory.mktemp("demo") / "server.log"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
+           "PUPPET_MASTER_MAX_UPLOAD_BYTES": str(UPLOAD_LIMIT)}
+    env.pop("GRADIO_TEMP_DIR", None)
     with log.open("w") as fh:
         proc = subprocess.Popen([exe, "demo", "--model", str(tiny_pipeline_dir), "--port", str(port), "--steps", "2"],
                                 stdout=fh, stderr=subprocess.STDOUT, env=env)
@@ -50,9 +59,14 @@ def demo_server(tiny_pipeline_dir, tmp_path_factory):
     else:
         proc.kill()
         pytest.fail(f"demo server did not start in time: {log.read_text()[-2000:]}")
-    yield url
+    yield proc, url
     proc.terminate()
     proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def demo_server(demo_process):
+    return demo_process[1]
 
 
 @pytest.fixture(scope="module")
@@ -184,3 +198,33 @@ def test_grabcut_separates_object_from_background():
 def test_state_description():
     s = DemoState()
     assert "No image" in s.describe()
+
+
+def _post_upload(url: str, name: str, data: bytes) -> int:
+    """POST one file to Gradio's upload route; the HTTP status."""
+    boundary = "----puppet-master-test"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"{name}\"\r\n"
+            f"Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    request = urllib.request.Request(url + "gradio_api/upload", data=body, method="POST",
+                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+@pytest.mark.slow
+def test_demo_bounds_uploads_and_keeps_its_files_in_its_own_folder(demo_process):
+    """Gradio refuses an upload over the limit; an accepted one lands in the demo's own folder, which is removed
+    when the server gets SIGTERM. (Runs after the browser test: it stops the server.)"""
+    proc, url = demo_process
+    folder = Path(tempfile.gettempdir()) / f"puppet-master-demo-{proc.pid}"
+    assert folder.is_dir()
+    assert _post_upload(url, "big.png", b"x" * (UPLOAD_LIMIT + 1)) == 413
+    assert _post_upload(url, "small.png", b"x" * 1000) == 200
+    cached = sorted(p.name for p in (folder / "gradio").rglob("*") if p.is_file())  # also the example images
+    assert "small.png" in cached and "big.png" not in cached, cached
+    proc.terminate()
+    proc.wait(timeout=30)
+    assert not folder.exists()

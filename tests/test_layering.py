@@ -17,22 +17,24 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "src" / "puppet_master"
 
-_BASE = {"errors", "values", "options", "edm", "video", "drags", "preprocessing"}
-#: What each part of the package may import (besides itself).
+_BASE = {"errors", "limits", "values", "options", "edm", "video", "drags", "preprocessing"}
+#: What each part of the package may import (besides itself). ``limits`` (resource limits and the
+#: bounded readers) sits just above ``errors``: every layer may use it.
 ALLOWED = {
     "errors": set(),
-    "values": {"errors"},
-    "options": {"errors"},
-    "runtime": set(),
-    "edm": set(),
-    "video": {"errors"},
-    "drags": {"errors", "values"},
-    "preprocessing": {"drags", "errors"},
-    "segmentation": set(),
-    "entity": {"errors", "segmentation"},
-    "models": {"drags", "edm", "errors"},
+    "limits": {"errors"},
+    "values": {"errors", "limits"},
+    "options": {"errors", "limits"},
+    "runtime": {"limits"},
+    "edm": {"limits"},
+    "video": {"errors", "limits"},
+    "drags": {"errors", "limits", "values"},
+    "preprocessing": {"drags", "errors", "limits"},
+    "segmentation": {"limits"},
+    "entity": {"errors", "limits", "preprocessing", "segmentation"},
+    "models": {"drags", "edm", "errors", "limits"},
     "pipelines": _BASE | {"models", "entity", "segmentation"},
-    "data": {"drags", "errors", "values", "video"},
+    "data": {"drags", "errors", "limits", "values", "video"},
     "training": _BASE | {"models", "pipelines", "data"},
     "evaluation": _BASE | {"segmentation", "entity", "models", "pipelines", "data", "training"},
     "app": _BASE | {"segmentation", "entity", "models", "pipelines", "data", "training", "evaluation"},
@@ -174,3 +176,10 @@ def test_no_import_circles():
 def test_the_circle_check_finds_a_circle():
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert _circles(graph) == [{"a", "b", "c"}]
+def test_the_limits_module_imports_nothing_heavy():
+    """Every layer imports ``puppet_master.limits``: it must stay light (standard library + errors)."""
+    code = ("import sys, puppet_master.limits; "
+            "print(sorted(m for m in ('torch', 'numpy', 'PIL', 'cv2', 'diffusers') if m in sys.modules))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]", run.stdout

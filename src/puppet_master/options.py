@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic.fields import FieldInfo
 
 from .errors import UserInputError
+from .limits import check_model_side
 
 #: A flag of ``puppet-master animate``.
 ANIMATE = "animate"
@@ -95,12 +96,15 @@ def parse_resolution(text: str) -> tuple[int, int]:
     """``"576x320"`` → ``(576, 320)`` (width, height in pixels).
 
     Raises:
-        UserInputError: not ``WIDTHxHEIGHT`` with positive integers of at most 5 digits.
+        UserInputError: not ``WIDTHxHEIGHT`` with positive integers of at most 5 digits, or a
+            side above :data:`~puppet_master.limits.MAX_MODEL_SIDE`.
     """
     match = re.fullmatch(r"\s*(\d{1,5})\s*[xX×]\s*(\d{1,5})\s*", text or "")
     if not match or int(match.group(1)) == 0 or int(match.group(2)) == 0:
-        raise UserInputError(f"--resolution must be WIDTHxHEIGHT in pixels (e.g. 576x320), got {text!r}")
-    return int(match.group(1)), int(match.group(2))
+        raise UserInputError(f"--resolution must be WIDTHxHEIGHT in pixels (e.g. 576x320), got {str(text)[:40]!r}")
+    width, height = int(match.group(1)), int(match.group(2))
+    check_model_side(max(width, height), "--resolution side")
+    return width, height
 
 
 class MethodOptions(BaseModel):
@@ -230,6 +234,12 @@ class PuppetMasterOptions(MethodOptions):
     compile_unet: Annotated[bool, Option("--compile", where=(ANIMATE,))] = Field(
         False, description="torch.compile the UNet (one-off compile: tens of seconds on a GPU, minutes on a CPU; then "
                            "faster steps) and, on a GPU, replay each step from a CUDA graph.")
+
+    @field_validator("size")
+    @classmethod
+    def _size(cls, value: int) -> int:
+        check_model_side(value, "--size")
+        return value
 
 
 class DragAnythingOptions(MethodOptions):

@@ -14,58 +14,81 @@ from typing import Callable
 
 import numpy as np
 import PIL.Image
+import PIL.ImageOps
 
-
+from . import limits
 from .drags import DragSet
 from .errors import UserInputError
 
 WHITE = (255, 255, 255)
 
 
-#: Largest input image accepted, in pixels (a 8192×8192 photo); larger ones are refused
-#: before they are decoded.
-MAX_IMAGE_PIXELS = 8192 * 8192
+#: Largest input image accepted, in pixels (8192×8192 by default; :data:`puppet_master.limits.MAX_IMAGE_PIXELS`).
+MAX_IMAGE_PIXELS = limits.MAX_IMAGE_PIXELS
+
+
+def open_image(path: str | Path, what: str = "image", pad_to_square: bool = True,
+               notice: Callable[[str], None] | None = None) -> PIL.Image.Image:
+    """Open and decode an image file as it is displayed, with every check before decoding.
+
+    The file must be a regular file (a folder, device or FIFO is refused without reading
+    it); its size from the header is checked with :func:`puppet_master.limits.check_image_size`
+    (pixels, and the square it is padded to when ``pad_to_square``) before the pixels are
+    decoded. The EXIF orientation (phone photos) is applied, so the result is in the
+    pixels the user sees and points on it are in displayed coordinates (x right, y down).
+    Of an animated file (GIF, APNG, WebP) the first frame is decoded and ``notice`` is told so.
+
+    Args:
+        path: image file.
+        what: what the file is, for messages (``"image"``, ``"mask"``).
+
+    Returns:
+        The decoded image in its file mode (not converted).
+
+    Raises:
+        UserInputError: missing, not a regular file, not a readable image, or too large.
+    """
+    path = Path(path)
+    label = f"{what} {str(path)!r}"
+    with limits.open_regular(path, what) as fh:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", PIL.Image.DecompressionBombWarning)
+                img = PIL.Image.open(fh)
+            limits.check_image_size(*img.size, what=label, pad_to_square=pad_to_square)
+            frames = getattr(img, "n_frames", 1)
+            img.load()
+            if frames > 1 and notice is not None:
+                notice(f"{path.name} is animated ({frames} frames): the first frame is used")
+            PIL.ImageOps.exif_transpose(img, in_place=True)
+            return img
+        except (PIL.Image.DecompressionBombError, PIL.Image.DecompressionBombWarning):
+            raise UserInputError(f"{label} is larger than the {limits.current('MAX_IMAGE_PIXELS') / 1e6:.0f} "
+                                 "megapixel limit: downscale it first") from None
+        except UserInputError:
+            raise
+        except (PIL.UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
+            raise UserInputError(f"cannot read {label}: {exc}") from None
 
 
 def load_image(path: str | Path, notice: Callable[[str], None] | None = None) -> PIL.Image.Image:
-    """Open an image file fully, as RGB or RGBA (8 bits per channel).
+    """Open an image file fully, as RGB or RGBA (8 bits per channel), upright.
 
     High-bit-depth images (16-bit greyscale PNG ``I;16``, 32-bit integer ``I``, float
     ``F``) are rescaled to 8 bits by their value range, not clipped. Of an animated file
-    (GIF, APNG, WebP) the first frame is used and ``notice`` is told so.
+    (GIF, APNG, WebP) the first frame is used and ``notice`` is told so. The EXIF
+    orientation is applied (:func:`open_image`): drags are given in the displayed pixels.
 
     Args:
         path: image file.
         notice: called with a one-line message about a silent choice (animated input).
 
     Raises:
-        UserInputError: the file is missing, a folder, not a readable image, or larger
-            than :data:`MAX_IMAGE_PIXELS` (checked before decoding).
+        UserInputError: the file is missing, a folder or another non-regular file, not a
+            readable image, more than :data:`MAX_IMAGE_PIXELS` pixels, or so elongated
+            that its padded square is (checked before decoding).
     """
-    path = Path(path)
-    if not path.exists():
-        raise UserInputError(f"image {str(path)!r} does not exist")
-    if not path.is_file():
-        raise UserInputError(f"image {str(path)!r} is not a file")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", PIL.Image.DecompressionBombWarning)
-            img = PIL.Image.open(path)
-        with img:
-            w, h = img.size
-            if w * h > MAX_IMAGE_PIXELS:
-                raise UserInputError(f"image {str(path)!r} is {w}x{h} pixels, more than the "
-                                     f"{MAX_IMAGE_PIXELS // 10**6} megapixel limit: downscale it first")
-            frames = getattr(img, "n_frames", 1)
-            img.load()
-            if frames > 1 and notice is not None:
-                notice(f"{path.name} is animated ({frames} frames): the first frame is used")
-            return _to_rgb_or_rgba(img)
-    except (PIL.Image.DecompressionBombError, PIL.Image.DecompressionBombWarning):
-        raise UserInputError(f"image {str(path)!r} is larger than the {MAX_IMAGE_PIXELS // 10**6} megapixel limit: "
-                             "downscale it first") from None
-    except (PIL.UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
-        raise UserInputError(f"cannot read image {str(path)!r}: {exc}") from None
+    return _to_rgb_or_rgba(open_image(path, "image", notice=notice))
 
 
 def _to_rgb_or_rgba(img: PIL.Image.Image) -> PIL.Image.Image:
@@ -125,8 +148,13 @@ def square_pad(image: PIL.Image.Image, size: int) -> tuple[PIL.Image.Image, Squa
 
     Returns:
         ``(square image of the input's mode, transform from input to square pixels)``.
+
+    Raises:
+        UserInputError: the square would exceed :data:`MAX_IMAGE_PIXELS` (checked before
+            it is allocated).
     """
     w, h = image.size
+    limits.check_image_size(w, h, what="image")
     side = max(w, h)
     left, top = int(round((side - w) / 2.0)), int(round((side - h) / 2.0))
     fill = WHITE + (0,) if image.mode == "RGBA" else WHITE

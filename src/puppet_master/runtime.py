@@ -14,7 +14,31 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import signal
 import sys
+import threading
+
+class Terminated(KeyboardInterrupt):
+    """Raised in the main thread on SIGTERM once :func:`interrupt_on_sigterm` is set: like Ctrl-C, it
+    unwinds the stack, so ``finally`` blocks remove temporary files before the process exits."""
+
+
+def interrupt_on_sigterm() -> bool:
+    """Turn SIGTERM into a :class:`Terminated` exception in the main thread (the default ends the
+    process at once, leaving any temporary file behind).
+
+    Returns:
+        ``True`` when installed; ``False`` outside the main thread (signals cannot be set there).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return False
+
+    def handler(signum, frame):
+        raise Terminated("terminated by SIGTERM")
+
+    signal.signal(signal.SIGTERM, handler)
+    return True
+
 
 #: glibc ``mallopt`` parameters (malloc.h).
 _M_TRIM_THRESHOLD = -1

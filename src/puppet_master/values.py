@@ -29,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from . import limits
 from .errors import UserInputError
 
 #: Longest integer literal read from JSON or YAML (2**64 has 20 digits).
@@ -132,17 +133,20 @@ def parse_yaml(text: str, what: str) -> Any:
 
     Raises:
         YAMLSyntaxError: not YAML.
-        UserInputError: an integer literal longer than :data:`MAX_INT_DIGITS` digits, or
-            nesting too deep to parse.
+        UserInputError: an integer literal longer than :data:`MAX_INT_DIGITS` digits,
+            nesting too deep to parse, or more than
+            :data:`~puppet_master.limits.MAX_CONFIG_NODES` values once aliases are expanded.
     """
     try:
-        return yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 - a SafeLoader subclass
+        data = yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 - a SafeLoader subclass
     except _LongNumber as exc:
         raise UserInputError(_long_number_message(what, exc)) from None
     except yaml.YAMLError as exc:
         raise YAMLSyntaxError(f"{what} is not valid YAML: {' '.join(str(exc).split())}") from None
     except RecursionError:
         raise UserInputError(f"{what} is nested too deeply to be read") from None
+    limits.check_expanded_size(data, what)  # a YAML alias bomb: small text, a huge document
+    return data
 
 
 #: Config entries of a model's components with a range besides being finite: ``name: (low, low inclusive)``.

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import math
 import os
 import stat
 import tempfile
 import warnings
+import zlib
 from pathlib import Path
 from typing import Sequence
 
 import cv2
 import imageio.v2 as imageio
-import imageio.v3 as iio
+import imageio_ffmpeg
 import numpy as np
 import PIL.Image
 from PIL import ImageSequence
 
+from . import limits
 from .errors import UserInputError
 
 VIDEO_SUFFIXES = (".mp4", ".gif", ".webp")
@@ -25,11 +28,49 @@ DRAG_COLORS = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145
 
 
 #: Prefix of the temporary file a video is written to before it is renamed (short, so a
-#: long output name still leaves room for it).
+#: long output name still leaves room for it). The full temporary name is
+#: ``.pm-<pid>-<output key>-<random><suffix>``: the writing process and a hash of the output
+#: name, so a later run for the same output can remove what a killed one left.
 TEMP_PREFIX = ".pm-"
-#: Limits on a video read from a file: frames, and pixels per frame.
-MAX_VIDEO_FRAMES = 1024
-MAX_VIDEO_PIXELS = 4096 * 4096
+#: Limits on a video read from a file: frames, and pixels per frame (:mod:`puppet_master.limits`).
+MAX_VIDEO_FRAMES = limits.MAX_VIDEO_FRAMES
+MAX_VIDEO_PIXELS = limits.MAX_VIDEO_PIXELS
+
+
+def _temp_key(path: Path) -> str:
+    return f"{zlib.crc32(path.name.encode('utf-8', 'surrogateescape')):08x}"
+
+
+def _temp_prefix(path: Path) -> str:
+    return f"{TEMP_PREFIX}{os.getpid()}-{_temp_key(path)}-"
+
+
+def remove_stale_temp_files(path: str | Path) -> list[Path]:
+    """Remove the temporary files that killed runs (SIGKILL, power loss) left for the output ``path``.
+
+    Only files of this user named for the same output whose writing process no longer
+    exists are removed; a run in progress keeps its file.
+
+    Returns:
+        The files removed.
+    """
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    removed = []
+    try:
+        candidates = list(parent.glob(f"{TEMP_PREFIX}*-{_temp_key(path)}-*{path.suffix.lower()}"))
+    except OSError:
+        return removed
+    for tmp in candidates:
+        pid = tmp.name[len(TEMP_PREFIX):].split("-", 1)[0]
+        try:
+            owner = os.lstat(tmp).st_uid
+        except OSError:
+            continue
+        if pid.isdigit() and owner == os.geteuid() and not limits.process_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
 
 
 def check_output_path(path: str | Path, overwrite: bool = False) -> Path:
@@ -67,8 +108,9 @@ def check_output_path(path: str | Path, overwrite: bool = False) -> Path:
 
 def _probe_output(path: Path, parent: Path, exists: bool) -> None:
     """Create a temporary file in ``parent``; for a new output also create (and remove) ``path`` itself."""
+    remove_stale_temp_files(path)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=path.suffix.lower(), dir=parent)
+        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=path.suffix.lower(), dir=parent)
     except OSError as exc:
         raise UserInputError(f"cannot write in output folder {str(parent)!r}: {exc.strerror or exc}") from None
     os.close(fd)
@@ -139,7 +181,10 @@ def write_video(frames, path: str | Path, fps: float = 7.0, overwrite: bool = Fa
     """Write frames to ``.mp4`` (H.264 via ffmpeg), ``.gif`` or ``.webp`` (looping) atomically.
 
     The file is written under a temporary name in the same folder and renamed at the
-    end, so an interrupted write never leaves a partial file under ``path``.
+    end, so an interrupted write never leaves a partial file under ``path``; the temporary
+    file is removed when writing fails or is interrupted (an exception, Ctrl-C, SIGTERM in
+    the command line), and one left by a killed process is removed by the next run for
+    the same output (:func:`remove_stale_temp_files`).
 
     Args:
         frames: PIL images, or an array ``(N, H, W, 3)`` (uint8, or float in [0, 1]).
@@ -151,7 +196,7 @@ def write_video(frames, path: str | Path, fps: float = 7.0, overwrite: bool = Fa
     path = check_output_path(path, overwrite)
     arr = to_uint8_frames(frames)
     suffix = path.suffix.lower()
-    fd, tmp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=suffix, dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
         if suffix == ".mp4":
@@ -176,18 +221,30 @@ def write_video(frames, path: str | Path, fps: float = 7.0, overwrite: bool = Fa
     return path
 
 
-def read_video(path: str | Path, max_frames: int = MAX_VIDEO_FRAMES) -> np.ndarray:
-    """Read all frames of a video as ``uint8 (N, H, W, 3)``.
+def read_video(path: str | Path, max_frames: int | None = None) -> np.ndarray:
+    """Read all frames of a video as ``uint8 (N, H, W, 3)``, bounded before decoding.
+
+    The file must be a regular file. GIF and WebP are decoded by Pillow, other formats
+    (MP4, ...) frame by frame by ffmpeg. The frame size (and, where the container says so,
+    the frame count) is checked before any frame is decoded, and decoding stops as soon
+    as the frames or their bytes pass the limits, so a small file claiming thousands of
+    large frames never allocates them (:func:`puppet_master.limits.check_video_size`).
 
     GIF and WebP writers (Pillow, libwebp) merge identical consecutive frames into one
     frame shown longer; those frames are expanded again by their duration relative to
     the shortest one, so a constant-rate clip keeps its frame count.
 
+    Args:
+        max_frames: most frames accepted (default :data:`MAX_VIDEO_FRAMES`).
+
     Raises:
-        UserInputError: missing, empty or corrupt file, more than ``max_frames`` frames,
-            or frames larger than :data:`MAX_VIDEO_PIXELS`.
+        UserInputError: missing, empty, corrupt or non-regular file, more than
+            ``max_frames`` frames, frames larger than :data:`MAX_VIDEO_PIXELS`, or more than
+            :data:`~puppet_master.limits.MAX_VIDEO_BYTES` decoded.
     """
     path = Path(path)
+    max_frames = limits.current("MAX_VIDEO_FRAMES") if max_frames is None else max_frames
+    limits.open_regular(path, "video").close()  # the kind of file, before any decoder opens it
     try:
         frames = _read_frames(path, max_frames)
     except UserInputError:
@@ -200,40 +257,62 @@ def read_video(path: str | Path, max_frames: int = MAX_VIDEO_FRAMES) -> np.ndarr
     return frames
 
 
+def _check_frames(path: Path, width: int, height: int, frames: int | None, max_frames: int) -> None:
+    if frames is not None and frames > max_frames:
+        raise UserInputError(f"video {str(path)!r} has {frames} frames, more than {max_frames}")
+    limits.check_video_size(width, height, frames, f"video {str(path)!r}")
+
+
 def _read_frames(path: Path, max_frames: int) -> np.ndarray:
     if path.suffix.lower() in (".gif", ".webp"):
+        return _read_pillow_frames(path, max_frames)
+    return _read_ffmpeg_frames(path, max_frames)
+
+
+def _read_pillow_frames(path: Path, max_frames: int) -> np.ndarray:
+    with limits.open_regular(path, "video") as fh:
         with warnings.catch_warnings():
             warnings.simplefilter("error", PIL.Image.DecompressionBombWarning)
-            im = PIL.Image.open(path)
+            im = PIL.Image.open(fh)
         with im:
-            _check_frame_size(path, *im.size)
-            if getattr(im, "n_frames", 1) > max_frames:
-                raise UserInputError(f"video {str(path)!r} has {im.n_frames} frames, more than {max_frames}")
+            width, height = im.size
+            _check_frames(path, width, height, None, max_frames)
+            _check_frames(path, width, height, getattr(im, "n_frames", 1), max_frames)  # counted without decoding
             frames, durations = [], []
             for frame in ImageSequence.Iterator(im):
                 frames.append(np.asarray(frame.convert("RGB")))
                 durations.append(frame.info.get("duration") or 0)
-        base = min((d for d in durations if d > 0), default=0)
-        repeats = [max(1, int(round(d / base))) if base else 1 for d in durations]
-        if sum(repeats) > max_frames:
-            raise UserInputError(f"video {str(path)!r} has more than {max_frames} frames")
-        return np.stack([f for f, r in zip(frames, repeats) for _ in range(r)])
-    props = iio.improps(path)
-    if len(props.shape) >= 3:
-        _check_frame_size(path, props.shape[-2] if len(props.shape) == 4 else props.shape[1],
-                          props.shape[-3] if len(props.shape) == 4 else props.shape[0])
-    frames = iio.imread(path, index=None)
-    if frames.ndim == 3:
-        frames = frames[None]
-    if frames.ndim != 4 or frames.shape[-1] < 3 or frames.dtype != np.uint8:
-        raise UserInputError(f"video {str(path)!r} is not an 8-bit colour video (got {frames.shape} {frames.dtype})")
-    return frames[..., :3]
+    base = min((d for d in durations if d > 0), default=0)
+    repeats = [max(1, int(round(d / base))) if base else 1 for d in durations]
+    if sum(repeats) > max_frames:
+        raise UserInputError(f"video {str(path)!r} has more than {max_frames} frames")
+    _check_frames(path, width, height, sum(repeats), max_frames)
+    return np.stack([f for f, r in zip(frames, repeats) for _ in range(r)])
 
 
-def _check_frame_size(path: Path, width: int, height: int) -> None:
-    if width * height > MAX_VIDEO_PIXELS:
-        raise UserInputError(f"video {str(path)!r} has {width}x{height} frames, larger than the "
-                             f"{MAX_VIDEO_PIXELS // 10**6} megapixel limit")
+def _read_ffmpeg_frames(path: Path, max_frames: int) -> np.ndarray:
+    """Frames decoded one at a time by ffmpeg (imageio-ffmpeg), stopping at the limits."""
+    reader = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24")
+    try:
+        meta = next(reader)
+        width, height = (int(v) for v in meta["size"])
+        duration, fps = meta.get("duration") or 0.0, meta.get("fps") or 0.0
+        estimate = int(duration * fps) if math.isfinite(duration * fps) else None
+        _check_frames(path, width, height, None, max_frames)
+        if estimate is not None and estimate > max_frames + max(2, max_frames // 10):
+            # the container's duration says so: refuse before decoding (the count below is the hard bound)
+            _check_frames(path, width, height, estimate, max_frames)
+        frames = []
+        for raw in reader:
+            if len(frames) >= max_frames:
+                raise UserInputError(f"video {str(path)!r} has more than {max_frames} frames")
+            limits.check_video_size(width, height, len(frames) + 1, f"video {str(path)!r}")
+            frames.append(np.frombuffer(raw, dtype=np.uint8).reshape(height, width, 3))
+    finally:
+        reader.close()  # stops ffmpeg when decoding ended early
+    if not frames:
+        raise UserInputError(f"cannot read video {str(path)!r}: it has no frames")
+    return np.stack(frames)
 
 
 def side_by_side(videos: Sequence[np.ndarray]) -> np.ndarray:

@@ -6,14 +6,21 @@ annotation of the click handler at run time.)
 Per-tab state (``gr.State``) keeps each browser tab's image and drags separate;
 generation is queued one at a time per process. User mistakes are reported in the
 status line (or, for an upload that is not a usable image, in an alert naming the
-reason), never as a stack trace. Generated videos live in one temporary folder per
-server, holding at most :data:`MAX_KEPT_VIDEOS` files and removed when the server stops.
+reason), never as a stack trace.
+
+Disk use is bounded: a served demo keeps everything it writes in one folder of its own,
+``<temp>/puppet-master-demo-<pid>/`` (:func:`demo_temp_root`): the generated videos (at
+most :data:`MAX_KEPT_VIDEOS`) and Gradio's uploads and cache (``GRADIO_TEMP_DIR``; each
+upload at most :data:`~puppet_master.limits.MAX_UPLOAD_BYTES`, cached files deleted after an
+hour). The folder is removed when the server stops (also on SIGTERM), and one left by a
+killed server is removed when the next demo starts.
 """
 
 import atexit
 import copy
 import inspect
 import logging
+import os
 import shutil
 import signal
 import sys
@@ -27,6 +34,7 @@ import cv2
 import numpy as np
 import PIL.Image
 
+from .. import limits
 from ..drags import DragSet
 from ..errors import UserInputError, optional_imports
 from ..options import CONTROL, DragAnythingOptions, MethodOptions, PuppetMasterOptions
@@ -81,15 +89,65 @@ def square_input(image: PIL.Image.Image, size: int) -> tuple[PIL.Image.Image, np
     return square, alpha > 127
 
 
+#: Name prefix of a demo's own temporary folder (followed by its process id).
+DEMO_FOLDER_PREFIX = "puppet-master-demo-"
+
+
+def remove_stale_demo_folders(base: str | Path | None = None) -> list[Path]:
+    """Remove the temporary folders of demos that were killed (their process no longer exists).
+
+    Only folders named ``puppet-master-demo-<pid>`` in ``base`` (default: the system's
+    temporary folder) that belong to this user are considered.
+
+    Returns:
+        The folders removed.
+    """
+    base = Path(base or tempfile.gettempdir())
+    removed = []
+    for folder in base.glob(f"{DEMO_FOLDER_PREFIX}*"):
+        pid = folder.name[len(DEMO_FOLDER_PREFIX):]
+        try:
+            owner = folder.lstat().st_uid
+        except OSError:
+            continue
+        if pid.isdigit() and folder.is_dir() and not folder.is_symlink() and owner == os.geteuid() \
+                and not limits.process_alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+_TEMP_ROOTS: dict[int, Path] = {}
+
+
+def demo_temp_root(base: str | Path | None = None) -> Path:
+    """This process's demo folder, ``<base>/puppet-master-demo-<pid>`` (created once, removed at exit).
+
+    Creating it first removes the folders of killed demos (:func:`remove_stale_demo_folders`).
+    """
+    pid = os.getpid()
+    if pid not in _TEMP_ROOTS:
+        base = Path(base or tempfile.gettempdir())
+        remove_stale_demo_folders(base)
+        root = base / f"{DEMO_FOLDER_PREFIX}{pid}"
+        if root.is_dir() and not root.is_symlink() and root.lstat().st_uid == os.geteuid():
+            shutil.rmtree(root, ignore_errors=True)  # a killed demo's, whose process id this one got again
+        root.mkdir(mode=0o700, exist_ok=True)
+        _TEMP_ROOTS[pid] = root
+        atexit.register(shutil.rmtree, root, True)
+    return _TEMP_ROOTS[pid]
+
+
 class OutputFolder:
     """One temporary folder for the demo's videos: bounded while running, removed at exit.
 
     Args:
         max_files: files kept; writing one more deletes the oldest.
+        root: the folder to create it in (default: :func:`demo_temp_root`).
     """
 
-    def __init__(self, max_files: int = MAX_KEPT_VIDEOS) -> None:
-        self.path = Path(tempfile.mkdtemp(prefix="puppet-master-demo-"))
+    def __init__(self, max_files: int = MAX_KEPT_VIDEOS, root: str | Path | None = None) -> None:
+        self.path = Path(tempfile.mkdtemp(prefix="videos-", dir=root or demo_temp_root()))
         self.max_files = max_files
         self._count = 0
         self._lock = threading.Lock()
@@ -146,7 +204,7 @@ def render_canvas(state: DemoState) -> np.ndarray | None:
 
 
 def build_demo(pipe, options: PuppetMasterOptions | None = None, draganything=None,
-               draganything_options: DragAnythingOptions | None = None):
+               draganything_options: DragAnythingOptions | None = None, temp_root: str | Path | None = None):
     """Create the Gradio Blocks app around a loaded :class:`PuppetMasterPipeline`.
 
     ``options`` (default: :class:`~puppet_master.options.PuppetMasterOptions`'s defaults)
@@ -157,7 +215,11 @@ def build_demo(pipe, options: PuppetMasterOptions | None = None, draganything=No
     *Method* selector offers it too, with its own options (``draganything_options``,
     default its defaults with the same frames): choosing a method shows its controls at
     its values. DragAnything animates the same square image at its resolution and
-    segments each drag's entity with GrabCut.
+    segments each drag's entity with GrabCut. Asked for through the API without it loaded,
+    DragAnything answers with a message.
+
+    Args:
+        temp_root: folder for the generated videos (default: :func:`demo_temp_root`).
 
     Returns:
         ``gr.Blocks`` (call ``.queue().launch(...)``).
@@ -172,7 +234,7 @@ def build_demo(pipe, options: PuppetMasterOptions | None = None, draganything=No
     control_names = list(dict.fromkeys(name for start in starts.values() for name in start.options(CONTROL)))
     max_drags = pipe.unet.config.num_drags  # as many drag slots as the loaded model has
 
-    outputs = OutputFolder()
+    outputs = OutputFolder(root=temp_root)
 
     def checked_upload(component):
         """Make an Image input read uploads with :func:`read_upload`: a file that is not a usable
@@ -240,7 +302,8 @@ def build_demo(pipe, options: PuppetMasterOptions | None = None, draganything=No
     def chosen_options(method: str, values) -> MethodOptions:
         """The chosen method's options: the session's, with the controls' values (checked as the command line's)."""
         if method not in starts:
-            raise UserInputError(f"{method} is not offered here: start the demo with --draganything-model DIR")
+            raise UserInputError(f"{str(method)[:40]} is not loaded in this demo: choose {' or '.join(starts)}, "
+                                 "or start the demo with --draganything-model DIR for DragAnything")
         start = starts[method]
         own = start.options(CONTROL)
         given = {name: value for name, value in zip(control_names, values) if name in own}
@@ -348,15 +411,27 @@ def build_demo(pipe, options: PuppetMasterOptions | None = None, draganything=No
 def launch(model: str | None = None, host: str = "127.0.0.1", port: int = 7860, device: str = "cpu",
            options: PuppetMasterOptions | None = None, draganything_model: str | None = None,
            draganything_options: DragAnythingOptions | None = None) -> None:
-    """Load the model(s) and serve the demo (blocking); the options as :func:`build_demo`'s."""
+    """Load the model(s) and serve the demo (blocking); the options as :func:`build_demo`'s.
+
+    Everything the server writes goes to :func:`demo_temp_root` (Gradio's uploads and cache
+    through ``GRADIO_TEMP_DIR``, unless that is set already); uploads are limited to
+    :data:`~puppet_master.limits.MAX_UPLOAD_BYTES` by Gradio's ``max_file_size``.
+
+    Raises:
+        UserInputError: a model that cannot be loaded (sizes are bounded by the options).
+    """
     pipe = load_pipeline(model, device=device)
     draganything = None
     if draganything_model is not None:
         from ..pipelines.pipeline_draganything import load_draganything_pipeline
 
         draganything = load_draganything_pipeline(draganything_model, device=device)
-    demo = build_demo(pipe, options, draganything=draganything, draganything_options=draganything_options)
-    # SIGTERM (e.g. from a process manager) exits through Python, so atexit removes the temporary videos
+    root = demo_temp_root()
+    os.environ.setdefault("GRADIO_TEMP_DIR", str(root / "gradio"))  # read by Gradio when the app is built
+    demo = build_demo(pipe, options, draganything=draganything, draganything_options=draganything_options,
+                      temp_root=root)
+    # SIGTERM (e.g. from a process manager) exits through Python, so atexit removes the temporary folder
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     demo.queue(default_concurrency_limit=1).launch(server_name=host, server_port=port, show_error=False,
-                                                     share=False, inbrowser=False)
+                                                     share=False, inbrowser=False,
+                                                     max_file_size=limits.current("MAX_UPLOAD_BYTES"))

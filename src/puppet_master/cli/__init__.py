@@ -62,8 +62,9 @@ def main(argv: list[str] | None = None) -> None:
     A :class:`UserInputError` raised anywhere in a command, and a usage error of the
     command line itself (an unknown or missing option, a value of the wrong type), becomes
     one ``error: ...`` line on stderr and exit status 2; a :class:`TrainingDiverged` run
-    the same line and status 1; Ctrl-C status 130. Commands raise, they never print errors
-    themselves.
+    the same line and status 1; Ctrl-C status 130, and so does SIGTERM in the commands that
+    turn it into an interrupt (:func:`puppet_master.runtime.interrupt_on_sigterm`:
+    ``animate``, ``cache-latents``). Commands raise, they never print errors themselves.
 
     Library warnings (Python's ``warnings``) are held while the command runs: after a
     refusal they are dropped, so the error line is all that is printed; otherwise they are

@@ -12,7 +12,7 @@ import typer
 
 from ..errors import UserInputError
 from ..options import ANIMATE, METHODS, DragAnythingOptions, MethodOptions, PuppetMasterOptions, owners
-from ..runtime import keep_freed_memory
+from ..runtime import interrupt_on_sigterm, keep_freed_memory
 from .inputs import read_drags
 from .options import (MODEL_DEFAULT_SHOWN, MODEL_HELP, THREADS, flag_names, method_flags, method_options,
                       parse_dtype, progress_bar_config, quiet_loading, sampling_note, set_threads, unused_flags)
@@ -106,6 +106,7 @@ def run_animate(opts: AnimateOptions) -> Path:
 
     set_threads(opts.threads)
     check_device(opts.device)
+    interrupt_on_sigterm()  # SIGTERM unwinds like Ctrl-C: the video's temporary file is removed
     if opts.device == "cpu":
         keep_freed_memory()  # freed tensor memory stays in the process: fewer page faults per step
     if isinstance(opts.options, DragAnythingOptions):

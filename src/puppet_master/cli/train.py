@@ -61,9 +61,11 @@ def cache_latents(
     threads: Optional[int] = THREADS,
 ) -> None:
     """Encode clips once (VAE latents, first-frame latent and image embedding) for training."""
+    from ..runtime import interrupt_on_sigterm
     from ..training.cache import build_cache
 
     set_threads(threads)
+    interrupt_on_sigterm()  # a stopped run removes its partial file (and a folder it left empty)
     quiet_loading()
     n = build_cache(data, model, out, size=size, device=device, limit=limit, progress=not quiet, flip=flip)
     print(f"cached {n} new clips in {out}", file=sys.stderr)

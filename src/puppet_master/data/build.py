@@ -30,6 +30,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from .. import limits
 from ..errors import UserInputError, optional_imports
 from ..values import parse_json
 from .blender_env import BlenderError, find_blender_python, run_worker
@@ -147,19 +148,23 @@ def _asset_stage(t: AssetTask, c: BuildConfig, out: Path, record: dict) -> str |
         glb.parent.mkdir(parents=True, exist_ok=True)
         tmp = glb.with_name(f".{glb.name}.partial.glb")
         info = {"task": t.to_dict()}
-        if t.source == "procedural":
-            episodic = c.motion_episodes > 1
-            info.update(run_worker("generate", {"kind": t.kind, "seed": t.seed,
-                                                "num_frames": c.num_frames * c.motion_episodes if episodic else c.frames,
-                                                "out_glb": str(tmp), "textured": c.textures,
-                                                "episodes": c.motion_episodes},
-                                   c.timeout, c.blender_python))
-            info.pop("ok", None)
-        elif t.source == "folder":
-            shutil.copyfile(t.path, tmp)
-        else:
-            fetch_objaverse(t.uid, tmp)
-        os.replace(tmp, glb)
+        try:
+            if t.source == "procedural":
+                num_frames = c.num_frames * c.motion_episodes if c.motion_episodes > 1 else c.frames
+                info.update(run_worker("generate", {"kind": t.kind, "seed": t.seed, "num_frames": num_frames,
+                                                    "out_glb": str(tmp), "textured": c.textures,
+                                                    "episodes": c.motion_episodes},
+                                       c.timeout, c.blender_python))
+                info.pop("ok", None)
+            elif t.source == "folder":  # a byte budget: a file that grows (or a swapped-in device) cannot fill the disk
+                tmp.unlink(missing_ok=True)
+                limits.copy_bounded(t.path, tmp, "asset")
+            else:
+                tmp.unlink(missing_ok=True)
+                fetch_objaverse(t.uid, tmp)
+            os.replace(tmp, glb)
+        finally:
+            tmp.unlink(missing_ok=True)  # a failed or interrupted asset leaves no partial file
         _atomic_json(info_file, info)
     info = _asset_info(t, out)
     record["category"], record["label"] = info.get("category", ""), info.get("label")
@@ -175,12 +180,15 @@ def _render_stage(t: AssetTask, c: BuildConfig, out: Path, record: dict) -> str 
         shutil.rmtree(tmp_dir, ignore_errors=True)
         # an episodic asset is rendered at its own frames, so episodes start at whole frames
         frames = info["num_frames"] if info.get("episodes", 1) > 1 else c.frames
-        run_worker("render", {"glb": str(out / "assets" / f"{t.asset_id}.glb"), "out_dir": str(tmp_dir),
-                              "views": c.views, "frames": frames, "resolution": c.resolution, "seed": c.seed,
-                              "samples": c.cycles_samples, "images": True, "masks": c.masks},
-                   c.timeout, c.blender_python)
-        shutil.rmtree(render_dir, ignore_errors=True)
-        os.replace(tmp_dir, render_dir)
+        try:
+            run_worker("render", {"glb": str(out / "assets" / f"{t.asset_id}.glb"), "out_dir": str(tmp_dir),
+                                  "views": c.views, "frames": frames, "resolution": c.resolution, "seed": c.seed,
+                                  "samples": c.cycles_samples, "images": True, "masks": c.masks},
+                       c.timeout, c.blender_python)
+            shutil.rmtree(render_dir, ignore_errors=True)
+            os.replace(tmp_dir, render_dir)
+        finally:
+            shutil.rmtree(tmp_dir, ignore_errors=True)  # a failed or interrupted render leaves no partial folder
     return None if (render_dir / "meta.json").exists() else "render"
 
 
@@ -285,6 +293,8 @@ def build(tasks: list[AssetTask], cfg: BuildConfig, workers: int = 2, executor: 
         BuildConfigError: a setting that fails for every asset (e.g. a missing curation
             model), before any asset is processed where it can be checked up front.
     """
+    if executor not in ("local", "ray"):
+        raise UserInputError(f"unknown executor {str(executor)[:40]!r}: use local or ray")
     if executor == "ray":
         with optional_imports("ray"):  # before anything is written
             import ray  # optional dependency, only for --executor ray
@@ -338,8 +348,6 @@ def build(tasks: list[AssetTask], cfg: BuildConfig, workers: int = 2, executor: 
             finish(ray.get(ready[0]))
         if started_here and not ray_address:
             ray.shutdown()
-    else:
-        raise UserInputError(f"unknown executor {executor!r}: use local or ray")
     bar.close()
     _write_manifest(out, cfg, records)
     return {t.asset_id: records[t.asset_id] for t in tasks}

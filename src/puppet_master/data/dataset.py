@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import load_file
 from torch.utils.data import Dataset, Subset
 
+from .. import limits
 from ..drags import K_MAX, DragSet
 from ..errors import UserInputError
 from ..values import parse_json
@@ -46,6 +47,15 @@ def category_group(category: str) -> str:
     if category in ("Human", "Humanoid"):
         return "human-shape"
     return "other"
+
+
+def _read_spec(path: Path) -> dict:
+    """A drag sample's JSON: a regular file of at most :data:`~puppet_master.limits.MAX_JSON_BYTES` holding an object."""
+    raw = limits.read_bytes_bounded(path, "drag sample", limits.current("MAX_JSON_BYTES"), "MAX_JSON_BYTES")
+    spec = parse_json(raw, f"drag sample {str(path)!r}")
+    if not isinstance(spec, dict):
+        raise UserInputError(f"drag sample {str(path)!r} must hold a JSON object")
+    return spec
 
 
 class DragVideoDataset(Dataset):
@@ -71,7 +81,7 @@ class DragVideoDataset(Dataset):
             raise UserInputError(f"no drag samples (samples/*.json) under {', '.join(map(str, roots))}")
         self.size, self.num_drags = size, num_drags
         self.latent_cache = Path(latent_cache) if latent_cache else None
-        self.specs = [parse_json(p.read_bytes(), f"drag sample {str(p)!r}") for p in self.files]
+        self.specs = [_read_spec(p) for p in self.files]
         self._renders: dict[Path, RenderedAsset] = {}
 
     def __len__(self) -> int:

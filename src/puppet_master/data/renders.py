@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 
+from .. import limits
+
 
 @dataclass
 class RenderedAsset:
@@ -33,7 +35,9 @@ class RenderedAsset:
     @classmethod
     def load(cls, root: str | Path) -> "RenderedAsset":
         root = Path(root)
-        meta = json.loads((root / "meta.json").read_text())
+        meta = json.loads(limits.read_bytes_bounded(root / "meta.json", "render metadata",
+                                                    limits.current("MAX_JSON_BYTES"), "MAX_JSON_BYTES"))
+        limits.check_regular_file(root / "tracks.npz", "render tracks")
         with np.load(root / "tracks.npz") as z:
             positions = [z[f"positions_{i}"] for i in range(len(meta["parts"]))]
             return cls(root, meta, positions, z["candidate_part"], z["candidate_positions"], z["visible"])

@@ -8,6 +8,7 @@ plain values, and refuse everything else before it runs.
 from __future__ import annotations
 
 import collections
+import functools
 import io
 import math
 import pickle
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import limits
 from ..errors import UserInputError
 
 
@@ -26,18 +28,34 @@ class UnsafePickleError(UserInputError):
     """The pickle asks for a callable outside the allowed set (it may try to run code)."""
 
 
-#: Limits on what a test batch may hold: file size, and elements per tensor (1 GiB of float32).
-MAX_PICKLE_BYTES = 256 << 20
-MAX_TENSOR_ELEMENTS = 1 << 28
-#: Nesting depth of lists / dicts / tuples a test batch may have.
-MAX_DEPTH = 32
+#: Limits on what a test batch may hold (:mod:`puppet_master.limits`, with their environment
+#: variables): file size, which also bounds all the tensor data its storages decode to;
+#: elements per tensor (1 GiB of float32); nesting depth of lists / dicts / tuples.
+MAX_PICKLE_BYTES = limits.MAX_PICKLE_BYTES
+MAX_TENSOR_ELEMENTS = limits.MAX_TENSOR_ELEMENTS
+MAX_DEPTH = limits.MAX_PICKLE_DEPTH
 
 
-def _load_storage_from_bytes(data: bytes):
-    # torch.storage._load_from_bytes would call torch.load(weights_only=False):
-    # read the nested legacy torch.save payload with torch's own restricted unpickler.
+def _load_storage_from_bytes(data: bytes, budget: list[int] | None = None):
+    """A tensor storage from its nested ``torch.save`` payload, read with torch's restricted unpickler.
+
+    ``torch.storage._load_from_bytes`` would call ``torch.load(weights_only=False)``. The
+    payload's declared tensor data (a zip record may be deflate-compressed: a few MB can
+    declare gigabytes) is charged to ``budget`` (a one-item list, shared by every storage of
+    one pickle) *before* ``torch.load`` allocates it.
+    """
     if not isinstance(data, bytes):
         raise UnsafePickleError(f"a tensor storage must be bytes, got {type(data).__name__}")
+    budget = [MAX_PICKLE_BYTES] if budget is None else budget
+    try:
+        needed = limits.torch_payload_bytes(data, "a tensor storage")
+    except UserInputError as exc:
+        raise UnsafePickleError(str(exc)) from None
+    if needed > budget[0]:
+        raise UnsafePickleError(f"the tensor storages of this pickle declare more than "
+                                f"{limits.format_bytes(MAX_PICKLE_BYTES)} of data (a compressed or repeated "
+                                f"storage?): not a test batch ({limits.raise_hint('MAX_PICKLE_BYTES')})")
+    budget[0] -= needed
     storage = torch.load(io.BytesIO(data), weights_only=True)
     if not isinstance(storage, torch.storage.TypedStorage):
         raise UnsafePickleError(f"a tensor storage holds a {type(storage).__name__}, not a storage")
@@ -125,11 +143,22 @@ for _name in ("FloatStorage", "DoubleStorage", "HalfStorage", "LongStorage", "In
 class RestrictedUnpickler(pickle.Unpickler):
     """``pickle.Unpickler`` that resolves only :data:`ALLOWED_GLOBALS`.
 
+    The tensor data all nested storages of one pickle decode to is bounded by
+    :data:`MAX_PICKLE_BYTES` together, checked before each is allocated (a pickle may name
+    the same small compressed payload many times).
+
     Raises:
-        UnsafePickleError: on any other global (e.g. ``os.system``, ``builtins.eval``).
+        UnsafePickleError: on any other global (e.g. ``os.system``, ``builtins.eval``), or
+            storages beyond the budget.
     """
 
+    def __init__(self, file, **kwargs) -> None:
+        super().__init__(file, **kwargs)
+        self._storage_budget = [MAX_PICKLE_BYTES]
+
     def find_class(self, module: str, name: str):
+        if (module, name) == ("torch.storage", "_load_from_bytes"):
+            return functools.partial(_load_storage_from_bytes, budget=self._storage_budget)
         try:
             return ALLOWED_GLOBALS[(module, name)]
         except KeyError:
@@ -144,21 +173,18 @@ class RestrictedUnpickler(pickle.Unpickler):
 def safe_load_pickle(path: str | Path) -> Any:
     """Load a pickle with :class:`RestrictedUnpickler`.
 
-    The file is read whole first (at most :data:`MAX_PICKLE_BYTES`), so a header that
+    The file must be a regular file (a device or FIFO is refused without reading it) and
+    is read whole first, with a cap (at most :data:`MAX_PICKLE_BYTES`), so a header that
     claims more bytes than the file holds fails as truncated instead of allocating them.
 
     Raises:
-        UserInputError: unreadable, oversized or corrupt file.
-        UnsafePickleError: the file names a callable outside the allowed set, or builds a
-            tensor, dtype or scalar that is not plain data.
+        UserInputError: missing, non-regular, unreadable, oversized or corrupt file.
+        UnsafePickleError: the file names a callable outside the allowed set, builds a
+            tensor, dtype or scalar that is not plain data, or declares more tensor data
+            than :data:`MAX_PICKLE_BYTES`.
     """
     path = Path(path)
-    try:
-        if path.stat().st_size > MAX_PICKLE_BYTES:
-            raise UserInputError(f"pickle {str(path)!r} is larger than {MAX_PICKLE_BYTES >> 20} MiB: not a test batch")
-        data = path.read_bytes()
-    except OSError as exc:
-        raise UserInputError(f"cannot read pickle {str(path)!r}: {exc.strerror or exc}") from None
+    data = limits.read_bytes_bounded(path, "pickle", MAX_PICKLE_BYTES, "MAX_PICKLE_BYTES")
     try:
         for _ in pickletools.genops(data):  # walks the opcodes: a length beyond the file's end fails here, cheaply
             pass

@@ -6,10 +6,10 @@ import importlib.util
 import json
 import random
 import re
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .. import limits
 from ..errors import UserInputError, optional_imports
 from ..values import parse_json
 from .blender.kinds import BAD_KINDS, GOOD_KINDS
@@ -57,8 +57,13 @@ def procedural_tasks(num_assets: int, seed: int = 0, bad_fraction: float = 0.2, 
 def folder_tasks(folder: str | Path) -> list[AssetTask]:
     """Every ``*.glb`` / ``*.gltf`` in ``folder`` (sorted); ids are the sanitised file stems.
 
+    Each file is checked before the build starts (nothing is read or copied): it must be a
+    regular file (a folder, a device such as ``/dev/zero`` or a FIFO, also behind a
+    symbolic link, is refused) of at most :data:`~puppet_master.limits.MAX_ASSET_BYTES`.
+
     Raises:
-        UserInputError: missing folder or no glTF files.
+        UserInputError: missing folder, no glTF files, or a file that is not a regular
+            file or too large (named, with the fix).
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -66,6 +71,12 @@ def folder_tasks(folder: str | Path) -> list[AssetTask]:
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".glb", ".gltf"))
     if not files:
         raise UserInputError(f"asset folder {str(folder)!r} holds no .glb/.gltf files")
+    limit = limits.current("MAX_ASSET_BYTES")
+    for p in files:
+        size = limits.check_regular_file(p, "asset").st_size
+        if size > limit:
+            raise UserInputError(f"asset {str(p)!r} is larger than {limits.format_bytes(limit)}: remove it from the "
+                                 f"folder or {limits.raise_hint('MAX_ASSET_BYTES')}")
     return [AssetTask(re.sub(r"[^A-Za-z0-9_.-]", "_", p.stem), "folder", path=str(p.resolve())) for p in files]
 
 
@@ -86,7 +97,8 @@ def objaverse_tasks(which: str = "hq", limit: int | None = None, uids_file: str 
     if importlib.util.find_spec("objaverse") is None:
         raise UserInputError("--source objaverse needs the objaverse package, which downloads the objects: "
                              "pip install objaverse (or pip install 'puppet-master[objaverse]')")
-    uids = parse_json(Path(uids_file).read_bytes(), f"UID list {str(uids_file)!r}") if uids_file else objaverse_uids(which)
+    uids = parse_json(limits.read_bytes_bounded(uids_file, "UID list", limits.current("MAX_CONFIG_BYTES") * 64),
+                      f"UID list {str(uids_file)!r}") if uids_file else objaverse_uids(which)
     if not isinstance(uids, list) or not all(isinstance(u, str) for u in uids):
         raise UserInputError(f"UID list {str(uids_file)!r} must be a JSON list of Objaverse UIDs (strings)")
     return [AssetTask(uid, "objaverse", uid=uid) for uid in uids[:limit]]
@@ -95,8 +107,13 @@ def objaverse_tasks(which: str = "hq", limit: int | None = None, uids_file: str 
 def fetch_objaverse(uid: str, out_file: Path) -> Path:
     """Download one Objaverse object with the ``objaverse`` package (needs internet) to ``out_file``.
 
+    The download is copied to ``out_file`` with the byte budget
+    :data:`~puppet_master.limits.MAX_ASSET_BYTES` (a partial copy is removed).
+
     Raises:
-        MissingExtraError: the objaverse package is missing. Network errors propagate (recorded per asset).
+        MissingExtraError: the objaverse package is missing.
+        UserInputError: the object is not a regular file or too large. Network errors
+            propagate (recorded per asset).
     """
     with optional_imports("objaverse"):
         import objaverse  # optional dependency, only for the Objaverse source
@@ -104,5 +121,5 @@ def fetch_objaverse(uid: str, out_file: Path) -> Path:
     if uid not in paths:
         raise RuntimeError(f"Objaverse did not return object {uid}")
     out_file.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(paths[uid], out_file)
+    limits.copy_bounded(paths[uid], out_file, "downloaded asset")
     return out_file

@@ -27,7 +27,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
-from ..errors import DragError
+from .. import limits
+from ..errors import DragError, UserInputError
 from ..values import parse_json
 
 #: Maximum number of drags the released model was trained with (docs/design.md §1).
@@ -41,13 +42,14 @@ DEDUP_REFERENCE_SIZE = 256.0
 #: Later trajectory points may leave the image (a part moving out of view; the encoding
 #: clips them to the border, docs/design.md §3) but not by more than this many image sizes.
 OUTSIDE_MARGIN = 1.0
-#: Limits on a drags JSON file: size in bytes, nesting depth, largest image side.
-MAX_JSON_BYTES = 1 << 20
-MAX_JSON_DEPTH = 16
-MAX_IMAGE_SIDE = 1 << 16
-#: Limits on a drag tensor read from a file (:meth:`DragSet.from_tensor`).
-MAX_TENSOR_FRAMES = 1024
-MAX_TENSOR_SLOTS = 64
+#: Limits on a drags JSON file: size in bytes, nesting depth, largest image side; on a drag
+#: tensor read from a file (:meth:`DragSet.from_tensor`): frames and slots. All in
+#: :mod:`puppet_master.limits`, with their environment variables.
+MAX_JSON_BYTES = limits.MAX_JSON_BYTES
+MAX_JSON_DEPTH = limits.MAX_JSON_DEPTH
+MAX_IMAGE_SIDE = limits.MAX_IMAGE_SIDE
+MAX_TENSOR_FRAMES = limits.MAX_TENSOR_FRAMES
+MAX_TENSOR_SLOTS = limits.MAX_TENSOR_SLOTS
 
 
 def _as_point_array(values: Any, what: str) -> np.ndarray:
@@ -393,7 +395,8 @@ def read_drags_json(source: str | Path | dict | list) -> Any:
     """The parsed drags JSON of a path, a JSON string or an already parsed object.
 
     Raises:
-        DragError: unreadable, larger than :data:`MAX_JSON_BYTES`, not UTF-8, not JSON,
+        DragError: missing, not a regular file (a folder, device or FIFO is refused
+            without reading it), larger than :data:`MAX_JSON_BYTES`, not UTF-8, not JSON,
             nested deeper than :data:`MAX_JSON_DEPTH`, or holding an overlong integer or a
             non-finite number (:func:`puppet_master.values.parse_json`).
     """
@@ -405,15 +408,15 @@ def read_drags_json(source: str | Path | dict | list) -> Any:
         if is_text:
             raw = source.encode("utf-8", "surrogatepass")
         else:
-            path = Path(source)
-            try:
-                if path.stat().st_size > MAX_JSON_BYTES:
-                    raise DragError(f"{what} is larger than {MAX_JSON_BYTES >> 20} MiB: it cannot be a drags file")
-                raw = path.read_bytes()
-            except OSError as exc:
-                raise DragError(f"cannot read {what}: {exc.strerror or exc}") from exc
+            try:  # a regular file (never a device or FIFO), read with a cap
+                raw = limits.read_bytes_bounded(Path(source), "drags file", MAX_JSON_BYTES, "MAX_JSON_BYTES")
+            except DragError:
+                raise
+            except UserInputError as exc:
+                raise DragError(str(exc)) from None
         if len(raw) > MAX_JSON_BYTES:
-            raise DragError(f"{what} is larger than {MAX_JSON_BYTES >> 20} MiB: it cannot be a drags file")
+            raise DragError(f"{what} is larger than {limits.format_bytes(MAX_JSON_BYTES)}: it cannot be a drags file "
+                            f"({limits.raise_hint('MAX_JSON_BYTES')})")
         try:
             data = parse_json(raw, what, DragError)
         except DragError as exc:

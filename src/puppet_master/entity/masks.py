@@ -7,15 +7,18 @@ mask contains its start point.
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Sequence
 
 import cv2
 import numpy as np
 import PIL.Image
+import safetensors.torch
+import torch
 
+from .. import limits
 from ..errors import UserInputError
+from ..preprocessing import open_image
 from ..segmentation import grabcut_foreground
 
 #: The release caps the disc radius at 50 pixels (at its 576×320 resolution).
@@ -25,6 +28,10 @@ MAX_RADIUS = 50
 def load_mask(path: str | Path, size: tuple[int, int] | None = None) -> np.ndarray:
     """Read a mask image: white (> 127) is the entity; an alpha channel, if not opaque, is used instead.
 
+    Read like an input image (:func:`puppet_master.preprocessing.open_image`): a regular
+    file, its size checked before decoding, the EXIF orientation applied, so the mask is
+    in the pixels the user sees, as the image is.
+
     Args:
         path: PNG/JPEG/... file.
         size: ``(width, height)`` the mask must have (that of the input image).
@@ -33,33 +40,17 @@ def load_mask(path: str | Path, size: tuple[int, int] | None = None) -> np.ndarr
         bool ``(H, W)``.
 
     Raises:
-        UserInputError: missing/unreadable file, wrong size, or an empty mask.
+        UserInputError: missing, non-regular or unreadable file, too large, wrong size, or
+            an empty mask.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise UserInputError(f"mask {str(path)!r} does not exist")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", PIL.Image.DecompressionBombWarning)
-            img = PIL.Image.open(path)
-        with img:
-            if size is not None and tuple(img.size) != tuple(size):  # from the header: nothing decoded yet
-                raise UserInputError(
-                    f"mask {str(path)!r} is {img.size[0]}x{img.size[1]} but the image is {size[0]}x{size[1]}: "
-                    "give masks of the image's size"
-                )
-            img.load()
-            if img.mode in ("RGBA", "LA") and np.asarray(img.getchannel("A")).min() < 255:
-                arr = np.asarray(img.getchannel("A"))
-            else:
-                arr = np.asarray(img.convert("L"))
-    except UserInputError:
-        raise
-    except (PIL.Image.DecompressionBombError, PIL.Image.DecompressionBombWarning):
-        raise UserInputError(f"mask {str(path)!r} is larger than Pillow's decompression-bomb limit: give a mask of "
-                             "the image's size") from None
-    except (PIL.UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
-        raise UserInputError(f"cannot read mask {str(path)!r}: {exc}") from None
+    img = open_image(path, "mask", pad_to_square=False)
+    if img.mode in ("RGBA", "LA") and np.asarray(img.getchannel("A")).min() < 255:
+        arr = np.asarray(img.getchannel("A"))
+    else:
+        arr = np.asarray(img.convert("L"))
     mask = arr > 127
     if not mask.any():
         raise UserInputError(f"mask {str(path)!r} is empty (no pixel brighter than 127): white marks the entity")
@@ -159,7 +150,70 @@ def segment_entities(image: PIL.Image.Image, starts: np.ndarray, max_side: int =
     return masks
 
 
-def sam_entity_masks(image: PIL.Image.Image, starts: np.ndarray, checkpoint: str | Path, model_type: str = "vit_h",
+#: SAM's image-encoder width → model type of ``segment_anything.sam_model_registry``.
+SAM_ENCODER_WIDTHS = {1280: "vit_h", 1024: "vit_l", 768: "vit_b"}
+
+
+def load_sam_state_dict(checkpoint: str | Path) -> dict[str, torch.Tensor]:
+    """The weights of a local SAM checkpoint, read without running any code from it.
+
+    A ``.safetensors`` file is read with safetensors; any other file with
+    ``torch.load(weights_only=True)`` (tensors and plain containers only). The flag is
+    passed explicitly, so ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` in the environment does
+    not turn it off (torch honours that variable only when the caller leaves
+    ``weights_only`` unset). Before reading, the file must be a regular file of at most
+    :data:`~puppet_master.limits.MAX_CHECKPOINT_BYTES`, and the tensor data it declares
+    (zip records may be compressed) must fit that limit too.
+
+    Returns:
+        ``{parameter name: tensor}`` (a ``"model"`` or ``"state_dict"`` wrapper is removed).
+
+    Raises:
+        UserInputError: missing, non-regular, oversized, unreadable, or not a plain state dict.
+    """
+    path = Path(checkpoint)
+    what = "SAM checkpoint"
+    if not path.exists():
+        raise UserInputError(f"{what} {str(path)!r} does not exist")
+    limit = limits.current("MAX_CHECKPOINT_BYTES")
+    with limits.open_regular(path, what, limit, "MAX_CHECKPOINT_BYTES") as fh:
+        try:
+            if path.suffix.lower() == ".safetensors":
+                state = safetensors.torch.load_file(str(path))
+            else:
+                limits.torch_payload_bytes(fh, f"{what} {str(path)!r}", limit, "MAX_CHECKPOINT_BYTES")
+                fh.seek(0)
+                state = torch.load(fh, map_location="cpu", weights_only=True)
+        except UserInputError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - an unreadable or foreign file is one problem for the user
+            raise UserInputError(f"cannot load the {what} {str(path)!r} (only tensors are read; nothing was "
+                                 f"run): {limits.load_error_reason(exc)}") from None
+    for key in ("model", "state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not state or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise UserInputError(f"{what} {str(path)!r} is not a state dict of tensors")
+    return state
+
+
+def sam_model_type(state: dict[str, torch.Tensor]) -> str:
+    """``vit_h``, ``vit_l`` or ``vit_b`` from a SAM state dict (its image encoder's width).
+
+    Raises:
+        UserInputError: not a SAM state dict.
+    """
+    weight = state.get("image_encoder.patch_embed.proj.weight")
+    model_type = None
+    if isinstance(weight, torch.Tensor) and weight.ndim:
+        model_type = SAM_ENCODER_WIDTHS.get(int(weight.shape[0]))
+    if model_type is None:
+        raise UserInputError("the SAM checkpoint is not a Segment Anything model (no ViT-H/L/B image encoder)")
+    return model_type
+
+
+def sam_entity_masks(image: PIL.Image.Image, starts: np.ndarray, checkpoint: str | Path, model_type: str | None = None,
                      device: str = "cpu") -> list[np.ndarray]:
     """Entity masks from Segment Anything (the release's choice), one per drag start point.
 
@@ -167,23 +221,36 @@ def sam_entity_masks(image: PIL.Image.Image, starts: np.ndarray, checkpoint: str
     (e.g. ``sam_vit_h_4b8939.pth``); each start point is a positive point prompt and the
     highest-scoring of SAM's masks is kept.
 
+    Trust: the model's code comes from the installed ``segment_anything`` package; the
+    checkpoint is read here by :func:`load_sam_state_dict` (no code runs) and loaded into
+    a model the package builds without a checkpoint, so it never unpickles the file itself.
+
+    Args:
+        model_type: ``vit_h``, ``vit_l`` or ``vit_b``; ``None`` reads it from the checkpoint.
+
     Raises:
-        UserInputError: ``segment-anything`` not installed or the checkpoint missing.
+        UserInputError: ``segment-anything`` not installed, the checkpoint missing, unsafe,
+            unreadable or not of the model type.
     """
     try:
-        from segment_anything import SamPredictor, sam_model_registry
+        from segment_anything import SamPredictor, sam_model_registry  # optional dependency
     except ImportError as exc:
         raise UserInputError(
             "SAM is not installed (pip install segment-anything): give --mask files or use the built-in GrabCut "
             "segmentation instead"
         ) from exc
-    checkpoint = Path(checkpoint)
-    if not checkpoint.is_file():
-        raise UserInputError(f"SAM checkpoint {str(checkpoint)!r} does not exist")
+    state = load_sam_state_dict(checkpoint)
+    model_type = model_type or sam_model_type(state)
     if model_type not in sam_model_registry:
         raise UserInputError(f"unknown SAM model type {model_type!r}: choose from {', '.join(sam_model_registry)}")
-    sam = sam_model_registry[model_type](checkpoint=str(checkpoint)).to(device)
-    predictor = SamPredictor(sam)
+    sam = sam_model_registry[model_type](checkpoint=None)  # built without a checkpoint: the package reads no file
+    try:
+        sam.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0][:300]
+        raise UserInputError(f"the SAM checkpoint {str(checkpoint)!r} does not fit a {model_type} model: "
+                             f"{first}") from None
+    predictor = SamPredictor(sam.to(device))
     predictor.set_image(np.asarray(image.convert("RGB")))
     masks = []
     for x, y in np.asarray(starts, dtype=np.float64):

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import limits
 from ..errors import UserInputError, optional_imports
 from .tracking import PointTracker
 
@@ -170,8 +171,9 @@ class FVDMetric:
 
     def __init__(self, detector: str | Path, device: str = "cpu") -> None:
         path = Path(detector)
-        if not path.is_file():
+        if not path.exists():
             raise UserInputError(f"I3D detector {str(path)!r} does not exist (FVD needs a local TorchScript I3D)")
+        limits.check_regular_file(path, "I3D detector")  # a FIFO or device would block or never end the reader
         self.device = device
         try:
             with warnings.catch_warnings():  # torch marks jit.load deprecated; the I3D detector exists only as TorchScript

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -213,9 +215,29 @@ def evaluate(
         skipped=dataset.skipped,
     )
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "report.json").write_text(json.dumps(report.model_dump(), indent=1, allow_nan=True) + "\n")
-    (out_dir / "report.md").write_text(report_markdown(report, lpips))
+    _write_atomic(out_dir / "report.json", json.dumps(report.model_dump(), indent=1, allow_nan=True) + "\n")
+    _write_atomic(out_dir / "report.md", report_markdown(report, lpips))
     return report
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` under a temporary name in the same folder and rename it: a reader (or a run
+    stopped midway) never sees a partial report; the temporary file is removed on failure."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fmt(v: float | None, digits: int = 2) -> str:

@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 import torch
 
+from .. import limits
 from ..errors import UserInputError
 
 
@@ -118,8 +119,10 @@ class CoTrackerTracker:
 
     def __init__(self, checkpoint: str | Path, device: str = "cpu") -> None:
         path = Path(checkpoint)
-        if not path.is_file():
+        if not path.exists():
             raise UserInputError(f"CoTracker checkpoint {str(path)!r} does not exist")
+        limit = limits.current("MAX_CHECKPOINT_BYTES")
+        limits.open_regular(path, "CoTracker checkpoint", limit, "MAX_CHECKPOINT_BYTES").close()
         try:
             from cotracker.predictor import CoTrackerPredictor  # optional dependency
         except ImportError:
@@ -127,14 +130,17 @@ class CoTrackerTracker:
                 "the cotracker package is not installed: pip install git+https://github.com/facebookresearch/co-tracker"
             ) from None
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            with limits.open_regular(path, "CoTracker checkpoint", limit, "MAX_CHECKPOINT_BYTES") as fh:
+                limits.torch_payload_bytes(fh, f"CoTracker checkpoint {str(path)!r}", limit, "MAX_CHECKPOINT_BYTES")
+                fh.seek(0)
+                state = torch.load(fh, map_location="cpu", weights_only=True)
             if isinstance(state, dict) and isinstance(state.get("model"), dict):
                 state = state["model"]
             predictor = CoTrackerPredictor(checkpoint=None)
             predictor.model.load_state_dict(state)
         except Exception as exc:  # noqa: BLE001 - an unreadable or foreign file is one problem for the user
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UserInputError(f"cannot load the CoTracker checkpoint {str(path)!r}: {first}") from None
+            raise UserInputError(f"cannot load the CoTracker checkpoint {str(path)!r}: "
+                                 f"{limits.load_error_reason(exc)}") from None
         self.device = device
         self.model = predictor.to(device).eval()
 

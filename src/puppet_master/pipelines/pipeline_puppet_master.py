@@ -167,13 +167,19 @@ class PuppetMasterPipeline(DiffusionPipeline):
         :func:`puppet_master.pipelines.load_pipeline`, which does). Everything else is
         diffusers' ``from_pretrained`` (a folder or a hub id).
 
-        Raises:
-            ModelLoadError: ``"default"`` asked for but no default model is installed.
-        """
-        if str(pretrained_model_name_or_path) == "default" and not Path("default").exists():
-            from .loading import resolve_model  # deferred: .loading imports this module
+        A local folder is checked first (:func:`~puppet_master.pipelines.loading.check_model_folder`:
+        regular files, bounded configuration files and scheduler sizes).
 
+        Raises:
+            ModelLoadError: ``"default"`` asked for but no default model is installed, or a
+                local folder that fails the checks.
+        """
+        from .loading import check_model_folder, resolve_model  # deferred: .loading imports this module
+
+        if str(pretrained_model_name_or_path) == "default" and not Path("default").exists():
             pretrained_model_name_or_path = resolve_model("default")
+        if Path(pretrained_model_name_or_path).is_dir():
+            check_model_folder(pretrained_model_name_or_path)
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     @classmethod

@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from .. import limits
 from ..data.splits import load_dragamove_example, load_split_example
 from ..drags.encoding import used_drag_slots
 from ..errors import UserInputError
@@ -42,8 +43,11 @@ def cache_example(pipe, frames: np.ndarray, drags: torch.Tensor, category: str, 
         "drags": drags.float().cpu().contiguous(),
     }
     tmp = out_file.with_name(f".{out_file.name}.partial")
-    save_file(tensors, str(tmp), metadata={"category": category})
-    os.replace(tmp, out_file)
+    try:
+        save_file(tensors, str(tmp), metadata={"category": category})
+        os.replace(tmp, out_file)
+    finally:
+        tmp.unlink(missing_ok=True)  # an interrupted write leaves no partial file
 
 
 def flip_example(frames: np.ndarray, drags: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
@@ -69,11 +73,17 @@ def build_cache(data: str | Path, model: str | None, out: str | Path, size: int 
     Returns:
         Number of files written in this call.
 
+    A run stopped early (an error, Ctrl-C, SIGTERM through the command line) keeps the
+    files it finished and leaves no partial file; an ``out`` folder it created and wrote
+    nothing to is removed again.
+
     Raises:
-        UserInputError: bad folders or model, or a ``size`` the model cannot work at (a
+        UserInputError: bad folders or model, ``size`` above
+            :data:`~puppet_master.limits.MAX_MODEL_SIDE` or one the model cannot work at (a
             multiple of its VAE and UNet strides); nothing is created then.
     """
     data, out = Path(data), Path(out)
+    limits.check_model_side(size, "--size")
     if not data.is_dir():
         raise UserInputError(f"data folder {str(data)!r} does not exist")
     files = sorted(data.glob("*.pkl")) or sorted(data.glob("*.json"))
@@ -89,18 +99,24 @@ def build_cache(data: str | Path, model: str | None, out: str | Path, size: int 
     stride = pipe.vae_scale_factor * pipe.unet.spatial_stride
     if size < stride or size % stride:
         raise UserInputError(f"--size must be a positive multiple of {stride} for this model, got {size}")
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     written = 0
-    for f in tqdm(files, desc="caching latents", disable=not progress):
-        target = out / f"{f.stem}.safetensors"
-        flipped = out / f"{f.stem}_flip.safetensors"
-        if target.exists() and (flipped.exists() or not flip):
-            continue
-        ex = loader(f, size=size)
-        if not target.exists():
-            cache_example(pipe, ex.frames, ex.drags, ex.category, target)
-            written += 1
-        if flip and not flipped.exists():
-            cache_example(pipe, *flip_example(ex.frames, ex.drags), ex.category, flipped)
-            written += 1
+    try:
+        for f in tqdm(files, desc="caching latents", disable=not progress):
+            target = out / f"{f.stem}.safetensors"
+            flipped = out / f"{f.stem}_flip.safetensors"
+            if target.exists() and (flipped.exists() or not flip):
+                continue
+            ex = loader(f, size=size)
+            if not target.exists():
+                cache_example(pipe, ex.frames, ex.drags, ex.category, target)
+                written += 1
+            if flip and not flipped.exists():
+                cache_example(pipe, *flip_example(ex.frames, ex.drags), ex.category, flipped)
+                written += 1
+    except BaseException:
+        if created and not any(out.iterdir()):
+            out.rmdir()  # nothing was cached: leave no new folder behind
+        raise
     return written

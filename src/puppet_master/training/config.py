@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from .. import limits
 from ..errors import UserInputError
 from ..values import YAMLSyntaxError, parse_yaml
 
@@ -270,21 +271,22 @@ def _set(tree: dict, dotted: str, value: Any) -> None:
             raise UserInputError(f"override {dotted!r}: {keys[depth - 1]!r} is not a section")
 
 
-#: Largest config file read (a config is a few hundred lines of YAML).
-MAX_CONFIG_BYTES = 1 << 20
+#: Largest config file read (a config is a few hundred lines of YAML; :mod:`puppet_master.limits`).
+MAX_CONFIG_BYTES = limits.MAX_CONFIG_BYTES
 
 
 def _read_yaml(path: Path) -> Any:
     """The YAML document of a config file (``None`` when empty).
 
     Raises:
-        UserInputError: larger than :data:`MAX_CONFIG_BYTES`, not UTF-8 text, not YAML,
-            nested too deeply or holding an overlong integer (:func:`~puppet_master.values.parse_yaml`).
+        UserInputError: not a regular file, larger than :data:`MAX_CONFIG_BYTES`, not UTF-8
+            text, not YAML, nested too deeply, holding an overlong integer or more than
+            :data:`~puppet_master.limits.MAX_CONFIG_NODES` values once its aliases are
+            expanded (:func:`~puppet_master.values.parse_yaml`).
     """
-    if path.stat().st_size > MAX_CONFIG_BYTES:
-        raise UserInputError(f"config file {str(path)!r} is larger than {MAX_CONFIG_BYTES >> 20} MiB: not a config")
+    raw = limits.read_bytes_bounded(path, "config file", MAX_CONFIG_BYTES, "MAX_CONFIG_BYTES")
     try:
-        text = path.read_bytes().decode("utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise UserInputError(f"config file {str(path)!r} is not UTF-8 text (byte {exc.start}): give a YAML file") from None
     return parse_yaml(text, f"config file {str(path)!r}") or {}
@@ -301,7 +303,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     tree: dict = {}
     if path is not None:
         p = Path(path)
-        if not p.is_file():
+        if not p.exists():
             raise UserInputError(f"config file {str(p)!r} does not exist")
         tree = _read_yaml(p)
         if not isinstance(tree, dict):

@@ -23,6 +23,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch.utils.data import Dataset, Sampler
 
+from .. import limits
 from ..data.dataset import MixtureDataset
 from ..data.safe_pickle import safe_load_pickle
 from ..edm import VAE_SCALING_FACTOR
@@ -85,7 +86,8 @@ class LatentCacheDataset(Dataset):
             (normalised units); 0 keeps all.
 
     Raises:
-        UserInputError: missing or empty folder, or no clip passes the filter.
+        UserInputError: missing or empty folder, a cache entry that is not a regular file
+            (a FIFO or device, refused without reading it), or no clip passes the filter.
     """
 
     def __init__(self, root: str | Path, min_drag_motion: float = 0.0):
@@ -96,6 +98,8 @@ class LatentCacheDataset(Dataset):
         self.files = sorted(self.root.glob("*.safetensors"))
         if not self.files:
             raise UserInputError(f"latent cache folder {str(self.root)!r} holds no .safetensors files")
+        for f in self.files:  # a FIFO or device would block or never end the reader
+            limits.check_regular_file(f, "latent cache file")
         if min_drag_motion > 0:
             kept = []
             for f in self.files:
