@@ -289,7 +289,8 @@ class DragAnythingPipeline(SVDStylePipeline):
 
     def check_inputs(self, image, drags, masks, height: int, width: int, num_frames: int, num_inference_steps: int,
                      output_type: str, latents: torch.Tensor | None = None, entity_feature_mode: str = "vector",
-                     callback_on_step_end_tensor_inputs: Sequence[str] | None = None, scheduler: Any = None) -> None:
+                     callback_on_step_end_tensor_inputs: Sequence[str] | None = None, scheduler: Any = None,
+                     generator=None) -> None:
         """Every argument check of :meth:`__call__`, before any segmentation or encoding.
 
         Raises:
@@ -315,7 +316,7 @@ class DragAnythingPipeline(SVDStylePipeline):
         if entity_feature_mode not in ENTITY_FEATURE_MODES:
             raise UserInputError(f"entity_feature_mode must be one of {ENTITY_FEATURE_MODES}, got {entity_feature_mode!r}")
         self._check_latents(latents, (1, num_frames, self.unet.config.out_channels, height // self.vae_scale_factor,
-                                      width // self.vae_scale_factor))
+                                      width // self.vae_scale_factor), generator)
 
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
@@ -391,7 +392,7 @@ class DragAnythingPipeline(SVDStylePipeline):
         """
         # 1. every argument check, before segmentation or encoding
         self.check_inputs(image, drags, masks, height, width, num_frames, num_inference_steps, output_type, latents,
-                          entity_feature_mode, callback_on_step_end_tensor_inputs, scheduler)
+                          entity_feature_mode, callback_on_step_end_tensor_inputs, scheduler, generator)
         if isinstance(image, np.ndarray):
             image = PIL.Image.fromarray(image.astype(np.uint8) if image.dtype != np.uint8 else image)
         image = image.convert("RGB")

@@ -298,12 +298,13 @@ class PuppetMasterPipeline(SVDStylePipeline):
     def check_inputs(self, image, drags, height: int, width: int, num_frames: int, num_inference_steps: int,
                      output_type: str, latents: torch.Tensor | None = None,
                      warp_init_sigma: float | None = None, detail_transfer_radius: float | None = None,
-                     callback_on_step_end_tensor_inputs: Sequence[str] | None = None, scheduler: Any = None) -> None:
+                     callback_on_step_end_tensor_inputs: Sequence[str] | None = None, scheduler: Any = None,
+                     generator=None) -> None:
         """Every argument check of :meth:`__call__`, before anything is encoded.
 
         Raises:
             UserInputError: a bad image, drags, size, count, output type, setting, latents
-                shape, callback input or scheduler name.
+                shape, number of generators, callback input or scheduler name.
         """
         super().check_inputs(height, width, num_frames, num_inference_steps, output_type,
                              callback_on_step_end_tensor_inputs, scheduler)
@@ -315,7 +316,7 @@ class PuppetMasterPipeline(SVDStylePipeline):
             raise UserInputError(
                 f"detail_transfer_radius must be >= 0 (0 or None: no detail transfer), got {detail_transfer_radius}")
         self._check_latents(latents, (batch_size, num_frames, self.unet.config.out_channels,
-                                      height // self.vae_scale_factor, width // self.vae_scale_factor))
+                                      height // self.vae_scale_factor, width // self.vae_scale_factor), generator)
 
     def prepare_latents(self, batch_size: int, num_frames: int, num_channels_latents: int, height: int, width: int,
                         dtype: torch.dtype, device: torch.device, generator, latents: torch.Tensor | None = None,
@@ -417,7 +418,7 @@ class PuppetMasterPipeline(SVDStylePipeline):
 
         # 1. every argument check, before any encoding
         self.check_inputs(image, drags, height, width, num_frames, num_inference_steps, output_type, latents,
-                          init_sigma, detail_radius, callback_on_step_end_tensor_inputs, scheduler)
+                          init_sigma, detail_radius, callback_on_step_end_tensor_inputs, scheduler, generator)
         self._guidance_scale = max_guidance_scale
         device = self._execution_device
         pixels = self._prepare_image(image, height, width)  # (B, 3, H, W) in [0, 1]

@@ -224,9 +224,12 @@ class SVDStylePipeline(DiffusionPipeline):
             raise UserInputError(f"unknown scheduler {scheduler!r}: choose one of {', '.join(SCHEDULER_NAMES)}")
 
     @staticmethod
-    def _check_latents(latents: torch.Tensor | None, shape: tuple[int, ...]) -> None:
+    def _check_latents(latents: torch.Tensor | None, shape: tuple[int, ...], generator=None) -> None:
+        """The given initial noise has ``shape``; a list of generators has one per video (``shape[0]``)."""
         if latents is not None and tuple(latents.shape) != tuple(shape):
             raise UserInputError(f"latents must have shape {tuple(shape)}, got {tuple(latents.shape)}")
+        if isinstance(generator, list) and len(generator) != shape[0]:
+            raise UserInputError(f"{len(generator)} generators for {shape[0]} videos: give one per video")
 
     # ------------------------------------------------------------------ schedule and latents
     def _scheduler_for_call(self, scheduler: Any = None):
@@ -307,9 +310,7 @@ class SVDStylePipeline(DiffusionPipeline):
         scheduler = scheduler if scheduler is not None else self.scheduler
         shape = (batch_size, num_frames, num_channels_latents, height // self.vae_scale_factor,
                  width // self.vae_scale_factor)
-        if isinstance(generator, list) and len(generator) != batch_size:
-            raise UserInputError(f"{len(generator)} generators for {batch_size} videos: give one per video")
-        self._check_latents(latents, shape)
+        self._check_latents(latents, shape, generator)
         if latents is None:
             noise = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
         else:
