@@ -17,9 +17,10 @@ def generate_draganything(pipe, image: PIL.Image.Image, drags: DragSet, num_fram
                           guidance: float, resolution: tuple[int, int] = (576, 320)) -> np.ndarray:
     """Animate the demo's square image with DragAnything.
 
-    The image is resized to ``resolution`` (width, height; the release's 576×320), each
-    drag's entity is segmented around its start point (GrabCut; the demo has no mask
-    editor) and the video is resized back to the square.
+    The image is fitted into ``resolution`` (width, height; the release's 576×320) keeping
+    its aspect, each drag's entity is segmented around its start point (GrabCut; the demo
+    has no mask editor), and the video, cropped back to the image's part, is resized to the
+    square.
 
     Args:
         pipe: a :class:`~puppet_master.pipelines.DragAnythingPipeline`.
@@ -37,6 +38,6 @@ def generate_draganything(pipe, image: PIL.Image.Image, drags: DragSet, num_fram
     width, height = resolution
     frames = pipe(image, drags.resample(num_frames), masks=None, num_frames=num_frames, height=height, width=width,
                   num_inference_steps=int(steps), max_guidance_scale=float(guidance),
-                  generator=torch.Generator().manual_seed(int(seed)), output_type="np").frames[0]
+                  generator=torch.Generator().manual_seed(int(seed)), output_type="np", keep_aspect=True).frames[0]
     video = to_uint8_frames(frames)
     return np.stack([cv2.resize(f, image.size, interpolation=cv2.INTER_AREA) for f in video])
