@@ -41,6 +41,8 @@ class UNetDragSpatioTemporalConditionOutput(BaseOutput):
     sample: torch.Tensor
 
 
+# Adapted from diffusers.models.unets.unet_spatio_temporal_condition.UNetSpatioTemporalConditionModel
+# (diffusers 0.42): the same layers and state-dict keys, without the added-time embedding, with drag blocks.
 class UNetDragSpatioTemporalConditionModel(ModelMixin, AttentionMixin, ConfigMixin):
     """SVD's spatio-temporal UNet with Puppet-Master's drag conditioning.
 
@@ -255,8 +257,9 @@ class UNetDragSpatioTemporalConditionModel(ModelMixin, AttentionMixin, ConfigMix
         self.set_all_to_first_attention(all_to_first_attention)
         # leaner forwards of three diffusers layers (same weights and keys; models/fast_layers.py)
         install_fast_layers(self)
-        # diffusers creates AlphaBlender.mix_factor with torch.Tensor([...]), which ignores a
-        # `with torch.device(...)` context: put it where every other parameter was built
+        # Works around a diffusers internal (CONTRIBUTING.md, "Upgrading diffusers"): diffusers 0.42 creates
+        # AlphaBlender.mix_factor with torch.Tensor([...]), which ignores a `with torch.device(...)` context,
+        # so it is moved where every other parameter was built
         device = self.conv_in.weight.device
         for module in self.modules():
             for store in (module._parameters, module._buffers):

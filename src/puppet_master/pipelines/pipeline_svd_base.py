@@ -27,8 +27,8 @@ import numpy as np
 import PIL.Image
 import torch
 from diffusers import DiffusionPipeline
-# a private diffusers helper (CONTRIBUTING.md, "Upgrading diffusers"): the antialiased resize SVD's pipeline
-# applies before CLIP; importing it keeps our image embedding equal to diffusers' SVD pipeline's
+# Leans on a private diffusers helper (CONTRIBUTING.md, "Upgrading diffusers"): the antialiased resize SVD's
+# pipeline applies before CLIP; importing it keeps our image embedding equal to diffusers' SVD pipeline's
 from diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion import _resize_with_antialiasing
 from diffusers.utils.torch_utils import randn_tensor
 from diffusers.video_processor import VideoProcessor
@@ -68,6 +68,8 @@ class FirstFrameTie:
         return tied
 
 
+# Adapted from diffusers.pipelines.stable_video_diffusion.StableVideoDiffusionPipeline (diffusers 0.42):
+# check_inputs, prepare_latents, the guidance properties, the denoising loop with callback_on_step_end.
 class SVDStylePipeline(DiffusionPipeline):
     """Base of the SVD-style image-to-video pipelines (module docstring).
 
@@ -105,6 +107,7 @@ class SVDStylePipeline(DiffusionPipeline):
         raise NotImplementedError
 
     # ------------------------------------------------------------------ encoders
+    # Adapted from diffusers' StableVideoDiffusionPipeline._encode_image (diffusers 0.42).
     @torch.no_grad()
     def encode_image_embedding(self, image: torch.Tensor) -> torch.Tensor:
         """CLIP image token ``(B, 1, D)`` of images ``(B, 3, H, W)`` in [0, 1], as SVD computes it.
