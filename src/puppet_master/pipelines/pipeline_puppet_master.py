@@ -265,11 +265,11 @@ class PuppetMasterPipeline(SVDStylePipeline):
 
     # ------------------------------------------------------------------ inputs
     def _check_drags(self, drags, num_frames: int, batch_size: int) -> None:
-        if isinstance(drags, DragSet):
-            if batch_size != 1:
-                raise UserInputError(f"one DragSet for {batch_size} images: give a drags tensor (B, N, K, 4)")
-            return
         k_max = self.unet.config.num_drags
+        if isinstance(drags, DragSet):  # one set of drags for every image
+            if drags.num_drags > k_max:
+                raise UserInputError(f"{drags.num_drags} drags do not fit in the model's {k_max} slots")
+            return
         try:
             tensor = torch.as_tensor(drags, dtype=torch.float32)
         except (TypeError, ValueError, RuntimeError) as exc:

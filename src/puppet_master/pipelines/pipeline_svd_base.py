@@ -260,8 +260,8 @@ class SVDStylePipeline(DiffusionPipeline):
         """Set the schedule; with ``start_sigma``, start at the first step whose σ is at most it.
 
         Returns:
-            ``(timesteps that run, index of the first one in the full schedule)``; the
-            scheduler's begin index is set to that index when it is not 0.
+            ``(timesteps that run, index of the first one in the full schedule)``; with
+            ``start_sigma`` the scheduler's begin index is set to that index.
         """
         scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = scheduler.timesteps
@@ -297,8 +297,8 @@ class SVDStylePipeline(DiffusionPipeline):
             batch_size, num_frames, num_channels_latents: ``B``, ``N``, ``C``.
             height, width: in pixels (the latents are ``height / f × width / f``).
             dtype, device: of the noise (float32 for sampling).
-            generator: a ``torch.Generator`` (or one per video) for the noise; drawn on its
-                own device with diffusers' ``randn_tensor``.
+            generator: a ``torch.Generator`` (or one per video) for the noise, drawn with
+                diffusers' ``randn_tensor`` (on the generator's device, then moved).
             latents: the noise ``(B, N, C, h, w)`` instead of drawing it.
             scheduler: the call's scheduler (default the pipeline's).
             start_latents: ``(B, N, C, h, w)`` clean (scaled) latents to start from, or ``None``.
