@@ -155,3 +155,36 @@ def test_evaluation_method_resizes_to_the_model_and_back(pipe, shared_dir):
     assert video.dtype == np.uint8 and video.shape == ex.frames.shape  # back at 256x256
     assert seen["shape"][-2:] == (8, 16) and seen["shape"][1] == 4  # generated at 128x64 (latent 16x8)
     np.testing.assert_array_equal(video, run(ex))  # seeded
+
+
+def test_keep_aspect_letterboxes_the_image_maps_drags_and_masks_and_crops_the_video(pipe):
+    """A portrait 90x160 photo at the 128x64 model resolution: fitted (36x64 at x 46), not stretched."""
+    arr = np.full((160, 90, 3), 240, np.uint8)
+    arr[40:80, 20:70] = (200, 50, 40)
+    mask = np.zeros((160, 90), bool)
+    mask[40:80, 20:70] = True
+    drags = DragSet.from_pairs([((45, 60), (45, 100))], 90, 160, num_frames=4)
+    out = pipe(PIL.Image.fromarray(arr), drags, masks=[mask], generator=_gen(), keep_aspect=True, **RUN)
+    box = out.letterbox
+    assert box.frame == (128, 64) and box.size == (36, 64) and box.offset == (46, 0)
+    assert out.frames.shape == (1, 4, 64, 36, 3)  # the input's aspect, 90:160
+    assert np.isfinite(out.frames).all()
+    # drag (45, 60) -> (45·0.4 + 46, 60·0.4) = (64, 24) in model pixels, its end (64, 40)
+    traj = out.conditions.trajectory_maps
+    assert traj.shape == (4, 3, 64, 128)
+    assert out.conditions.entity_index[0, 24, 64] == 0 and out.conditions.entity_index[-1, 40, 64] == 0
+    # the mask sits in the image's part of the frame: rows 16-31, columns 54-73; the padding holds no entity
+    model_mask = out.masks[0]
+    assert model_mask[16:32, 54:74].all() and model_mask.sum() == 16 * 20
+    assert not model_mask[:, :46].any() and not model_mask[:, 82:].any()
+    assert (out.conditions.entity_index[:, :, :46] < 0).all()
+    # the frame's padding is white and the image is centred in it
+    from puppet_master.preprocessing import letterbox
+
+    framed, placement = letterbox(PIL.Image.fromarray(arr), 128, 64)
+    framed = np.asarray(framed)
+    assert placement == box and (framed[:, :46] == 255).all() and (framed[:, 82:] == 255).all()
+    assert tuple(framed[24, 64]) != (255, 255, 255)
+    # the default keeps the release's stretch
+    stretched = pipe(PIL.Image.fromarray(arr), drags, masks=[mask], generator=_gen(), **RUN)
+    assert stretched.frames.shape == (1, 4, 64, 128, 3) and stretched.letterbox is None

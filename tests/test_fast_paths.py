@@ -272,3 +272,37 @@ def test_keep_freed_memory_serves_large_tensors_from_the_heap():
     base = libc.mallinfo2().hblkhd
     assert keep_freed_memory() is True
     assert mmapped_bytes_while_holding(64) - base < 2**20
+
+
+def test_half_precision_forward_with_raw_drags_keeps_float32_positions(monkeypatch):
+    """A bf16 UNet given raw ``drags=`` samples at the same points as fp32 (positions never cast to bf16)."""
+    inp = _inputs(n=3)
+    # coordinates that bfloat16 (8 significant bits) cannot hold: each would move by up to 1/256
+    drags = torch.zeros(2, 3, 5, 4)
+    drags[:, :, 0] = torch.tensor([0.3337, 0.4123, 0.6071, 0.5309])
+    drags[:, :, 1] = torch.tensor([0.8123, 0.1877, 0.7919, 0.2331])
+    assert not torch.equal(drags.bfloat16().float(), drags)
+    inp["drags"] = drags
+    seen = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        model = _randomised(drag_warp_image_latents=True).to(dtype)
+        real = model.prepare_drag_conditioning
+
+        def spy(*args, real=real, dtype=dtype, **kwargs):
+            seen[dtype] = real(*args, **kwargs)
+            return seen[dtype]
+
+        monkeypatch.setattr(model, "prepare_drag_conditioning", spy)
+        with torch.no_grad():
+            out = model(**{k: v.to(dtype) if k not in ("drags", "timestep") else v for k, v in inp.items()}).sample
+        assert out.dtype == dtype and torch.isfinite(out.float()).all()
+    full, half = seen[torch.float32], seen[torch.bfloat16]
+    assert half.drags.dtype == torch.float32 and torch.equal(half.drags, drags)
+    assert set(half.taps) == set(full.taps) and len(half.taps) == 3
+    for size in full.taps:
+        assert torch.equal(half.taps[size].index, full.taps[size].index)
+        assert torch.equal(half.taps[size].weight, full.taps[size].weight)  # float32 in both
+        assert torch.equal(half.encodings[size], full.encodings[size].to(torch.bfloat16))
+        assert torch.equal(half.pos_tokens[size], full.pos_tokens[size].to(torch.bfloat16))
+    # the drag-warped first-frame latents follow the same float32 drags
+    torch.testing.assert_close(half.warped_latents.float(), full.warped_latents, atol=0.02, rtol=0.02)

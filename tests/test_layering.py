@@ -100,82 +100,112 @@ def test_importing_a_layer_loads_no_higher_layer(layer, forbidden):
     assert layer in loaded and not loaded & forbidden, sorted(loaded & forbidden)
 
 
-#: Import circles that exist today and are to be removed (issue #35: ``resolve_model`` is imported inside a
-#: function of the pipeline module from the loader that imports the pipeline). Any other circle fails.
-KNOWN_CIRCLES = [{"puppet_master.pipelines.loading", "puppet_master.pipelines.pipeline_puppet_master"}]
+def _module_name(file: Path) -> str:
+    rel = file.relative_to(PACKAGE).with_suffix("")
+    parts = ["puppet_master", *rel.parts]
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _module_graph() -> dict[str, set[str]]:
-    """``{module: modules of the package it imports}`` from every import statement (also inside functions)."""
-    files = {}
-    for f in PACKAGE.rglob("*.py"):
-        parts = ("puppet_master", *f.relative_to(PACKAGE).with_suffix("").parts)
-        files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = f
-    graph = {}
-    for name, f in files.items():
-        package = name.split(".") if f.name == "__init__.py" else name.split(".")[:-1]
-        found = set()
-        for node in ast.walk(ast.parse(f.read_text())):
+def _module_files() -> dict[str, Path]:
+    """Dotted name → file of every module that runs in the package's Python (the top level included)."""
+    files = {_module_name(f): f for _, f in _modules()}
+    files["puppet_master"] = PACKAGE / "__init__.py"
+    return files
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """Module → the package modules its import statements load (module-level and function-level alike).
+
+    ``from a.b import c`` loads ``a.b.c`` when that is a module, else ``a.b``; the parent
+    packages a statement also runs (their ``__init__``) are not counted, as Python runs
+    them first and no module can be half-imported because of them.
+    """
+    files = _module_files()
+    graph: dict[str, set[str]] = {}
+    for name, file in files.items():
+        package = name.split(".") if file.name == "__init__.py" else name.split(".")[:-1]
+        targets: set[str] = set()
+        for node in ast.walk(ast.parse(file.read_text())):
             if isinstance(node, ast.ImportFrom):
-                base = package[: len(package) - node.level + 1] if node.level else []
-                target = ".".join(base + ([node.module] if node.module else []))
+                base = (package[: len(package) - node.level + 1] if node.level else []) + (node.module or "").split(".")
+                base = ".".join(p for p in base if p)
+                if base.split(".")[0] != "puppet_master":
+                    continue
                 for alias in node.names:
-                    found.add(f"{target}.{alias.name}" if f"{target}.{alias.name}" in files else target)
+                    sub = f"{base}.{alias.name}"
+                    targets.add(sub if sub in files else base)
             elif isinstance(node, ast.Import):
-                found |= {a.name for a in node.names}
-        graph[name] = {m for m in found if m in files and m != name}
+                targets |= {a.name for a in node.names if a.name.split(".")[0] == "puppet_master"}
+        graph[name] = {t for t in targets if t in files and t != name}
     return graph
 
 
-def _circles(graph: dict[str, set[str]]) -> list[set[str]]:
-    """The strongly connected groups of more than one module (Tarjan's algorithm, iteratively)."""
-    index, low, on_stack, stack, groups, counter = {}, {}, set(), [], [], 0
-    for root in graph:
-        if root in index:
-            continue
-        work = [(root, iter(sorted(graph[root])))]
-        index[root] = low[root] = counter
-        counter += 1
-        stack.append(root)
-        on_stack.add(root)
-        while work:
-            node, children = work[-1]
-            child = next(children, None)
-            if child is not None:
-                if child not in index:
-                    index[child] = low[child] = counter
-                    counter += 1
-                    stack.append(child)
-                    on_stack.add(child)
-                    work.append((child, iter(sorted(graph[child]))))
-                elif child in on_stack:
-                    low[node] = min(low[node], index[child])
-                continue
-            work.pop()
-            if work:
-                low[work[-1][0]] = min(low[work[-1][0]], low[node])
-            if low[node] == index[node]:
-                group = set()
-                while True:
-                    member = stack.pop()
-                    on_stack.discard(member)
-                    group.add(member)
-                    if member == node:
-                        break
-                if len(group) > 1:
-                    groups.append(group)
-    return groups
+def _circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan), each as a closed path."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    components: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                components.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return [_closed_path(graph, set(c)) for c in components]
+
+
+def _closed_path(graph: dict[str, set[str]], component: set[str]) -> list[str]:
+    """One import path inside ``component`` from its first module back to itself (breadth first)."""
+    start = min(component)
+    previous = {start: None}
+    queue = [start]
+    while queue:
+        v = queue.pop(0)
+        for w in sorted(graph[v] & component):
+            if w == start:
+                path = [v]
+                while previous[path[-1]] is not None:
+                    path.append(previous[path[-1]])
+                return [start, *reversed(path[:-1]), start] if len(path) > 1 else [start, v, start]
+            if w not in previous:
+                previous[w] = v
+                queue.append(w)
+    raise AssertionError(f"no closed path in {sorted(component)}")
 
 
 def test_no_import_circles():
-    """No two modules import each other, directly or through others (imports inside functions count)."""
-    circles = [c for c in _circles(_module_graph()) if c not in KNOWN_CIRCLES]
-    assert not circles, [sorted(c) for c in circles]
+    """No two modules import each other, directly or through others (function-level imports count too)."""
+    circles = _circles(_import_graph())
+    assert not circles, "import circles:\n" + "\n".join(" -> ".join(c) for c in circles)
 
 
-def test_the_circle_check_finds_a_circle():
-    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
-    assert _circles(graph) == [{"a", "b", "c"}]
+def test_the_circle_check_finds_direct_and_indirect_circles():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"e"}, "e": {"d"}, "f": {"a"}}
+    assert sorted(_circles(graph)) == [["a", "b", "c", "a"], ["d", "e", "d"]]
+    assert _circles({"a": {"b"}, "b": set()}) == []
+
+
 def test_the_limits_module_imports_nothing_heavy():
     """Every layer imports ``puppet_master.limits``: it must stay light (standard library + errors)."""
     code = ("import sys, puppet_master.limits; "

@@ -187,3 +187,57 @@ def prepare_input(image: PIL.Image.Image, drags: DragSet, size: int = 256) -> tu
     pad = transform.pad
     mapped = drags.transformed(transform.scale, (pad[0] * transform.scale, pad[1] * transform.scale), size, size)
     return square, mapped, transform
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """Where an image sits in a frame of another aspect (scaled to fit, centred): ``p_frame = p_input · scale + offset``.
+
+    Attributes:
+        scale: ``(sx, sy)`` frame pixels per input pixel (equal but for the rounding of
+            :attr:`size` to whole pixels).
+        offset: ``(left, top)`` of the image in the frame, in frame pixels.
+        size: ``(w, h)`` of the image in the frame, in pixels.
+        frame: ``(W, H)`` of the frame, in pixels.
+    """
+
+    scale: tuple[float, float]
+    offset: tuple[int, int]
+    size: tuple[int, int]
+    frame: tuple[int, int]
+
+    @property
+    def box(self) -> tuple[int, int, int, int]:
+        """``(left, top, right, bottom)`` of the image in the frame (right and bottom exclusive)."""
+        return self.offset[0], self.offset[1], self.offset[0] + self.size[0], self.offset[1] + self.size[1]
+
+    def map_drags(self, drags: DragSet) -> DragSet:
+        """Drags in the input's pixels → the same points in the frame's pixels."""
+        return drags.transformed(self.scale, (float(self.offset[0]), float(self.offset[1])), *self.frame)
+
+
+def letterbox(image: PIL.Image.Image, width: int, height: int) -> tuple[PIL.Image.Image, Letterbox]:
+    """Fit an image into a ``width × height`` frame keeping its aspect: scale (Lanczos), centre, pad white.
+
+    An image of the frame's aspect fills it (no padding); otherwise the image spans the
+    frame's width or height and white margins fill the rest. Used by DragAnything, whose
+    model works at a fixed, wide resolution (576 × 320 for the released weights), so that
+    a photo of another aspect is not stretched.
+
+    Args:
+        image: RGB (or RGBA, composited on white) image.
+        width, height: the frame's size in pixels.
+
+    Returns:
+        ``(RGB frame image, placement)``.
+    """
+    w, h = image.size
+    scale = min(width / w, height / h)
+    size = (min(width, max(1, round(w * scale))), min(height, max(1, round(h * scale))))
+    offset = ((width - size[0]) // 2, (height - size[1]) // 2)
+    placed = composite_on_white(image)
+    if placed.size != size:
+        placed = placed.resize(size, PIL.Image.Resampling.LANCZOS)
+    frame = PIL.Image.new("RGB", (width, height), WHITE)
+    frame.paste(placed, offset)
+    return frame, Letterbox(scale=(size[0] / w, size[1] / h), offset=offset, size=size, frame=(width, height))

@@ -14,9 +14,10 @@ from ..video import to_uint8_frames
 def generate_draganything(pipe, image: PIL.Image.Image, drags: DragSet, options: DragAnythingOptions) -> np.ndarray:
     """Animate the demo's square image with DragAnything.
 
-    The image is resized to ``options.resolution`` (width × height; the release's
-    576×320), each drag's entity is segmented around its start point (GrabCut; the demo
-    has no mask editor) and the video is resized back to the square.
+    The image is fitted into ``options.resolution`` (width × height; the release's 576×320) keeping
+    its aspect, each drag's entity is segmented around its start point (GrabCut; the demo
+    has no mask editor), and the video, cropped back to the image's part, is resized to the
+    square.
 
     Args:
         pipe: a :class:`~puppet_master.pipelines.DragAnythingPipeline`.
@@ -32,6 +33,6 @@ def generate_draganything(pipe, image: PIL.Image.Image, drags: DragSet, options:
     """
     width, height = options.size
     frames = pipe(image, drags.resample(options.frames), masks=None, num_frames=options.frames, height=height,
-                  width=width, output_type="np", **options.call_kwargs()).frames[0]
+                  width=width, output_type="np", keep_aspect=True, **options.call_kwargs()).frames[0]
     video = to_uint8_frames(frames)
     return np.stack([cv2.resize(f, image.size, interpolation=cv2.INTER_AREA) for f in video])

@@ -39,7 +39,10 @@ def read_entity_masks(image, drags, mask_files, segmenter: str = "grabcut", sam_
 
 
 def run_animate_draganything(opts) -> Path:
-    """``animate --method draganything``: image + drags (+ masks) → video at the model's resolution.
+    """``animate --method draganything``: image + drags (+ masks) → video with the image's aspect.
+
+    The image is fitted into the model resolution keeping its aspect (white margins) and
+    the video cropped back to the image's part (``DragAnythingPipeline(keep_aspect=True)``).
 
     ``opts`` is :class:`~puppet_master.cli.animate.AnimateOptions` with
     :class:`~puppet_master.options.DragAnythingOptions`. Inputs, masks and the resolution
@@ -72,13 +75,14 @@ def run_animate_draganything(opts) -> Path:
     pipe.set_progress_bar_config(**progress_bar_config("denoising", opts.quiet))
     start = time.perf_counter()
     result = pipe(img, drags, masks=masks, num_frames=options.frames, height=height, width=width, output_type="np",
-                  **options.call_kwargs())
+                  keep_aspect=True, **options.call_kwargs())
     video = to_uint8_frames(result.frames[0])
+    video_h, video_w = video.shape[1:3]
     if opts.overlay:
-        model_drags = drags.transformed((width / w, height / h), (0.0, 0.0), width, height).resample(options.frames)
-        video = draw_drags(video, model_drags.trajectories)
+        video_drags = drags.transformed((video_w / w, video_h / h), (0.0, 0.0), video_w, video_h).resample(options.frames)
+        video = draw_drags(video, video_drags.trajectories)
     path = write_video(video, opts.output, fps=options.fps, overwrite=opts.overwrite)
-    print(f"wrote {path} ({len(video)} frames, {width}x{height}, DragAnything) in "
+    print(f"wrote {path} ({len(video)} frames, {video_w}x{video_h}, DragAnything) in "
           f"{time.perf_counter() - start:.1f} s", file=sys.stderr)
     return path
 

@@ -10,20 +10,57 @@ the cue directly: for every frame ``n`` it moves the first frame's latent along 
 drag's displacement and fades to zero away from all drags). The UNet option
 ``drag_warp_image_latents`` concatenates this warped latent, frame by frame, in place of
 the repeated first-frame latent (it is off in the paper's configuration).
+
+The warp's two settings (radius, background weight) have one home, :class:`WarpSettings`:
+its defaults are the functions' defaults and the UNet's constructor defaults, and a UNet's
+own settings are read from its configuration by :meth:`WarpSettings.from_config`.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class WarpSettings:
+    """Settings of the drag displacement field (:func:`drag_displacement_field`), in latent cells.
+
+    Attributes:
+        radius: Gaussian radius of a drag's influence, in latent cells (> 0).
+        background: weight of "no motion" (> 0); smaller makes the displacement at a drag's
+            point closer to the full drag.
+
+    Raises:
+        ValueError: ``radius`` or ``background`` not > 0.
+    """
+
+    radius: float = 1.5
+    background: float = 0.02
+
+    def __post_init__(self) -> None:
+        if not (self.radius > 0 and self.background > 0):
+            raise ValueError(f"radius and background_weight must be > 0, got {self.radius} and {self.background}")
+
+    @classmethod
+    def from_config(cls, config: Any) -> "WarpSettings":
+        """The settings a drag UNet was configured with (``drag_warp_radius``, ``drag_warp_background``)."""
+        return cls(radius=float(config.drag_warp_radius), background=float(config.drag_warp_background))
+
+
+#: The default settings (those of the embedded default model).
+DEFAULT_WARP = WarpSettings()
 
 
 def drag_displacement_field(
     drags: torch.Tensor,
     height: int,
     width: int,
-    radius: float = 1.5,
-    background_weight: float = 0.02,
+    radius: float = DEFAULT_WARP.radius,
+    background_weight: float = DEFAULT_WARP.background,
 ) -> torch.Tensor:
     """Backward displacement field of every frame, in latent cells.
 
@@ -52,8 +89,7 @@ def drag_displacement_field(
     """
     if drags.ndim != 4 or drags.shape[-1] != 4:
         raise ValueError(f"drags must have shape (B, N, K, 4), got {tuple(drags.shape)}")
-    if radius <= 0 or background_weight <= 0:
-        raise ValueError(f"radius and background_weight must be > 0, got {radius} and {background_weight}")
+    WarpSettings(radius, background_weight)  # checks both
     start = torch.stack([drags[..., 0] * width, drags[..., 1] * height], dim=-1)  # (B, N, K, 2)
     current = torch.stack([drags[..., 2] * width, drags[..., 3] * height], dim=-1)
     used = drags.ne(0).any(dim=-1).any(dim=1)  # (B, K): slot holds a drag in some frame
@@ -71,8 +107,8 @@ def drag_displacement_field(
 def warp_latents_by_drags(
     latents: torch.Tensor,
     drags: torch.Tensor,
-    radius: float = 1.5,
-    background_weight: float = 0.02,
+    radius: float = DEFAULT_WARP.radius,
+    background_weight: float = DEFAULT_WARP.background,
 ) -> torch.Tensor:
     """Warp a first-frame latent along the drags to every frame (bilinear backward warp).
 
@@ -104,8 +140,8 @@ def warp_images_by_drags(
     images: torch.Tensor,
     drags: torch.Tensor,
     cell_size: int,
-    radius: float = 1.5,
-    background_weight: float = 0.02,
+    radius: float = DEFAULT_WARP.radius,
+    background_weight: float = DEFAULT_WARP.background,
 ) -> torch.Tensor:
     """Warp full-resolution images along the drags with the latent-grid displacement field.
 

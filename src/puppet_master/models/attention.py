@@ -7,6 +7,8 @@ import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention
 
 
+# Adapted from diffusers.models.attention_processor.AttnProcessor2_0 (diffusers 0.42): the same pre- and
+# post-processing of the Attention layer (spatial_norm, group_norm, norm_q/norm_k, to_out, residual, rescale).
 class AllToFirstAttnProcessor:
     """Spatial self-attention whose keys and values come from frame 0 of the same video.
 

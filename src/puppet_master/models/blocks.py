@@ -28,6 +28,8 @@ from diffusers.models.transformers.transformer_temporal import TransformerSpatio
 from .drag_modules import DragConditioning, DragEmbedding, gather_taps, make_drag_token_mlp
 
 
+# Adapted from the attention lists of diffusers.models.unets.unet_3d_blocks.CrossAttnDownBlockSpatioTemporal
+# and CrossAttnUpBlockSpatioTemporal (diffusers 0.42): one TransformerSpatioTemporalModel per layer.
 def _spatio_temporal_transformers(num_layers, channels, heads, cross_attention_dim, layers_per_transformer) -> nn.ModuleList:
     """One diffusers ``TransformerSpatioTemporalModel`` per layer, as in SVD's blocks."""
     if isinstance(layers_per_transformer, int):
@@ -135,6 +137,8 @@ class _DragConditionedLayers(nn.Module):
         return resnet(hidden_states, temb, image_only_indicator=image_only_indicator)
 
 
+# Adapted from diffusers.models.unets.unet_3d_blocks.CrossAttnDownBlockSpatioTemporal (diffusers 0.42): the
+# same submodules and keys (resnets, attentions, downsamplers), plus the drag layers between ResNet and attention.
 class CrossAttnDownBlockSpatioTemporalWithDrags(_DragConditionedLayers):
     """SVD's ``CrossAttnDownBlockSpatioTemporal`` plus drag modulation and drag tokens.
 
@@ -207,6 +211,8 @@ class CrossAttnDownBlockSpatioTemporalWithDrags(_DragConditionedLayers):
         return hidden_states, output_states
 
 
+# Adapted from diffusers.models.unets.unet_3d_blocks.CrossAttnUpBlockSpatioTemporal (diffusers 0.42): the
+# same submodules and keys (resnets, attentions, upsamplers), plus the drag layers between ResNet and attention.
 class CrossAttnUpBlockSpatioTemporalWithDrags(_DragConditionedLayers):
     """SVD's ``CrossAttnUpBlockSpatioTemporal`` plus drag modulation and drag tokens.
 

@@ -120,6 +120,8 @@ class DragAnythingConditioningEmbedding(nn.Module):
         return self.conv_out(x) + self.conv_out_feature(y)
 
 
+# Adapted from the encoder half of diffusers.models.unets.unet_spatio_temporal_condition.
+# UNetSpatioTemporalConditionModel (diffusers 0.42) and diffusers' ControlNetModel's zero convolutions.
 class DragAnythingControlNetModel(ModelMixin, AttentionMixin, ConfigMixin):
     """DragAnything's ControlNet (the release's ``DragAnythingSDVModel``).
 

@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..drags.encoding import encode_drags, used_drag_slots
-from ..drags.warp import warp_latents_by_drags
+from ..drags.warp import DEFAULT_WARP, WarpSettings, warp_latents_by_drags
 
 
 class DragEmbedding(nn.Module):
@@ -164,10 +164,11 @@ class DragConditioning:
     round-trip and can be captured in a CUDA graph.
 
     Attributes:
-        drags: float ``(B, N, K, 4)`` (docs/design.md §2).
-        flat: ``(B·N, K, 4)``: the same, frames folded into the batch.
+        drags: float32 ``(B, N, K, 4)`` (docs/design.md §2): positions stay float32 whatever
+            the model's precision.
+        flat: float32 ``(B·N, K, 4)``: the same, frames folded into the batch.
         used: bool ``(B, K)``: slots that hold a drag in some frame.
-        used_flat: ``(B·N, K)`` float mask of the same, one row per frame (for drag tokens).
+        used_flat: ``(B·N, K)`` mask of the same in the model's dtype, one row per frame (for drag tokens).
         encodings: ``{(h, w): (B·N, 6·K, h, w)}`` drag encodings (docs/design.md §3) for
             each drag-block resolution.
         taps: ``{(h, w): BilinearTaps}`` neighbours and weights for sampling features at
@@ -195,7 +196,7 @@ class DragConditioning:
 
     def __post_init__(self) -> None:
         if self.used_flat is None:
-            self.used_flat = self.used.repeat_interleave(self.drags.shape[1], dim=0).to(self.drags.dtype)
+            self.used_flat = self.used.repeat_interleave(self.drags.shape[1], dim=0).float()
 
     @classmethod
     def prepare(
@@ -204,15 +205,15 @@ class DragConditioning:
         sizes: Sequence[tuple[int, int]],
         pos_embed_dim: int | None = None,
         image_latents: torch.Tensor | None = None,
-        warp_radius: float = 1.5,
-        warp_background: float = 0.02,
+        warp: WarpSettings = DEFAULT_WARP,
         dtype: torch.dtype | None = None,
     ) -> "DragConditioning":
         """Derive the conditioning of ``drags (B, N, K, 4)`` for the drag blocks at ``sizes``.
 
         Positions are computed in float32 whatever the model's precision (a bfloat16 drag
-        coordinate can be 0.5 px off at 256 px and land in the neighbouring cell); only the
-        results are cast to ``dtype``.
+        coordinate can be 0.5 px off at 256 px and land in the neighbouring cell), and the
+        drags are kept in float32; only the derived encodings, embeddings and masks are cast
+        to ``dtype``.
 
         Args:
             drags: normalised drags (docs/design.md §2).
@@ -221,13 +222,14 @@ class DragConditioning:
                 skips the token data (models without drag tokens).
             image_latents: ``(B, C, h, w)`` first-frame latents to warp along the drags
                 (:func:`~puppet_master.drags.warp.warp_latents_by_drags`), or ``None``.
-            warp_radius, warp_background: settings of that warp.
-            dtype: dtype of the stored tensors (default: that of ``drags``).
+            warp: settings of that warp (the UNet's, :meth:`WarpSettings.from_config`).
+            dtype: dtype of the derived tensors (default: that of ``drags``).
         """
         dtype = dtype or drags.dtype
         drags32 = drags.float()
-        cond = cls(drags=drags.to(dtype), flat=drags.flatten(0, 1).to(dtype), used=used_drag_slots(drags32))
         flat = drags32.flatten(0, 1)
+        cond = cls(drags=drags32, flat=flat, used=used_drag_slots(drags32))
+        cond.used_flat = cond.used_flat.to(dtype)
         # (B·N, 2K, 2): the starts, then the frame-n points; sampling positions in float32 whatever the model dtype
         points = torch.cat([flat[..., 0:2], flat[..., 2:4]], dim=1).float()
         for size in dict.fromkeys(map(tuple, sizes)):
@@ -241,7 +243,7 @@ class DragConditioning:
                 pos = gather_taps(grid[None].expand(flat.shape[0], -1, -1, -1), taps)  # (B·N, 2K, P)
                 cond.pos_tokens[size] = torch.cat([pos[:, :k], pos[:, k:]], dim=-1).to(dtype)
         if image_latents is not None:
-            cond.warped_latents = warp_latents_by_drags(image_latents, drags32, warp_radius, warp_background)
+            cond.warped_latents = warp_latents_by_drags(image_latents, drags32, warp.radius, warp.background)
         return cond
 
     @property

@@ -28,6 +28,8 @@ from diffusers.models.resnet import AlphaBlender as _DiffusersAlphaBlender
 from diffusers.models.upsampling import Upsample2D as _DiffusersUpsample2D
 
 
+# Adapted from diffusers.models.resnet.AlphaBlender.forward (diffusers 0.42): the same blend as one torch.lerp.
+# Relies on AlphaBlender's attributes merge_strategy, mix_factor and switch_spatial_to_temporal_mix.
 class AlphaBlender(_DiffusersAlphaBlender):
     """diffusers' ``AlphaBlender`` with a one-kernel blend (``torch.lerp``).
 
@@ -54,6 +56,8 @@ class AlphaBlender(_DiffusersAlphaBlender):
         return torch.lerp(x_temporal.to(dtype), x_spatial.to(dtype), alpha)
 
 
+# Adapted from diffusers.models.upsampling.Upsample2D.forward (diffusers 0.42), the path SVD's UNet takes;
+# relies on its attributes norm, use_conv_transpose, interpolate, use_conv, name and conv / Conv2d_0.
 class Upsample2D(_DiffusersUpsample2D):
     """diffusers' ``Upsample2D`` as the UNet uses it: nearest ×2 (or to ``output_size``), then the conv."""
 
@@ -97,6 +101,8 @@ def _is_temporal_conv(module: nn.Module) -> bool:
     )
 
 
+# Leans on diffusers internals (CONTRIBUTING.md, "Upgrading diffusers"): the classes are swapped on modules
+# diffusers built, so their constructors' attributes and parameter names must stay those the forwards above read.
 def install_fast_layers(model: nn.Module) -> int:
     """Swap the classes of diffusers' ``AlphaBlender``, ``Upsample2D`` and ``(k,1,1)`` ``Conv3d`` modules in place.
 

@@ -21,7 +21,7 @@ from .blocks import (
     CrossAttnUpBlockSpatioTemporalWithDrags,
     _DragConditionedLayers,
 )
-from ..drags.warp import warp_latents_by_drags
+from ..drags.warp import DEFAULT_WARP, WarpSettings, warp_latents_by_drags
 from .drag_modules import DragConditioning
 from .fast_layers import install_fast_layers
 
@@ -41,6 +41,8 @@ class UNetDragSpatioTemporalConditionOutput(BaseOutput):
     sample: torch.Tensor
 
 
+# Adapted from diffusers.models.unets.unet_spatio_temporal_condition.UNetSpatioTemporalConditionModel
+# (diffusers 0.42): the same layers and state-dict keys, without the added-time embedding, with drag blocks.
 class UNetDragSpatioTemporalConditionModel(ModelMixin, AttentionMixin, ConfigMixin):
     """SVD's spatio-temporal UNet with Puppet-Master's drag conditioning.
 
@@ -85,7 +87,8 @@ class UNetDragSpatioTemporalConditionModel(ModelMixin, AttentionMixin, ConfigMix
             UNet trained from scratch follow drags (the embedded default model uses it;
             docs/default-model.md). Videos whose drags are dropped (CFG) get
             the plain first-frame latent.
-        drag_warp_radius: Gaussian radius of a drag's influence on the warp, in latent cells.
+        drag_warp_radius: Gaussian radius of a drag's influence on the warp, in latent cells
+            (default :class:`~puppet_master.drags.warp.WarpSettings`'s).
         drag_warp_background: weight of "no motion" in the warp (smaller = fuller displacement).
 
     Raises:
@@ -120,8 +123,8 @@ class UNetDragSpatioTemporalConditionModel(ModelMixin, AttentionMixin, ConfigMix
         drag_modulation: bool = True,
         all_to_first_attention: bool = True,
         drag_warp_image_latents: bool = False,
-        drag_warp_radius: float = 1.5,
-        drag_warp_background: float = 0.02,
+        drag_warp_radius: float = DEFAULT_WARP.radius,
+        drag_warp_background: float = DEFAULT_WARP.background,
     ) -> None:
         super().__init__()
         n_blocks = len(down_block_types)
@@ -254,8 +257,9 @@ class UNetDragSpatioTemporalConditionModel(ModelMixin, AttentionMixin, ConfigMix
         self.set_all_to_first_attention(all_to_first_attention)
         # leaner forwards of three diffusers layers (same weights and keys; models/fast_layers.py)
         install_fast_layers(self)
-        # diffusers creates AlphaBlender.mix_factor with torch.Tensor([...]), which ignores a
-        # `with torch.device(...)` context: put it where every other parameter was built
+        # Works around a diffusers internal (CONTRIBUTING.md, "Upgrading diffusers"): diffusers 0.42 creates
+        # AlphaBlender.mix_factor with torch.Tensor([...]), which ignores a `with torch.device(...)` context,
+        # so it is moved where every other parameter was built
         device = self.conv_in.weight.device
         for module in self.modules():
             for store in (module._parameters, module._buffers):
@@ -360,8 +364,7 @@ class UNetDragSpatioTemporalConditionModel(ModelMixin, AttentionMixin, ConfigMix
             list(resolutions.values()),
             pos_embed_dim=self.config.pos_embed_dim if self.config.drag_token_cross_attn else None,
             image_latents=image_latents if warp else None,
-            warp_radius=self.config.drag_warp_radius,
-            warp_background=self.config.drag_warp_background,
+            warp=self.warp_settings if warp else DEFAULT_WARP,
             dtype=self.dtype,
         )
         if precompute_modulation and self.config.drag_modulation:
@@ -373,6 +376,11 @@ class UNetDragSpatioTemporalConditionModel(ModelMixin, AttentionMixin, ConfigMix
                             block.modulation(j, encoding) for j in range(len(block.flow_convs))
                         ]
         return cond
+
+    @property
+    def warp_settings(self) -> WarpSettings:
+        """The drag warp's settings of this model (``drag_warp_radius``, ``drag_warp_background``)."""
+        return WarpSettings.from_config(self.config)
 
     @property
     def spatial_stride(self) -> int:
@@ -403,7 +411,10 @@ class UNetDragSpatioTemporalConditionModel(ModelMixin, AttentionMixin, ConfigMix
             encoder_hidden_states: ``(B, T, cross_attention_dim)`` image tokens (T = 1
                 for SVD's CLIP embedding).
             added_time_ids: accepted and ignored (SVD's added-time ids are not used).
-            drags: ``(B, N, num_drags, 4)`` normalised (docs/design.md §2); ``None`` = no drags.
+            drags: ``(B, N, num_drags, 4)`` normalised (docs/design.md §2), any float dtype;
+                ``None`` = no drags. Positions are computed in float32 whatever the model's
+                precision (give float32 drags to a half-precision model: a bf16 coordinate
+                can land in the neighbouring latent cell).
             force_drop_ids: optional ``(B,)``; videos with value 1 get their drags
                 zeroed (deterministic; the forward has no random dropout).
             drag_conditioning: precomputed :meth:`prepare_drag_conditioning` (then
@@ -429,8 +440,8 @@ class UNetDragSpatioTemporalConditionModel(ModelMixin, AttentionMixin, ConfigMix
         if self._has_drag_layers and (self.config.drag_modulation or self.config.drag_token_cross_attn):
             if drag_conditioning is None:
                 if drags is None:
-                    drags = sample.new_zeros(batch_size, num_frames, self.config.num_drags, 4)
-                drags = drags.to(sample.dtype)
+                    drags = sample.new_zeros(batch_size, num_frames, self.config.num_drags, 4, dtype=torch.float32)
+                drags = drags.float()  # positions in float32; prepare_drag_conditioning casts what it derives
                 if force_drop_ids is not None:
                     keep = (force_drop_ids.to(drags.device) != 1).to(drags.dtype)
                     drags = drags * keep[:, None, None, None]
@@ -447,13 +458,13 @@ class UNetDragSpatioTemporalConditionModel(ModelMixin, AttentionMixin, ConfigMix
 
         frame_latents = image_latents[:, None].expand(-1, num_frames, -1, -1, -1)
         if self.config.drag_warp_image_latents:
-            radius, background = self.config.drag_warp_radius, self.config.drag_warp_background
+            warp = self.warp_settings
             if cond is not None and cond.warped_latents is not None:  # computed once per sampling call
                 frame_latents = cond.warped_latents
             elif cond is not None:
-                frame_latents = warp_latents_by_drags(image_latents, cond.drags, radius, background)
+                frame_latents = warp_latents_by_drags(image_latents, cond.drags, warp.radius, warp.background)
             elif drags is not None:
-                frame_latents = warp_latents_by_drags(image_latents, drags, radius, background)
+                frame_latents = warp_latents_by_drags(image_latents, drags.float(), warp.radius, warp.background)
         sample = torch.cat([sample, frame_latents.to(sample.dtype)], dim=2)
 
         timesteps = timestep

@@ -23,6 +23,7 @@ from diffusers.models.unets.unet_spatio_temporal_condition import (
 RESIDUAL_MODES = ("cumulative", "once")
 
 
+# Adapted from the time embedding of diffusers' UNetSpatioTemporalConditionModel.forward (diffusers 0.42).
 def svd_time_embedding(model, sample: torch.Tensor, timestep, added_time_ids: torch.Tensor) -> torch.Tensor:
     """SVD's conditioning vector: timestep embedding + embedding of the added time ids.
 
@@ -119,6 +120,8 @@ class UNetSpatioTemporalControlNetConditionModel(UNetSpatioTemporalConditionMode
         """Number of skip connections = length of ``down_block_additional_residuals``."""
         return 1 + sum(len(b.resnets) + (1 if b.downsamplers is not None else 0) for b in self.down_blocks)
 
+    # Adapted from diffusers.models.unets.unet_spatio_temporal_condition.UNetSpatioTemporalConditionModel.forward
+    # (diffusers 0.42), with the ControlNet residuals added to the skips and the mid block's output.
     def forward(
         self,
         sample: torch.Tensor,

@@ -11,8 +11,16 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from diffusers import AutoencoderKL, AutoencoderKLTemporalDecoder, EulerDiscreteScheduler
-from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+from diffusers import (
+    AutoencoderKL,
+    AutoencoderKLTemporalDecoder,
+    EulerDiscreteScheduler,
+)
+from transformers import (
+    CLIPImageProcessor,
+    CLIPVisionConfig,
+    CLIPVisionModelWithProjection,
+)
 
 from ..errors import ModelLoadError
 from ..models import UNetDragSpatioTemporalConditionModel

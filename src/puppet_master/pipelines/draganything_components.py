@@ -14,7 +14,10 @@ from pathlib import Path
 
 import torch
 
-from ..models import DragAnythingControlNetModel, UNetSpatioTemporalControlNetConditionModel
+from ..models import (
+    DragAnythingControlNetModel,
+    UNetSpatioTemporalControlNetConditionModel,
+)
 from .components import make_image_encoder, make_scheduler, make_vae
 
 #: SD-1.5's DDPM noise schedule (used by DIFT to noise the latents).

@@ -4,10 +4,11 @@ Each drag moves the *entity* under its start point (a mask of the first frame). 
 frame the ControlNet (:class:`~puppet_master.models.DragAnythingControlNetModel`) sees a
 Gaussian disc on every entity's trajectory point and the entity's DIFT feature vector
 painted into the same disc (:mod:`puppet_master.entity`); its residuals steer SVD's frozen
-UNet. Sampling is SVD's (docs/design.md §5): EDM Euler over Karras σ, the first-frame
-latent concatenated to the noisy latents, CLIP image embedding, ``fps``/``motion_bucket_id``/
-noise-augmentation micro-conditioning, and classifier-free guidance rising linearly over
-the frames.
+UNet. Sampling is SVD's (docs/design.md §5), the loop shared with Puppet-Master
+(:class:`~.pipeline_svd_base.SVDStylePipeline`): EDM Euler over Karras σ (or another
+scheduler of :mod:`.schedulers`), the first-frame latent concatenated to the noisy latents,
+CLIP image embedding, ``fps``/``motion_bucket_id``/noise-augmentation micro-conditioning,
+and classifier-free guidance rising linearly over the frames.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import PIL.Image
 import torch
-from diffusers import AutoencoderKLTemporalDecoder, DiffusionPipeline, EulerDiscreteScheduler
+from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
-from diffusers.video_processor import VideoProcessor
+from diffusers.utils.torch_utils import randn_tensor
 
 from ..drags import DragSet
 from ..entity import (
@@ -41,8 +43,9 @@ from ..entity import (
 )
 from ..errors import ModelLoadError, UserInputError
 from ..models import DragAnythingControlNetModel, UNetSpatioTemporalControlNetConditionModel
-from .loading import check_component_configs, device_and_dtype, resolve_model
-from .pipeline_puppet_master import PuppetMasterPipeline, guidance_scales
+from ..preprocessing import Letterbox, letterbox
+from .model_source import check_component_configs, device_and_dtype, resolve_model
+from .pipeline_svd_base import SVDStylePipeline, guidance_scales
 
 #: The release's resolution (width × height) and entity-feature modes.
 DEFAULT_WIDTH, DEFAULT_HEIGHT = 576, 320
@@ -57,16 +60,32 @@ class DragAnythingPipelineOutput(BaseOutput):
         frames: per video a list of ``N`` PIL images (``"pil"``), an array ``(B, N, H, W, 3)``
             in [0, 1] (``"np"``), a tensor ``(B, N, 3, H, W)`` in [0, 1] (``"pt"``), or the
             latents ``(B, N, 4, h, w)`` (``"latent"``).
+            With ``keep_aspect`` the frames are the image's part of the model frame
+            (``letterbox.size``), the latents the whole frame.
         conditions: the :class:`~puppet_master.entity.DragAnythingConditions` used (model resolution).
         masks: the entity mask of each drag, bool ``(H, W)`` at the model resolution.
+        letterbox: with ``keep_aspect``, where the image sat in the model frame
+            (:class:`~puppet_master.preprocessing.Letterbox`); ``None`` when it was stretched.
     """
 
     frames: Any
     conditions: DragAnythingConditions | None = None
     masks: list[np.ndarray] | None = None
+    letterbox: Letterbox | None = None
 
 
-class DragAnythingPipeline(DiffusionPipeline):
+@dataclass(frozen=True)
+class _ControlNetCall:
+    """The per-call conditioning of SVD's UNet and the ControlNet (CFG-doubled: unconditional first)."""
+
+    embeddings: torch.Tensor
+    image_latents: torch.Tensor
+    added_time_ids: torch.Tensor
+    cond_embedding: torch.Tensor
+    scale: float
+
+
+class DragAnythingPipeline(SVDStylePipeline):
     """Generate a video in which the dragged entities follow their trajectories (DragAnything).
 
     Components:
@@ -83,15 +102,6 @@ class DragAnythingPipeline(DiffusionPipeline):
     """
 
     model_cpu_offload_seq = "dift_text_encoder->dift_vae->dift_unet->image_encoder->controlnet->unet->vae"
-    _optional_components = ["image_encoder", "feature_extractor"]
-
-    # SVD-style helpers shared with Puppet-Master: CLIP image embedding, first-frame latent,
-    # chunked decoding and image preparation (they use only vae / image_encoder /
-    # feature_extractor / unet.config / video_processor, which both pipelines have).
-    encode_image_embedding = PuppetMasterPipeline.encode_image_embedding
-    encode_first_frame = PuppetMasterPipeline.encode_first_frame
-    decode_latents = PuppetMasterPipeline.decode_latents
-    _prepare_image = PuppetMasterPipeline._prepare_image
 
     def __init__(
         self,
@@ -113,8 +123,7 @@ class DragAnythingPipeline(DiffusionPipeline):
             dift_text_encoder=dift_text_encoder, dift_tokenizer=dift_tokenizer, dift_scheduler=dift_scheduler,
             image_encoder=image_encoder, feature_extractor=feature_extractor,
         )
-        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
-        self.video_processor = VideoProcessor(do_resize=True, vae_scale_factor=self.vae_scale_factor)
+        self._init_video_processing()
 
     # ------------------------------------------------------------------ assembly
     @classmethod
@@ -187,14 +196,19 @@ class DragAnythingPipeline(DiffusionPipeline):
         Raises:
             UserInputError: masks of another size, or a drag starting outside every mask.
         """
-        w, h = image.size
         if masks is None:
             return segment_entities(image, drags.starts)
+        self._check_masks(masks, image.size)
         masks = [np.asarray(m).astype(bool) for m in masks]
-        for i, m in enumerate(masks):
+        return [masks[i] for i in assign_drags_to_masks(drags.starts, masks)]
+
+    @staticmethod
+    def _check_masks(masks: Sequence[np.ndarray] | None, size: tuple[int, int]) -> None:
+        w, h = size
+        for i, m in enumerate(masks or ()):
+            m = np.asarray(m)
             if m.shape != (h, w):
                 raise UserInputError(f"mask {i + 1} is {m.shape[1]}x{m.shape[0]} but the image is {w}x{h}: give masks of the image's size")
-        return [masks[i] for i in assign_drags_to_masks(drags.starts, masks)]
 
     @torch.no_grad()
     def prepare_conditions(
@@ -251,6 +265,59 @@ class DragAnythingPipeline(DiffusionPipeline):
             parts.append(self.controlnet.embed_conditions(traj[None], ent[None]))
         return torch.cat(parts)
 
+    # ------------------------------------------------------------------ what differs from Puppet-Master
+    def _predict(self, latent_model_input: torch.Tensor, t: torch.Tensor, conditioning: _ControlNetCall) -> torch.Tensor:
+        unet_dtype = self.unet.dtype
+        model_in = torch.cat([latent_model_input.to(unet_dtype), conditioning.image_latents], dim=2)
+        down, mid = self.controlnet(
+            model_in.to(self.controlnet.dtype),
+            t,
+            encoder_hidden_states=conditioning.embeddings.to(self.controlnet.dtype),
+            added_time_ids=conditioning.added_time_ids.to(self.controlnet.dtype),
+            conditioning_embedding=conditioning.cond_embedding,
+            conditioning_scale=conditioning.scale,
+            return_dict=False,
+        )
+        return self.unet(
+            model_in,
+            t,
+            encoder_hidden_states=conditioning.embeddings,
+            added_time_ids=conditioning.added_time_ids,
+            down_block_additional_residuals=[d.to(unet_dtype) for d in down],
+            mid_block_additional_residual=mid.to(unet_dtype),
+        ).sample
+
+    def check_inputs(self, image, drags, masks, height: int, width: int, num_frames: int, num_inference_steps: int,
+                     output_type: str, latents: torch.Tensor | None = None, entity_feature_mode: str = "vector",
+                     callback_on_step_end_tensor_inputs: Sequence[str] | None = None, scheduler: Any = None,
+                     generator=None) -> None:
+        """Every argument check of :meth:`__call__`, before any segmentation or encoding.
+
+        Raises:
+            UserInputError: a bad image, drags, masks, size, count, output type, entity
+                feature mode, latents shape, callback input or scheduler name; components
+                that do not belong together.
+        """
+        super().check_inputs(height, width, num_frames, num_inference_steps, output_type,
+                             callback_on_step_end_tensor_inputs, scheduler)
+        if self.controlnet.condition_stride != self.vae_scale_factor:
+            raise UserInputError(
+                f"the ControlNet's condition stride {self.controlnet.condition_stride} differs from the VAE factor "
+                f"{self.vae_scale_factor}: the components do not belong together"
+            )
+        if not isinstance(image, (PIL.Image.Image, np.ndarray)):
+            raise UserInputError(f"image must be a PIL image or a uint8 array, got {type(image).__name__}")
+        size = image.size if isinstance(image, PIL.Image.Image) else (image.shape[1], image.shape[0])
+        if not isinstance(drags, DragSet):
+            raise UserInputError(f"drags must be a DragSet, got {type(drags).__name__}")
+        if (drags.width, drags.height) != size:
+            raise UserInputError(f"drags are for a {drags.width}x{drags.height} image but the image is {size[0]}x{size[1]}")
+        self._check_masks(masks, size)
+        if entity_feature_mode not in ENTITY_FEATURE_MODES:
+            raise UserInputError(f"entity_feature_mode must be one of {ENTITY_FEATURE_MODES}, got {entity_feature_mode!r}")
+        self._check_latents(latents, (1, num_frames, self.unet.config.out_channels, height // self.vae_scale_factor,
+                                      width // self.vae_scale_factor), generator)
+
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
     def __call__(
@@ -276,13 +343,17 @@ class DragAnythingPipeline(DiffusionPipeline):
         output_type: str = "pil",
         decode_chunk_size: int | None = None,
         callback_on_step_end: Callable[["DragAnythingPipeline", int, torch.Tensor, dict], dict] | None = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
         return_dict: bool = True,
+        keep_aspect: bool = False,
+        scheduler: str | SchedulerMixin | None = None,
     ) -> DragAnythingPipelineOutput | tuple:
         """Animate ``image`` so that each dragged entity follows its drag.
 
         Args:
             image: the first frame: PIL image or ``uint8`` array ``(H, W, 3)``, any size;
-                resized to ``width × height`` (aspect not kept, as in the release).
+                resized to ``width × height`` (stretched, as in the release, unless
+                ``keep_aspect``).
             drags: a :class:`~puppet_master.drags.DragSet` in pixels of ``image`` (x right,
                 y down); resampled to ``num_frames``. Each drag moves the entity under its
                 start point.
@@ -301,115 +372,98 @@ class DragAnythingPipeline(DiffusionPipeline):
             entity_feature_mode: see :meth:`prepare_conditions`.
             dift_ensemble_size: noised copies averaged for the entity features (8).
             generator: randomness of the initial noise, the noise augmentation and DIFT.
-            latents: initial noise ``(1, N, 4, h, w)`` (before σ_max scaling).
+            latents: initial noise ``(1, N, 4, h, w)`` (before σ scaling).
             output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"``.
             decode_chunk_size: frames decoded at once (default all).
-            callback_on_step_end: ``f(pipe, step, timestep, {"latents": …}) -> dict``.
+            callback_on_step_end: ``f(pipe, step, timestep, callback_kwargs) -> dict`` after
+                every step, with the tensors named in ``callback_on_step_end_tensor_inputs``.
+            callback_on_step_end_tensor_inputs: names of those tensors (``"latents"``).
             return_dict: return :class:`DragAnythingPipelineOutput` or a tuple.
+            keep_aspect: keep the image's aspect: scale it to fit the model frame, centre
+                it on white (:func:`~puppet_master.preprocessing.letterbox`), map the drags
+                and masks with it, and crop the video back to the image's part, so the video
+                has the input's aspect (``output_type="latent"`` gives the whole frame).
+            scheduler: sample this call with a named scheduler
+                (:data:`~puppet_master.pipelines.schedulers.SCHEDULER_NAMES`) or a given
+                diffusers scheduler; ``None`` uses the pipeline's (left unchanged).
 
         Raises:
             UserInputError: bad image, drags, masks, sizes or options.
         """
-        stride = self.size_multiple
-        if height <= 0 or width <= 0 or height % stride or width % stride:
-            raise UserInputError(f"height and width must be positive multiples of {stride}, got {width}x{height}")
-        if self.controlnet.condition_stride != self.vae_scale_factor:
-            raise UserInputError(
-                f"the ControlNet's condition stride {self.controlnet.condition_stride} differs from the VAE factor "
-                f"{self.vae_scale_factor}: the components do not belong together"
-            )
-        if num_frames < 2:
-            raise UserInputError(f"num_frames must be at least 2, got {num_frames}")
-        if num_inference_steps < 1:
-            raise UserInputError(f"num_inference_steps must be at least 1, got {num_inference_steps}")
-        if output_type not in ("pil", "np", "pt", "latent"):
-            raise UserInputError(f"output_type must be pil, np, pt or latent, got {output_type!r}")
+        # 1. every argument check, before segmentation or encoding
+        self.check_inputs(image, drags, masks, height, width, num_frames, num_inference_steps, output_type, latents,
+                          entity_feature_mode, callback_on_step_end_tensor_inputs, scheduler, generator)
         if isinstance(image, np.ndarray):
             image = PIL.Image.fromarray(image.astype(np.uint8) if image.dtype != np.uint8 else image)
-        if not isinstance(image, PIL.Image.Image):
-            raise UserInputError(f"image must be a PIL image or a uint8 array, got {type(image).__name__}")
         image = image.convert("RGB")
-        if not isinstance(drags, DragSet):
-            raise UserInputError(f"drags must be a DragSet, got {type(drags).__name__}")
-        if (drags.width, drags.height) != image.size:
-            raise UserInputError(f"drags are for a {drags.width}x{drags.height} image but the image is {image.size[0]}x{image.size[1]}")
+        self._guidance_scale = max_guidance_scale
         device = self._execution_device
-        h_lat, w_lat = height // self.vae_scale_factor, width // self.vae_scale_factor
-        shape = (1, num_frames, self.unet.config.out_channels, h_lat, w_lat)
-        if latents is None:
-            latents = torch.randn(shape, generator=generator, device=generator.device if generator is not None else "cpu")
-        elif tuple(latents.shape) != shape:
-            raise UserInputError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
 
-        # entities and conditions at the model resolution
+        # 2. schedule and initial noise (drawn first: the generator then serves augmentation and DIFT)
+        sampler = self._scheduler_for_call(scheduler)
+        timesteps, _ = self.prepare_timesteps(sampler, num_inference_steps, device)
+        latents, _ = self.prepare_latents(1, num_frames, self.unet.config.out_channels, height, width, torch.float32,
+                                          device, generator, latents, scheduler=sampler)
+
+        # 3. entities and conditions at the model resolution
         entity_masks = self.entity_masks(image, drags, masks)
-        model_drags = drags.transformed((width / image.size[0], height / image.size[1]), (0.0, 0.0), width, height)
+        placement = None
+        if keep_aspect:
+            framed, placement = letterbox(image, width, height)
+            model_drags = placement.map_drags(drags)
+            left, top, right, bottom = placement.box
+            model_masks = []
+            for m in entity_masks:
+                canvas = np.zeros((height, width), dtype=bool)
+                canvas[top:bottom, left:right] = resize_mask(m, *placement.size)
+                model_masks.append(canvas)
+        else:  # stretched, as the release does
+            framed = image
+            model_drags = drags.transformed((width / image.size[0], height / image.size[1]), (0.0, 0.0), width, height)
+            model_masks = [resize_mask(m, width, height) for m in entity_masks]
         model_drags = model_drags.resample(num_frames)
-        model_masks = [resize_mask(m, width, height) for m in entity_masks]
-        pixels = self._prepare_image(image, height, width).to(device)  # (1, 3, H, W) in [0, 1]
-        aug = torch.randn(pixels.shape, generator=generator, device=generator.device if generator is not None else "cpu")
+        pixels = self._prepare_image(framed, height, width).to(device)  # (1, 3, H, W) in [0, 1]
+        aug = randn_tensor(pixels.shape, generator=generator, device=device, dtype=torch.float32)
         conditions = self.prepare_conditions(pixels, model_drags, model_masks, max_radius=max_radius,
                                              entity_feature_mode=entity_feature_mode,
                                              dift_ensemble_size=dift_ensemble_size, generator=generator)
         cond_embedding = self.embed_conditions(conditions)
 
+        # 4. image conditions (unconditional branch first under CFG)
         unet_dtype = self.unet.dtype
         embeddings = self.encode_image_embedding(pixels).to(device, unet_dtype)
-        first_latent = self.encode_first_frame(pixels * 2 - 1 + noise_aug_strength * aug.to(device)).to(device, unet_dtype)
+        first_latent = self.encode_first_frame(pixels * 2 - 1 + noise_aug_strength * aug).to(device, unet_dtype)
         added_time_ids = torch.tensor([[fps - 1, motion_bucket_id, noise_aug_strength]], device=device, dtype=unet_dtype)
-        do_cfg = max_guidance_scale > 1.0
-        if do_cfg:
+        if self.do_classifier_free_guidance:
             embeddings = torch.cat([torch.zeros_like(embeddings), embeddings])
             first_latent = torch.cat([torch.zeros_like(first_latent), first_latent])
             added_time_ids = torch.cat([added_time_ids, added_time_ids])
             cond_embedding = torch.cat([cond_embedding, cond_embedding])  # the release conditions both branches
         image_latents = first_latent[:, None].expand(-1, num_frames, -1, -1, -1)
 
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
-        timesteps = self.scheduler.timesteps
-        latents = latents.to(device, torch.float32) * self.scheduler.init_noise_sigma
-        scales = guidance_scales(num_frames, min_guidance_scale, max_guidance_scale).to(device)[None, :, None, None, None]
-        self._num_timesteps = len(timesteps)
-        with self.progress_bar(total=len(timesteps)) as progress:
-            for i, t in enumerate(timesteps):
-                model_in = torch.cat([latents] * 2) if do_cfg else latents
-                model_in = self.scheduler.scale_model_input(model_in, t)
-                model_in = torch.cat([model_in.to(unet_dtype), image_latents], dim=2)
-                down, mid = self.controlnet(
-                    model_in.to(self.controlnet.dtype),
-                    t,
-                    encoder_hidden_states=embeddings.to(self.controlnet.dtype),
-                    added_time_ids=added_time_ids.to(self.controlnet.dtype),
-                    conditioning_embedding=cond_embedding,
-                    conditioning_scale=controlnet_cond_scale,
-                    return_dict=False,
-                )
-                pred = self.unet(
-                    model_in,
-                    t,
-                    encoder_hidden_states=embeddings,
-                    added_time_ids=added_time_ids,
-                    down_block_additional_residuals=[d.to(unet_dtype) for d in down],
-                    mid_block_additional_residual=mid.to(unet_dtype),
-                ).sample.float()
-                if do_cfg:
-                    uncond, cond = pred.chunk(2)
-                    pred = uncond + scales * (cond - uncond)
-                latents = self.scheduler.step(pred, t, latents).prev_sample
-                if callback_on_step_end is not None:
-                    out = callback_on_step_end(self, i, t, {"latents": latents}) or {}
-                    latents = out.get("latents", latents)
-                progress.update()
+        # 5. denoising
+        latents = self.denoise(
+            latents, timesteps,
+            _ControlNetCall(embeddings, image_latents, added_time_ids, cond_embedding, controlnet_cond_scale),
+            guidance_scales(num_frames, min_guidance_scale, max_guidance_scale), scheduler=sampler,
+            callback_on_step_end=callback_on_step_end,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+            description=self._progress_description(len(timesteps), num_inference_steps, None),
+        )
 
+        # 6. decoding (and, keeping the aspect, the image's part of the frame)
         if output_type == "latent":
             frames = latents
         else:
-            video = self.decode_latents(latents, decode_chunk_size)  # (1, N, 3, H, W) in [-1, 1]
-            frames = self.video_processor.postprocess_video(video.permute(0, 2, 1, 3, 4), output_type=output_type)
+            video = self.decode_video(latents, decode_chunk_size)  # (1, N, 3, H, W) in [-1, 1]
+            if placement is not None:
+                left, top, right, bottom = placement.box
+                video = video[..., top:bottom, left:right]
+            frames = self.postprocess_video(video, output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
             return (frames,)
-        return DragAnythingPipelineOutput(frames=frames, conditions=conditions, masks=model_masks)
+        return DragAnythingPipelineOutput(frames=frames, conditions=conditions, masks=model_masks, letterbox=placement)
 
 
 def load_draganything_pipeline(model: str | Path, device: str | torch.device = "cpu",

@@ -4,24 +4,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
-import numpy as np
-import PIL.Image
 import torch
-from diffusers import (AutoencoderKL, AutoencoderKLTemporalDecoder, DiffusionPipeline, EulerDiscreteScheduler,
-                       UNetSpatioTemporalConditionModel)
-from diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion import _resize_with_antialiasing
+from diffusers import AutoencoderKL, AutoencoderKLTemporalDecoder, EulerDiscreteScheduler, UNetSpatioTemporalConditionModel
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
-from diffusers.video_processor import VideoProcessor
 from safetensors.torch import load_file
 
 from ..drags import DragSet
 from ..drags.warp import warp_images_by_drags, warp_latents_by_drags
 from ..errors import ModelLoadError, UserInputError
-from ..models import UNetDragSpatioTemporalConditionModel
+from ..models import DragConditioning, UNetDragSpatioTemporalConditionModel
 from .components import load_svd_components
 from .cuda_graph import GraphedUNet
+from .model_source import check_model_folder, resolve_model
+from .pipeline_svd_base import FirstFrameTie, SVDStylePipeline, guidance_scales
+
+__all__ = ["PuppetMasterPipeline", "PuppetMasterPipelineOutput", "guidance_scales", "load_unet_state_dict"]
 
 
 @dataclass
@@ -37,12 +37,7 @@ class PuppetMasterPipelineOutput(BaseOutput):
     frames: Any
 
 
-def guidance_scales(num_frames: int, min_guidance_scale: float, max_guidance_scale: float) -> torch.Tensor:
-    """Per-frame CFG weights rising linearly from ``min`` (frame 0) to ``max`` (frame N−1). Shape ``(N,)``."""
-    return torch.linspace(min_guidance_scale, max_guidance_scale, num_frames)
-
-
-class PuppetMasterPipeline(DiffusionPipeline):
+class PuppetMasterPipeline(SVDStylePipeline):
     """Generate a video of an object's parts moving as the drags say (Puppet-Master).
 
     Components:
@@ -53,9 +48,12 @@ class PuppetMasterPipeline(DiffusionPipeline):
             gets a zero image embedding).
         feature_extractor: ``CLIPImageProcessor`` for the image encoder (optional).
         unet: :class:`~puppet_master.models.UNetDragSpatioTemporalConditionModel`.
-        scheduler: ``EulerDiscreteScheduler`` with SVD's EDM configuration.
+        scheduler: ``EulerDiscreteScheduler`` with SVD's EDM configuration (the paper's),
+            or another diffusers scheduler of the same EDM parameterisation
+            (:mod:`puppet_master.pipelines.schedulers`: EDM Euler, DPM-Solver++ 2M/3M).
 
-    Sampling (docs/design.md §5): ``num_inference_steps`` Euler steps over Karras σ; the UNet
+    Sampling (docs/design.md §5; the loop is :class:`~.pipeline_svd_base.SVDStylePipeline`'s,
+    shared with DragAnything): ``num_inference_steps`` scheduler steps over Karras σ; the UNet
     sees the scaled noisy latents, the clean first-frame latent (VAE mean, unscaled),
     the image embedding and the drags; classifier-free guidance with an unconditional
     branch of zero drags, zero first-frame latent and zero image embedding, weighted
@@ -95,10 +93,19 @@ class PuppetMasterPipeline(DiffusionPipeline):
     detail. It moves the lost detail with the *requested* drags, whatever motion the UNet
     generated, so it suits a model whose motion follows its drags; ``None`` or ``0`` (the
     default) decodes as the paper does, which is right for SVD's autoencoder.
+
+    **Not in the paper:** ``tie_first_frame`` (a ``model_index.json`` setting or a call
+    argument; off by default) holds frame 0 at the input while sampling: frame 0 of the
+    generated video is by definition the input image, so after every scheduler step (and
+    at the start) frame 0's latent is replaced by ``scaling_factor · z_first + σ_next · ε₀``
+    (``z_first`` the first frame's VAE latent, ``ε₀`` frame 0's own initial noise, ``σ_next``
+    the σ the step reached; :class:`~.pipeline_svd_base.FirstFrameTie`). The other frames
+    attend to a frame 0 that is the input at every noise level, and at the final σ = 0
+    frame 0 is exactly the input's latent, so it decodes to the input's VAE round trip (and
+    with detail transfer, to the input itself).
     """
 
     model_cpu_offload_seq = "image_encoder->unet->vae"
-    _optional_components = ["image_encoder", "feature_extractor"]
 
     def __init__(
         self,
@@ -109,15 +116,16 @@ class PuppetMasterPipeline(DiffusionPipeline):
         feature_extractor=None,
         warp_init_sigma: float | None = None,
         detail_transfer_radius: float | None = None,
+        tie_first_frame: bool = False,
     ) -> None:
         super().__init__()
         self.register_modules(
             vae=vae, image_encoder=image_encoder, feature_extractor=feature_extractor, unet=unet, scheduler=scheduler
         )
-        # not in the paper (None = the paper's sampling from pure noise); saved in model_index.json
-        self.register_to_config(warp_init_sigma=warp_init_sigma, detail_transfer_radius=detail_transfer_radius)
-        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
-        self.video_processor = VideoProcessor(do_resize=True, vae_scale_factor=self.vae_scale_factor)
+        # not in the paper (None / False = the paper's sampling and decoding); saved in model_index.json
+        self.register_to_config(warp_init_sigma=warp_init_sigma, detail_transfer_radius=detail_transfer_radius,
+                                tie_first_frame=tie_first_frame)
+        self._init_video_processing()
         self._graphed_unet: GraphedUNet | None = None
 
     # ------------------------------------------------------------------ fast path
@@ -174,8 +182,6 @@ class PuppetMasterPipeline(DiffusionPipeline):
             ModelLoadError: ``"default"`` asked for but no default model is installed, or a
                 local folder that fails the checks.
         """
-        from .loading import check_model_folder, resolve_model  # deferred: .loading imports this module
-
         if str(pretrained_model_name_or_path) == "default" and not Path("default").exists():
             pretrained_model_name_or_path = resolve_model("default")
         if Path(pretrained_model_name_or_path).is_dir():
@@ -223,52 +229,11 @@ class PuppetMasterPipeline(DiffusionPipeline):
             unet = unet.to(torch_dtype)
         return cls(unet=unet, **components)
 
-    # ------------------------------------------------------------------ encoders
-    @torch.no_grad()
-    def encode_image_embedding(self, image: torch.Tensor) -> torch.Tensor:
-        """CLIP image token ``(B, 1, D)`` of images ``(B, 3, H, W)`` in [0, 1], as SVD computes it.
-
-        Without an image encoder: zeros of the UNet's cross-attention width.
-        """
-        if self.image_encoder is None:
-            dim = self.unet.config.cross_attention_dim
-            dim = dim if isinstance(dim, int) else dim[0]
-            return torch.zeros(image.shape[0], 1, dim, device=self._execution_device, dtype=self.unet.dtype)
-        size = self.image_encoder.config.image_size
-        pixels = _resize_with_antialiasing(image * 2.0 - 1.0, (size, size))
-        pixels = ((pixels + 1.0) / 2.0).clamp(0, 1)
-        pixels = self.feature_extractor(
-            images=pixels, do_normalize=True, do_center_crop=False, do_resize=False, do_rescale=False, return_tensors="pt"
-        ).pixel_values
-        dtype = next(self.image_encoder.parameters()).dtype
-        embeds = self.image_encoder(pixels.to(self._execution_device, dtype)).image_embeds
-        return embeds[:, None]
-
-    @torch.no_grad()
-    def encode_first_frame(self, image: torch.Tensor) -> torch.Tensor:
-        """Clean first-frame latent ``(B, C, H/f, W/f)`` (f = VAE down-sampling): the VAE posterior mean, *not* scaled.
-
-        Args:
-            image: ``(B, 3, H, W)`` in [−1, 1].
-        """
-        dtype = next(self.vae.parameters()).dtype
-        return self.vae.encode(image.to(self._execution_device, dtype)).latent_dist.mode()
-
-    @torch.no_grad()
-    def decode_latents(self, latents: torch.Tensor, decode_chunk_size: int | None = None) -> torch.Tensor:
-        """Decode ``(B, N, 4, h, w)`` latents (scaled by the VAE factor) to ``(B, N, 3, H, W)`` in [−1, 1]."""
-        b, n = latents.shape[:2]
-        flat = latents.flatten(0, 1) / self.vae.config.scaling_factor
-        chunk = decode_chunk_size or n
-        # SVD's temporal decoder takes the frame count (known by its class: diffusers before 0.42 wraps
-        # ``decode`` in a hook that hides its signature)
-        accepts_frames = isinstance(self.vae, AutoencoderKLTemporalDecoder)
-        frames = []
-        for i in range(0, flat.shape[0], chunk):
-            part = flat[i : i + chunk].to(next(self.vae.parameters()).dtype)
-            kwargs = {"num_frames": part.shape[0]} if accepts_frames else {}
-            frames.append(self.vae.decode(part, **kwargs).sample)
-        return torch.cat(frames).float().reshape(b, n, *frames[0].shape[1:])
+    # ------------------------------------------------------------------ what differs from DragAnything
+    @property
+    def size_multiple(self) -> int:
+        """Height and width must be multiples of this many pixels (VAE factor × UNet stride: 64 for SVD's)."""
+        return self.vae_scale_factor * self.unet.spatial_stride
 
     @torch.no_grad()
     def transfer_details(self, video: torch.Tensor, image: torch.Tensor, first_latent: torch.Tensor,
@@ -290,7 +255,7 @@ class PuppetMasterPipeline(DiffusionPipeline):
         reconstruction = self.decode_latents(scaled)[:, 0]  # (B, 3, H, W)
         residual = image.to(reconstruction.device, torch.float32) - reconstruction
         moved = warp_images_by_drags(residual, drags.float().to(residual.device), self.vae_scale_factor, radius,
-                                     getattr(self.unet.config, "drag_warp_background", 0.02))
+                                     self.unet.warp_settings.background)
         return (video.float() + moved.to(video.device)).clamp(-1, 1)
 
     def _unet_call(self, sample, timestep, image_latents, encoder_hidden_states, drag_conditioning) -> torch.Tensor:
@@ -299,43 +264,86 @@ class PuppetMasterPipeline(DiffusionPipeline):
             drag_conditioning=drag_conditioning,
         ).sample
 
+    def _predict(self, latent_model_input: torch.Tensor, t: torch.Tensor, conditioning: "_DragCall") -> torch.Tensor:
+        unet_call = self._graphed_unet or self._unet_call
+        return unet_call(latent_model_input.to(self.unet.dtype), t, conditioning.first_latent, conditioning.embeddings,
+                         conditioning.drags)
+
     # ------------------------------------------------------------------ inputs
-    def _prepare_image(self, image, height: int, width: int) -> torch.Tensor:
-        if isinstance(image, torch.Tensor):
-            img = image[None] if image.ndim == 3 else image
-            if img.ndim != 4 or img.shape[1] != 3:
-                raise UserInputError(f"image tensor must be (3, H, W) or (B, 3, H, W) in [0, 1], got {tuple(image.shape)}")
-            img = img.float()
-            if img.shape[-2:] != (height, width):
-                img = torch.nn.functional.interpolate(img, size=(height, width), mode="bicubic", antialias=True)
-            return img.clamp(0, 1)
-        if isinstance(image, PIL.Image.Image):
-            image = image.convert("RGB")
-        elif isinstance(image, np.ndarray):
-            image = PIL.Image.fromarray(image.astype(np.uint8) if image.dtype != np.uint8 else image).convert("RGB")
-        else:
-            raise UserInputError(f"image must be a PIL image, numpy array or tensor, got {type(image).__name__}")
-        return (self.video_processor.preprocess(image, height=height, width=width) + 1) / 2
+    def _check_drags(self, drags, num_frames: int, batch_size: int) -> None:
+        k_max = self.unet.config.num_drags
+        if isinstance(drags, DragSet):  # one set of drags for every image
+            if drags.num_drags > k_max:
+                raise UserInputError(f"{drags.num_drags} drags do not fit in the model's {k_max} slots")
+            return
+        try:
+            tensor = torch.as_tensor(drags, dtype=torch.float32)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise UserInputError(f"drags must be a DragSet or a tensor (B, {num_frames}, {k_max}, 4), got "
+                                 f"{type(drags).__name__}") from exc
+        if tensor.ndim == 3:
+            tensor = tensor[None]
+        if tensor.ndim != 4 or tensor.shape[1:] != (num_frames, k_max, 4):
+            raise UserInputError(
+                f"drags tensor must be (B, {num_frames}, {k_max}, 4) normalised (docs/design.md §2), got {tuple(tensor.shape)}"
+            )
+        if not torch.isfinite(tensor).all():
+            raise UserInputError("drags contain NaN or inf")
+        if tensor.shape[0] not in (1, batch_size):
+            raise UserInputError(f"{tensor.shape[0]} drag sets for {batch_size} images")
 
     def _prepare_drags(self, drags, num_frames: int, batch_size: int) -> torch.Tensor:
-        k_max = self.unet.config.num_drags
+        """Drags (:meth:`check_inputs` checked them) as a float32 tensor ``(B, N, K_max, 4)``."""
         if isinstance(drags, DragSet):
-            tensor = drags.resample(num_frames).to_tensor(k_max)[None]
+            tensor = drags.resample(num_frames).to_tensor(self.unet.config.num_drags)[None]
         else:
             tensor = torch.as_tensor(drags, dtype=torch.float32)
-            if tensor.ndim == 3:
-                tensor = tensor[None]
-            if tensor.ndim != 4 or tensor.shape[1:] != (num_frames, k_max, 4):
-                raise UserInputError(
-                    f"drags tensor must be (B, {num_frames}, {k_max}, 4) normalised (docs/design.md §2), got {tuple(tensor.shape)}"
-                )
-            if not torch.isfinite(tensor).all():
-                raise UserInputError("drags contain NaN or inf")
-        if tensor.shape[0] == 1 and batch_size > 1:
-            tensor = tensor.expand(batch_size, -1, -1, -1)
-        if tensor.shape[0] != batch_size:
-            raise UserInputError(f"{tensor.shape[0]} drag sets for {batch_size} images")
-        return tensor
+            tensor = tensor[None] if tensor.ndim == 3 else tensor
+        return tensor.expand(batch_size, -1, -1, -1) if tensor.shape[0] == 1 and batch_size > 1 else tensor
+
+    def check_inputs(self, image, drags, height: int, width: int, num_frames: int, num_inference_steps: int,
+                     output_type: str, latents: torch.Tensor | None = None,
+                     warp_init_sigma: float | None = None, detail_transfer_radius: float | None = None,
+                     callback_on_step_end_tensor_inputs: Sequence[str] | None = None, scheduler: Any = None,
+                     generator=None) -> None:
+        """Every argument check of :meth:`__call__`, before anything is encoded.
+
+        Raises:
+            UserInputError: a bad image, drags, size, count, output type, setting, latents
+                shape, number of generators, callback input or scheduler name.
+        """
+        super().check_inputs(height, width, num_frames, num_inference_steps, output_type,
+                             callback_on_step_end_tensor_inputs, scheduler)
+        batch_size = self._check_image(image)
+        self._check_drags(drags, num_frames, batch_size)
+        if warp_init_sigma is not None and not warp_init_sigma >= 0:
+            raise UserInputError(f"warp_init_sigma must be >= 0 (0 or None: sampling from pure noise), got {warp_init_sigma}")
+        if detail_transfer_radius is not None and not detail_transfer_radius >= 0:
+            raise UserInputError(
+                f"detail_transfer_radius must be >= 0 (0 or None: no detail transfer), got {detail_transfer_radius}")
+        self._check_latents(latents, (batch_size, num_frames, self.unet.config.out_channels,
+                                      height // self.vae_scale_factor, width // self.vae_scale_factor), generator)
+
+    def prepare_latents(self, batch_size: int, num_frames: int, num_channels_latents: int, height: int, width: int,
+                        dtype: torch.dtype, device: torch.device, generator, latents: torch.Tensor | None = None,
+                        scheduler=None, begin: int = 0, warp_init_sigma: float | None = None,
+                        image_latents: torch.Tensor | None = None, drags: torch.Tensor | None = None,
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Starting latents and their noise (:meth:`SVDStylePipeline.prepare_latents`), with the warped start.
+
+        With ``warp_init_sigma`` (not in the paper; class docstring) the start is the first-frame
+        latent ``image_latents (B, C, h, w)`` (unscaled) warped along ``drags (B, N, K, 4)``
+        to every frame (:func:`~puppet_master.drags.warp.warp_latents_by_drags`, with the
+        UNet's :attr:`~puppet_master.models.UNetDragSpatioTemporalConditionModel.warp_settings`),
+        scaled, plus the noise times the σ of step ``begin``; otherwise pure noise.
+        """
+        start = None
+        if warp_init_sigma:
+            warp = self.unet.warp_settings
+            warped = warp_latents_by_drags(image_latents.float(), drags.float(), warp.radius, warp.background)
+            start = warped * self.vae.config.scaling_factor
+        return super().prepare_latents(batch_size, num_frames, num_channels_latents, height, width, dtype, device,
+                                       generator, latents, scheduler=scheduler, start_latents=start, begin=begin)
 
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
@@ -349,14 +357,17 @@ class PuppetMasterPipeline(DiffusionPipeline):
         num_inference_steps: int = 50,
         min_guidance_scale: float = 1.0,
         max_guidance_scale: float = 5.0,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
         output_type: str = "pil",
         decode_chunk_size: int | None = None,
         callback_on_step_end: Callable[["PuppetMasterPipeline", int, torch.Tensor, dict], dict] | None = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
         return_dict: bool = True,
         warp_init_sigma: float | None = None,
         detail_transfer_radius: float | None = None,
+        tie_first_frame: bool | None = None,
+        scheduler: str | SchedulerMixin | None = None,
     ) -> PuppetMasterPipelineOutput | tuple:
         """Animate ``image`` with ``drags``.
 
@@ -369,19 +380,24 @@ class PuppetMasterPipeline(DiffusionPipeline):
                 the image as given; resampled to ``num_frames``) or a normalised tensor
                 ``(B, N, K_max, 4)`` / ``(N, K_max, 4)`` (docs/design.md §2).
             num_frames: ``N`` (14 for the released model; any count works).
-            height, width: output size in pixels; multiples of 8 × the UNet stride.
-            num_inference_steps: Euler steps (50 in the paper).
+            height, width: output size in pixels; multiples of :attr:`size_multiple`
+                (8 × the UNet stride).
+            num_inference_steps: denoising steps (50 Euler steps in the paper).
             min_guidance_scale, max_guidance_scale: CFG weight at the first / last frame;
                 ``max_guidance_scale ≤ 1`` disables CFG.
-            generator: ``torch.Generator`` for the initial noise (reproducible output).
-            latents: optional initial noise ``(B, N, 4, h, w)`` (before σ_max scaling).
+            generator: ``torch.Generator`` (or one per video) for the initial noise
+                (reproducible output).
+            latents: optional initial noise ``(B, N, 4, h, w)`` (before σ scaling).
             output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"``.
             decode_chunk_size: frames decoded at once. Default: all, except 8 for an image
                 VAE on a GPU (it decodes frames independently, so the output is the same and
                 the peak memory bounded); SVD's temporal decoder mixes frames, so it gets all
                 of them unless told otherwise.
-            callback_on_step_end: ``f(pipe, step, timestep, {"latents": …}) -> dict``
-                called after every step (may replace ``"latents"``).
+            callback_on_step_end: ``f(pipe, step, timestep, callback_kwargs) -> dict`` called
+                after every step with the tensors named in
+                ``callback_on_step_end_tensor_inputs``; a returned ``"latents"`` replaces them.
+            callback_on_step_end_tensor_inputs: names of the tensors passed to the callback
+                (``_callback_tensor_inputs``: ``"latents"``).
             return_dict: return :class:`PuppetMasterPipelineOutput` (default) or a tuple.
             warp_init_sigma: not in the paper: start from the drag-warped first-frame latent
                 at this noise level (see the class docstring); ``None`` uses the
@@ -391,99 +407,87 @@ class PuppetMasterPipeline(DiffusionPipeline):
                 autoencoder back to the decoded frames, moved along the drags by a field of
                 this radius in latent cells (class docstring); ``None`` uses the pipeline's
                 setting, ``0`` decodes as the paper does. Ignored for ``output_type="latent"``.
+            tie_first_frame: not in the paper: hold frame 0's latent at the first frame's
+                (class docstring); ``None`` uses the pipeline's setting.
+            scheduler: sample this call with a named scheduler
+                (:data:`~puppet_master.pipelines.schedulers.SCHEDULER_NAMES`, built from the
+                pipeline's scheduler configuration) or a given diffusers scheduler; ``None``
+                uses the pipeline's. The pipeline's own scheduler is not changed.
 
         Raises:
             UserInputError: bad image, drags, sizes or options.
         """
-        stride = self.vae_scale_factor * self.unet.spatial_stride
-        if height % stride or width % stride or height <= 0 or width <= 0:
-            raise UserInputError(f"height and width must be positive multiples of {stride}, got {height}x{width}")
-        if num_frames < 2:
-            raise UserInputError(f"num_frames must be at least 2, got {num_frames}")
-        if num_inference_steps < 1:
-            raise UserInputError(f"num_inference_steps must be at least 1, got {num_inference_steps}")
-        if output_type not in ("pil", "np", "pt", "latent"):
-            raise UserInputError(f"output_type must be pil, np, pt or latent, got {output_type!r}")
+        # 0. settings: the call's, else the pipeline's (model_index.json)
+        init_sigma = self.config.get("warp_init_sigma") if warp_init_sigma is None else warp_init_sigma
+        detail_radius = self.config.get("detail_transfer_radius") if detail_transfer_radius is None else detail_transfer_radius
+        tie = bool(self.config.get("tie_first_frame") if tie_first_frame is None else tie_first_frame)
+
+        # 1. every argument check, before any encoding
+        self.check_inputs(image, drags, height, width, num_frames, num_inference_steps, output_type, latents,
+                          init_sigma, detail_radius, callback_on_step_end_tensor_inputs, scheduler, generator)
+        self._guidance_scale = max_guidance_scale
         device = self._execution_device
         pixels = self._prepare_image(image, height, width)  # (B, 3, H, W) in [0, 1]
         batch_size = pixels.shape[0]
-        drag_tensor = self._prepare_drags(drags, num_frames, batch_size).to(device)
+        drag_tensor = self._prepare_drags(drags, num_frames, batch_size).to(device, torch.float32)  # positions in float32
 
-        embeddings = self.encode_image_embedding(pixels.to(device))
-        first_latent = self.encode_first_frame(pixels * 2 - 1)
+        # 2. the conditions: CLIP embedding, first-frame latent, drags (unconditional branch first under CFG)
         unet_dtype = self.unet.dtype
-        embeddings, first_latent = (t.to(device, unet_dtype) for t in (embeddings, first_latent))
-        drag_tensor = drag_tensor.to(device, torch.float32)  # positions in float32; the conditioning is cast
-
-        cond_latent, cond_drags = first_latent, drag_tensor  # the conditional branch's, for the warps below
-        do_cfg = max_guidance_scale > 1.0
-        if do_cfg:
+        embeddings = self.encode_image_embedding(pixels.to(device)).to(device, unet_dtype)
+        first_latent = self.encode_first_frame(pixels * 2 - 1).to(device, unet_dtype)
+        cond_latent, cond_drags = first_latent, drag_tensor  # the conditional branch's, for the warps and the tie
+        if self.do_classifier_free_guidance:
             embeddings = torch.cat([torch.zeros_like(embeddings), embeddings])
             first_latent = torch.cat([torch.zeros_like(first_latent), first_latent])
             drag_tensor = torch.cat([torch.zeros_like(drag_tensor), drag_tensor])
         h_lat, w_lat = height // self.vae_scale_factor, width // self.vae_scale_factor
         # everything that depends only on the drags, once per call (not per step)
-        conditioning = self.unet.prepare_drag_conditioning(
+        drag_conditioning = self.unet.prepare_drag_conditioning(
             drag_tensor, h_lat, w_lat, image_latents=first_latent, precompute_modulation=True
         )
-        unet_call = self._graphed_unet or self._unet_call
 
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
-        timesteps = self.scheduler.timesteps
-        shape = (batch_size, num_frames, self.unet.config.out_channels, h_lat, w_lat)
-        if latents is None:
-            latents = torch.randn(shape, generator=generator, device=generator.device if generator is not None else "cpu", dtype=torch.float32)
-        elif latents.shape != shape:
-            raise UserInputError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
-        init_sigma = self.config.get("warp_init_sigma") if warp_init_sigma is None else warp_init_sigma
-        if init_sigma is not None and init_sigma < 0:
-            raise UserInputError(f"warp_init_sigma must be >= 0 (0 or None: sampling from pure noise), got {init_sigma}")
-        detail_radius = self.config.get("detail_transfer_radius") if detail_transfer_radius is None else detail_transfer_radius
-        if detail_radius is not None and not detail_radius >= 0:
-            raise UserInputError(f"detail_transfer_radius must be >= 0 (0 or None: no detail transfer), got {detail_radius}")
-        if init_sigma:
-            # not in the paper: SDEdit-style start from the drag-warped first frame (class docstring)
-            sigmas = self.scheduler.sigmas[:-1].to(device)
-            begin = min(int((sigmas > init_sigma).sum()), len(timesteps) - 1)
-            warped = warp_latents_by_drags(cond_latent.float(), cond_drags.float(),
-                                           getattr(self.unet.config, "drag_warp_radius", 1.5),
-                                           getattr(self.unet.config, "drag_warp_background", 0.02))
-            timesteps = timesteps[begin:]
-            self.scheduler.set_begin_index(begin)
-            latents = warped * self.vae.config.scaling_factor + latents.to(device, torch.float32) * sigmas[begin]
-        else:
-            latents = latents.to(device, torch.float32) * self.scheduler.init_noise_sigma
+        # 3. schedule and starting latents
+        sampler = self._scheduler_for_call(scheduler)
+        timesteps, begin = self.prepare_timesteps(sampler, num_inference_steps, device, init_sigma)
+        latents, noise = self.prepare_latents(
+            batch_size, num_frames, self.unet.config.out_channels, height, width, torch.float32, device, generator,
+            latents, scheduler=sampler, begin=begin, warp_init_sigma=init_sigma, image_latents=cond_latent,
+            drags=cond_drags,
+        )
+        first_frame_tie = None
+        if tie:  # not in the paper (class docstring)
+            first_frame_tie = FirstFrameTie(cond_latent.float() * self.vae.config.scaling_factor, noise[:, 0].float())
 
-        scales = guidance_scales(num_frames, min_guidance_scale, max_guidance_scale).to(device)[None, :, None, None, None]
-        self._num_timesteps = len(timesteps)
-        with self.progress_bar(total=len(timesteps)) as progress:
-            for i, t in enumerate(timesteps):
-                model_in = torch.cat([latents] * 2) if do_cfg else latents
-                model_in = self.scheduler.scale_model_input(model_in, t)
-                pred = unet_call(model_in.to(unet_dtype), t, first_latent, embeddings, conditioning).float()
-                if do_cfg:
-                    uncond, cond = pred.chunk(2)
-                    pred = uncond + scales * (cond - uncond)
-                latents = self.scheduler.step(pred, t, latents).prev_sample
-                if callback_on_step_end is not None:
-                    out = callback_on_step_end(self, i, t, {"latents": latents}) or {}
-                    latents = out.get("latents", latents)
-                progress.update()
+        # 4. denoising
+        latents = self.denoise(
+            latents, timesteps, _DragCall(embeddings, first_latent, drag_conditioning),
+            guidance_scales(num_frames, min_guidance_scale, max_guidance_scale), scheduler=sampler,
+            callback_on_step_end=callback_on_step_end,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs, first_frame_tie=first_frame_tie,
+            description=self._progress_description(len(timesteps), num_inference_steps, init_sigma),
+        )
 
+        # 5. decoding
         if output_type == "latent":
             frames = latents
         else:
-            temporal_vae = isinstance(self.vae, AutoencoderKLTemporalDecoder)
-            if decode_chunk_size is None and latents.device.type == "cuda" and not temporal_vae:
-                decode_chunk_size = 8  # an image VAE decodes frames independently: chunks bound the memory
-            video = self.decode_latents(latents, decode_chunk_size)  # (B, N, 3, H, W) in [-1, 1]
+            video = self.decode_video(latents, decode_chunk_size)  # (B, N, 3, H, W) in [-1, 1]
             if detail_radius:
                 video = self.transfer_details(video, pixels * 2 - 1, cond_latent, cond_drags, detail_radius)
-            frames = self.video_processor.postprocess_video(video.permute(0, 2, 1, 3, 4), output_type=output_type)
+            frames = self.postprocess_video(video, output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
             return (frames,)
         return PuppetMasterPipelineOutput(frames=frames)
+
+
+@dataclass(frozen=True)
+class _DragCall:
+    """The per-call conditioning of the drag UNet (CFG-doubled: unconditional first)."""
+
+    embeddings: torch.Tensor
+    first_latent: torch.Tensor
+    drags: DragConditioning
 
 
 def load_unet_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
