@@ -53,8 +53,6 @@ MAX_STEPS = 1000
 MAX_GUIDANCE = 100.0
 #: Frames of a video (the released models make 14).
 MAX_FRAMES = 1000
-#: Side of Puppet-Master's square input, in pixels.
-MAX_SIZE = 16384
 #: Entity segmenters of DragAnything without masks.
 SEGMENTERS = ("grabcut", "sam")
 
@@ -230,7 +228,8 @@ class PuppetMasterOptions(MethodOptions):
                     "radius in latent cells (not in the paper; 0: decode as the paper does) [default: the model's "
                     "setting; the shipped model's is 1].")
     size: Annotated[int, Option("--size", "PX", where=(ANIMATE, DEMO))] = Field(
-        256, ge=8, le=MAX_SIZE, description="Side of the square the model works at, in pixels.")
+        256, ge=8, description="Side of the square the model works at, in pixels (at most "
+                               "PUPPET_MASTER_MAX_MODEL_SIDE, 1024 by default).")
     compile_unet: Annotated[bool, Option("--compile", where=(ANIMATE,))] = Field(
         False, description="torch.compile the UNet (one-off compile: tens of seconds on a GPU, minutes on a CPU; then "
                            "faster steps) and, on a GPU, replay each step from a CUDA graph.")
