@@ -1,6 +1,6 @@
 """A picture of a model on one Drag-a-Move example: input with drags, ground truth, output.
 
-    python scripts/dragamove_figure.py ../shared/data/dragamove-test-dev/00000.pkl docs/default-model-dragamove.png \
+    python scripts/dragamove_figure.py ../shared/data/dragamove-test-dev/00000.pkl recipes/default-model/default-model-dragamove.png \
         [--model default] [--steps 50] [--seed 0] [--frames 0,4,9,13]
 
 Rows: the input (frame 0) with the drags drawn up to each frame, the ground-truth video,

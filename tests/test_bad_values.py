@@ -500,21 +500,25 @@ def test_each_option_has_one_default_read_from_its_definition(tiny_pipeline_dir,
     from puppet_master.pipelines.loading import load_pipeline
 
     pm, da = PuppetMasterOptions, DragAnythingOptions
-    assert (pm.default("steps"), da.default("steps"), pm.default("guidance"), da.default("guidance")) == (50, 25, 5.0, 3.0)
+    # Puppet-Master's sampling defaults are the loaded model's (model_index.json, else the paper's); DragAnything's
+    # are the release's
+    assert (pm.default("steps"), da.default("steps"), pm.default("guidance"), da.default("guidance")) == \
+           (None, 25, None, 3.0)
     # the command line's flags state each method's default from the definition (what --help prints)
     for command in (animate, evaluate, demo_command):
         steps = inspect.signature(command).parameters["steps"].default
         assert steps.default is None and steps.param_decls == ("--steps",)  # not given: the method's default
-        assert f"[default: Puppet-Master {pm.default('steps')}, DragAnything {da.default('steps')}]" in steps.help
-    assert "[default: Puppet-Master 50, DragAnything 25]" in main_help("animate", capsys).replace("- ", "-")
+        assert f"[default: Puppet-Master from the model, DragAnything {da.default('steps')}]" in steps.help
+    assert "[default: Puppet-Master from the model, DragAnything 25]" in main_help("animate", capsys).replace("- ", "-")
     # evaluate samples with the definition's defaults when no flag is given
     opts = EvaluateOptions(data=Path("."), out=Path("."), methods=["model", "draganything"])
     assert opts.options_of("model") == pm() and opts.options_of("draganything") == da()
-    # the demo's controls start at the same values (a demo started without --steps)
-    demo = build_demo(load_pipeline(str(tiny_pipeline_dir)), pm(size=64, frames=3))
+    # the demo's controls start at the loaded model's values (a demo started without --steps)
+    pipe = load_pipeline(str(tiny_pipeline_dir))
+    demo = build_demo(pipe, pm(size=64, frames=3))
     controls = {b.elem_id: b for b in demo.blocks.values() if str(getattr(b, "elem_id", "")).startswith("option-")}
-    assert controls["option-steps"].value == pm.default("steps")
-    assert controls["option-guidance"].value == pm.default("guidance")
+    assert controls["option-steps"].value == pipe.sampling_settings()["num_inference_steps"] == 50
+    assert controls["option-guidance"].value == pipe.sampling_settings()["max_guidance_scale"] == 5.0
     assert controls["option-seed"].value == pm.default("seed")
     assert set(controls) == {f"option-{n.replace('_', '-')}" for n in pm.options("control")}
 

@@ -124,3 +124,18 @@ def test_animate_sampling_settings_reach_the_pipeline(tmp_path):
     # the shipped settings start from the warped input and restore its detail: frame 0 is much closer to it
     assert errors["shipped"] < 0.5 * errors["paper"], errors
 
+
+
+@pytest.mark.slow
+def test_the_readme_python_example_runs_as_written(tmp_path):
+    """README "Python API": the first example, copied verbatim, makes its video (no path to replace, no GPU)."""
+    import subprocess
+    import sys
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    code = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    assert 'from_pretrained("default")' in code
+    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    frames = read_video(tmp_path / "cabinet.mp4")
+    assert frames.shape[0] == 14 and frames.shape[1:] == (256, 256, 3)

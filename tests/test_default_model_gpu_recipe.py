@@ -146,7 +146,7 @@ def test_gpu_recipe_script_runs_end_to_end_on_cpu(tmp_path):
 
     PIL.Image.fromarray(np.full((64, 64, 3), 200, np.uint8)).save(val / "v.png")
     out = tmp_path / "out"
-    run = subprocess.run([sys.executable, str(ROOT / "scripts" / "train_default_model_gpu.py"), "--data", str(data),
+    run = subprocess.run([sys.executable, str(ROOT / "recipes" / "default-model" / "train_default_model_gpu.py"), "--data", str(data),
                           "--base", str(base), "--out", str(out), "--vae-steps", "2", "--unet-steps", "2",
                           "--vae-batch", "2", "--unet-batch", "1", "--device", "cpu", "--val", f"grey={val}"],
                          capture_output=True, text=True)

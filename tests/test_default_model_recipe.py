@@ -148,8 +148,8 @@ def _option_pairs(tokens):
 
 
 def test_recipe_script_runs_the_stages_that_made_the_shipped_weights():
-    """scripts/train_default_model.sh (printed with DRY_RUN=1) = the provenance shipped beside the weights."""
-    run = subprocess.run(["bash", str(REPO / "scripts" / "train_default_model.sh")], capture_output=True, text=True,
+    """recipes/default-model/train.sh (printed with DRY_RUN=1) = the provenance shipped beside the weights."""
+    run = subprocess.run(["bash", str(REPO / "recipes" / "default-model" / "train.sh")], capture_output=True, text=True,
                          env={**os.environ, "DRY_RUN": "1"}, timeout=60)
     assert run.returncode == 0, run.stderr
     commands = [shlex.split(line) for line in run.stdout.splitlines() if line.strip()]

@@ -161,3 +161,37 @@ def test_tie_first_frame_decodes_frame_0_to_the_vae_round_trip_and_with_detail_t
     torch.testing.assert_close(restored[0], x[0], atol=1e-5, rtol=0)
     untied = pipe(image, DRAGS, tie_first_frame=False, **kwargs).frames[0]
     assert (untied[0] - round_trip).abs().max() > 0.05
+
+
+def test_the_model_states_its_sampling_defaults_and_a_call_overrides_them(pipe, tmp_path):
+    """``num_inference_steps`` / guidance in ``model_index.json`` are the call's defaults; a call's values win and
+    are never written into the model (what a distilled few-step student relies on)."""
+    from puppet_master.pipelines.pipeline_puppet_master import PAPER_SAMPLING
+
+    assert pipe.sampling_settings()["num_inference_steps"] == PAPER_SAMPLING["num_inference_steps"] == 50
+    student = PuppetMasterPipeline(**pipe.components, num_inference_steps=3, min_guidance_scale=1.0,
+                                   max_guidance_scale=1.0)
+    student.save_pretrained(tmp_path / "student")
+    loaded = PuppetMasterPipeline.from_pretrained(tmp_path / "student")
+    loaded.set_progress_bar_config(disable=True)
+    assert loaded.sampling_settings() == {**loaded.sampling_settings(), "num_inference_steps": 3,
+                                          "min_guidance_scale": 1.0, "max_guidance_scale": 1.0}
+    calls, steps = [], []
+    forward = loaded.unet.forward
+    loaded.unet.forward = lambda *a, **k: calls.append(a[0].shape[0] if a else k["sample"].shape[0]) or forward(*a, **k)
+    kwargs = dict(KW, output_type="latent", generator=_gen(1),
+                  callback_on_step_end=lambda p, i, t, kw: steps.append(i) or kw)
+    default = loaded(_image(), DRAGS, **kwargs).frames
+    assert steps == [0, 1, 2] and not loaded.do_classifier_free_guidance and calls == [1, 1, 1]  # no CFG: batch 1
+    same = pipe(_image(), DRAGS, num_inference_steps=3, max_guidance_scale=1.0, **{**kwargs, "generator": _gen(1)})
+    torch.testing.assert_close(default, same.frames, atol=0, rtol=0)
+    steps.clear()
+    loaded(_image(), DRAGS, num_inference_steps=5, **{**kwargs, "generator": _gen(1)})
+    assert len(steps) == 5 and loaded.config.num_inference_steps == 3
+
+
+def test_the_options_offer_the_pipelines_scheduler_names():
+    from puppet_master.options import SCHEDULER_NAMES as OFFERED
+    from puppet_master.pipelines.schedulers import SCHEDULER_NAMES
+
+    assert OFFERED == SCHEDULER_NAMES

@@ -31,17 +31,20 @@ def _cfg(tmp_path, *extra):
 
 
 def test_configs_in_repo_validate():
-    for name in ("tiny.yaml", "puppet-master-paper.yaml", "default-model.yaml", "default-model-stage2.yaml",
-                 "default-model-stage3.yaml"):
-        cfg = load_config(REPO / "configs" / name)
+    recipe = REPO / "recipes" / "default-model" / "configs"
+    for path in (REPO / "configs" / "tiny.yaml", REPO / "configs" / "puppet-master-paper.yaml",
+                 REPO / "configs" / "puppet-master-distill.yaml", *sorted(recipe.glob("*.yaml"))):
+        cfg = load_config(path)
         assert cfg.max_steps > 0
-    stage1 = load_config(REPO / "configs" / "default-model.yaml")
-    stage2 = load_config(REPO / "configs" / "default-model-stage2.yaml")
+    stage1 = load_config(recipe / "default-model.yaml")
+    stage2 = load_config(recipe / "default-model-stage2.yaml")
     assert stage2.model.init == "checkpoint" and stage2.model.pretrained == f"{stage1.output_dir}/pipeline"
     assert stage2.motion_weight > 0 and stage1.motion_weight == 0
     assert [s.min_drag_motion > 0 for s in stage2.data.sources] == [True, False]
-    stage3 = load_config(REPO / "configs" / "default-model-stage3.yaml")
+    stage3 = load_config(recipe / "default-model-stage3.yaml")
     assert stage3.model.unet["drag_warp_image_latents"] is True and stage3.stop_at_step < stage3.max_steps
+    distill = load_config(recipe / "default-model-distill.yaml")
+    assert distill.objective == "consistency" and distill.distill.sigma_max == 2.0
     paper = load_config(REPO / "configs" / "puppet-master-paper.yaml")
     assert paper.optim.lr == 1e-5 and paper.max_steps == 12500 and paper.data.num_frames == 14
     assert paper.data.batch_size * paper.gradient_accumulation_steps == 64

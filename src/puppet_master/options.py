@@ -55,6 +55,9 @@ MAX_GUIDANCE = 100.0
 MAX_FRAMES = 1000
 #: Entity segmenters of DragAnything without masks.
 SEGMENTERS = ("grabcut", "sam")
+#: Named samplers (puppet_master.pipelines.schedulers.SCHEDULER_NAMES, which a test keeps equal; not imported
+#: here so that the options stay free of diffusers).
+SCHEDULER_NAMES = ("euler", "edm-euler", "dpmpp-2m", "dpmpp-3m")
 
 
 @dataclass(frozen=True)
@@ -139,7 +142,7 @@ class MethodOptions(BaseModel):
 
     @classmethod
     def default(cls, name: str) -> Any:
-        """The default of option ``name`` (e.g. ``PuppetMasterOptions.default("steps") == 50``)."""
+        """The default of option ``name`` (e.g. ``PuppetMasterOptions.default("frames") == 14``)."""
         return cls.model_fields[name].get_default(call_default_factory=True)
 
     @classmethod
@@ -204,15 +207,22 @@ class PuppetMasterOptions(MethodOptions):
     method: ClassVar[str] = "puppet-master"
     label: ClassVar[str] = "Puppet-Master"
 
-    steps: Annotated[int, Option("--steps", "N", call="num_inference_steps",
-                                 control=Control("Sampling steps", 1, 100, 1))] = Field(
-        50, ge=1, le=MAX_STEPS, description="Euler sampling steps.")
-    guidance: Annotated[float, Option("--guidance", "W", call="max_guidance_scale",
-                                      control=Control("Guidance (max CFG weight)", 1.0, 10.0, 0.5))] = Field(
-        5.0, ge=0.0, le=MAX_GUIDANCE, description="Maximum CFG weight, reached at the last frame.")
-    min_guidance: Annotated[float, Option("--min-guidance", "W", call="min_guidance_scale",
-                                          control=Control("Guidance at the first frame", 1.0, 10.0, 0.5))] = Field(
-        1.0, ge=0.0, le=MAX_GUIDANCE, description="CFG weight at the first frame.")
+    steps: Annotated[int | None, Option("--steps", "N", call="num_inference_steps",
+                                        control=Control("Sampling steps", 1, 100, 1))] = Field(
+        None, ge=1, le=MAX_STEPS,
+        description="Sampling steps (the paper's: 50; a distilled few-step model's: 4).")
+    guidance: Annotated[float | None, Option("--guidance", "W", call="max_guidance_scale",
+                                             control=Control("Guidance (max CFG weight)", 1.0, 10.0, 0.5))] = Field(
+        None, ge=0.0, le=MAX_GUIDANCE,
+        description="Maximum CFG weight, reached at the last frame; 1 or less: no CFG (the paper's: 5).")
+    min_guidance: Annotated[float | None, Option("--min-guidance", "W", call="min_guidance_scale",
+                                                 control=Control("Guidance at the first frame", 1.0, 10.0, 0.5))] = Field(
+        None, ge=0.0, le=MAX_GUIDANCE,
+        description="CFG weight at the first frame (the paper's: 1).")
+    scheduler: Annotated[Literal[SCHEDULER_NAMES] | None, Option(
+        "--scheduler", "NAME", call="scheduler", control=Control("Sampler"))] = Field(
+        None, description="Sampler: euler (the paper's), edm-euler, dpmpp-2m or dpmpp-3m (DPM-Solver++, fewer steps) "
+                          "[default: the model's own scheduler].")
     warp_init_sigma: Annotated[float | None, Option(
         "--warp-init-sigma", "SIGMA", call="warp_init_sigma",
         control=Control("Start from the drag-warped first frame at noise level σ (empty: the model's setting)"))] = Field(
@@ -256,6 +266,10 @@ class DragAnythingOptions(MethodOptions):
     min_guidance: Annotated[float, Option("--min-guidance", "W", call="min_guidance_scale",
                                           control=Control("Guidance at the first frame", 1.0, 10.0, 0.5))] = Field(
         1.0, ge=0.0, le=MAX_GUIDANCE, description="CFG weight at the first frame.")
+    scheduler: Annotated[Literal[SCHEDULER_NAMES] | None, Option(
+        "--scheduler", "NAME", call="scheduler", control=Control("Sampler"))] = Field(
+        None, description="Sampler: euler (the release's), edm-euler, dpmpp-2m or dpmpp-3m (DPM-Solver++) "
+                          "[default: the model's own scheduler].")
     resolution: Annotated[str, Option("--resolution", "WxH", where=(ANIMATE, EVALUATE, DEMO))] = Field(
         "576x320", description="The size the model works at, in pixels (the release's weights: 576x320).")
     masks: Annotated[list[Path], Option("--mask", "FILE", where=(ANIMATE,))] = Field(

@@ -157,6 +157,9 @@ CONFIG_LOWER_BOUNDS = {
     "warp_init_sigma": (0.0, True),
     "detail_transfer_radius": (0.0, True),
     "drag_warp_radius": (0.0, False),
+    "num_inference_steps": (1.0, True),
+    "min_guidance_scale": (0.0, True),
+    "max_guidance_scale": (0.0, True),
 }
 
 

@@ -203,6 +203,20 @@ def render_canvas(state: DemoState) -> np.ndarray | None:
     return canvas
 
 
+def with_model_settings(options: PuppetMasterOptions, pipe) -> PuppetMasterOptions:
+    """``options`` with every sampling option left to the model (``None``) set to the model's value.
+
+    The demo's controls then start at what the loaded model samples with
+    (:meth:`~puppet_master.pipelines.PuppetMasterPipeline.sampling_settings`: its
+    ``model_index.json`` settings, else the paper's), e.g. 4 steps without CFG for a
+    distilled model.
+    """
+    settings = pipe.sampling_settings()
+    filled = {name: settings[spec.call] for name, (_, spec) in options.options().items()
+              if getattr(options, name) is None and spec.call in settings and settings[spec.call] is not None}
+    return type(options).from_values({**options.model_dump(), **filled})
+
+
 def build_demo(pipe, options: PuppetMasterOptions | None = None, draganything=None,
                draganything_options: DragAnythingOptions | None = None, temp_root: str | Path | None = None):
     """Create the Gradio Blocks app around a loaded :class:`PuppetMasterPipeline`.
@@ -224,7 +238,7 @@ def build_demo(pipe, options: PuppetMasterOptions | None = None, draganything=No
     Returns:
         ``gr.Blocks`` (call ``.queue().launch(...)``).
     """
-    options = options or PuppetMasterOptions()
+    options = with_model_settings(options or PuppetMasterOptions(), pipe)
     starts: dict[str, MethodOptions] = {options.label: options}
     if draganything is not None:
         starts[DragAnythingOptions.label] = draganything_options or DragAnythingOptions(frames=options.frames,
@@ -348,6 +362,9 @@ def build_demo(pipe, options: PuppetMasterOptions | None = None, draganything=No
         info, spec = first.options(CONTROL)[name]
         shown = name in options.options(CONTROL)
         value, kind = getattr(first, name), info.annotation
+        args = [a for a in get_args(kind) if a is not type(None)]
+        if get_origin(kind) is not Literal and len(args) == 1:
+            kind = args[0]  # an optional option (None: the model's setting) shows its type's control
         common = dict(label=spec.control.label, visible=shown, elem_id=f"option-{name.replace('_', '-')}")
         if get_origin(kind) is Literal:
             return gr.Dropdown(list(get_args(kind)), value=value, **common)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import inspect
 import math
 import sys
@@ -166,8 +165,9 @@ def _flag_parameter(name: str, classes: Sequence[type[MethodOptions]], where: st
     help_text = info.description or ""
     if shown and len({repr(d) for _, d in defaults}) == 1:
         help_text += f" [default: {shown[0][1]}]"
-    elif shown:
-        help_text += " [default: " + ", ".join(f"{cls.label} {d}" for cls, d in shown) + "]"
+    elif shown:  # a method whose default is None takes the loaded model's setting
+        help_text += " [default: " + ", ".join(f"{cls.label} {'from the model' if d is None else d}"
+                                               for cls, d in defaults) + "]"
     if len(having) < len(classes):
         help_text += f" ({', '.join(cls.label for cls in having)} only.)"
     option = typer.Option(None, spec.flag, metavar=spec.metavar, help=help_text, show_default=False)
@@ -207,16 +207,15 @@ def method_options(cls: type[MethodOptions], flags: dict, where: str) -> MethodO
 def sampling_note(pipe, options: PuppetMasterOptions) -> Optional[str]:
     """The ``note:`` that sampling starts from the drag-warped first frame, or ``None`` when it does not.
 
-    With ``warp_init_sigma`` (the option, else the pipeline's setting) sampling skips the
+    With ``warp_init_sigma`` (the option, else the model's setting) sampling skips the
     scheduler steps whose σ is above it (``PuppetMasterPipeline``'s class docstring): the
-    progress bar counts only the steps that run. Counted on a copy of the scheduler.
+    progress bar counts only the steps that run, which the pipeline counts
+    (:meth:`~puppet_master.pipelines.pipeline_svd_base.SVDStylePipeline.steps_run`).
     """
-    sigma = options.warp_init_sigma if options.warp_init_sigma is not None else pipe.config.get("warp_init_sigma")
+    settings = pipe.sampling_settings(num_inference_steps=options.steps, warp_init_sigma=options.warp_init_sigma)
+    sigma, steps = settings["warp_init_sigma"], settings["num_inference_steps"]
     if not sigma:
         return None
-    scheduler = copy.deepcopy(pipe.scheduler)
-    scheduler.set_timesteps(options.steps)
-    sigmas = scheduler.sigmas[:-1]
-    first = min(int((sigmas > sigma).sum()), options.steps - 1)
-    return (f"sampling from the drag-warped first frame at σ={sigma:g}: {options.steps - first} of {options.steps} "
+    run = pipe.steps_run(steps, sigma, options.scheduler)
+    return (f"sampling from the drag-warped first frame at σ={sigma:g}: {run} of {steps} "
             "steps run (--warp-init-sigma 0 samples from pure noise, as the paper)")

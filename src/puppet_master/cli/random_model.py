@@ -27,7 +27,7 @@ def random_model(
 
     Its videos are noise: it exists to test installs, the command line and speed
     without downloading real weights, and (with --vae) as the starting point of training
-    a model from scratch (docs/default-model.md).
+    a model from scratch (recipes/default-model/README.md).
     """
     if out_dir.exists():
         raise UserInputError(f"{str(out_dir)!r} already exists: choose a new folder")

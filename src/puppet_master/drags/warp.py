@@ -4,7 +4,7 @@ The paper's drag encoding (docs/design.md §3) marks one latent cell per drag po
 has to learn on its own that the content at a drag's start should appear at its current
 point. Stable Video Diffusion's motion prior makes that learnable for the released model,
 but a small UNet trained from scratch on a few hundred clips learns it very slowly
-(docs/default-model.md). :func:`warp_latents_by_drags` gives such a model
+(recipes/default-model/README.md). :func:`warp_latents_by_drags` gives such a model
 the cue directly: for every frame ``n`` it moves the first frame's latent along the drags
 (a smooth backward warp whose displacement near each drag's frame-``n`` point is the
 drag's displacement and fades to zero away from all drags). The UNet option

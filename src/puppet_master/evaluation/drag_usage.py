@@ -5,7 +5,7 @@ This probe needs one UNet call per clip, σ and condition: it noises the clean l
 held-out clips at fixed σ, denoises them once with the clip's drags and once with the
 drags dropped (all zeros, the CFG null condition), and compares the squared error on the
 latent cells that move. A model that ignores its drags scores the same both ways; the
-relative gain grows as it learns to follow them (docs/default-model.md, "Why the recipe looks like this").
+relative gain grows as it learns to follow them (recipes/default-model/README.md, "Why the recipe looks like this").
 """
 
 from __future__ import annotations

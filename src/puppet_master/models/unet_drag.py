@@ -85,7 +85,7 @@ class UNetDragSpatioTemporalConditionModel(ModelMixin, AttentionMixin, ConfigMix
             (:func:`~puppet_master.drags.warp.warp_latents_by_drags`) instead of the same
             first-frame latent on every frame: a dense local motion cue that lets a small
             UNet trained from scratch follow drags (the embedded default model uses it;
-            docs/default-model.md). Videos whose drags are dropped (CFG) get
+            recipes/default-model/README.md). Videos whose drags are dropped (CFG) get
             the plain first-frame latent.
         drag_warp_radius: Gaussian radius of a drag's influence on the warp, in latent cells
             (default :class:`~puppet_master.drags.warp.WarpSettings`'s).

@@ -64,7 +64,7 @@ SIZES: dict[str, dict[str, Any]] = {
     ),
     # the embedded default model (``assets/default-model``): an image VAE with 8x down-sampling to
     # 4 channels (256x256 -> 32x32x4, SVD's latent shape; the earlier 16x / 8-channel VAE blurred
-    # objects too much for the flow error, docs/default-model.md), no image encoder, and a drag
+    # objects too much for the flow error, recipes/default-model/README.md), no image encoder, and a drag
     # UNet sized to run 14 frames at 256x256 in under a minute on 2 CPU cores
     "small": dict(
         vae=dict(kind="image", block_out_channels=(32, 64, 128, 128), layers_per_block=1, latent_channels=4),

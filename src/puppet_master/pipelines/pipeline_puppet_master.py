@@ -21,7 +21,17 @@ from .cuda_graph import GraphedUNet
 from .model_source import check_model_folder, resolve_model
 from .pipeline_svd_base import FirstFrameTie, SVDStylePipeline, guidance_scales
 
-__all__ = ["PuppetMasterPipeline", "PuppetMasterPipelineOutput", "guidance_scales", "load_unet_state_dict"]
+__all__ = ["PAPER_SAMPLING", "SAMPLING_DEFAULTS", "PuppetMasterPipeline", "PuppetMasterPipelineOutput", "guidance_scales",
+           "load_unet_state_dict"]
+
+
+#: The paper's sampling (§3): 50 Euler steps, CFG weight rising from 1 at the first frame to 5 at the last.
+PAPER_SAMPLING = {"num_inference_steps": 50, "min_guidance_scale": 1.0, "max_guidance_scale": 5.0}
+
+#: Every sampling setting a model may state in ``model_index.json``, with its default when it does not: the
+#: paper's sampling, and the three settings not in the paper off (class docstring).
+SAMPLING_DEFAULTS = {**PAPER_SAMPLING, "warp_init_sigma": None, "detail_transfer_radius": None,
+                     "tie_first_frame": False}
 
 
 @dataclass
@@ -117,6 +127,9 @@ class PuppetMasterPipeline(SVDStylePipeline):
         warp_init_sigma: float | None = None,
         detail_transfer_radius: float | None = None,
         tie_first_frame: bool = False,
+        num_inference_steps: int | None = None,
+        min_guidance_scale: float | None = None,
+        max_guidance_scale: float | None = None,
     ) -> None:
         super().__init__()
         self.register_modules(
@@ -125,6 +138,9 @@ class PuppetMasterPipeline(SVDStylePipeline):
         # not in the paper (None / False = the paper's sampling and decoding); saved in model_index.json
         self.register_to_config(warp_init_sigma=warp_init_sigma, detail_transfer_radius=detail_transfer_radius,
                                 tie_first_frame=tie_first_frame)
+        # the model's own sampling defaults (None = the paper's, PAPER_SAMPLING), e.g. a few-step student's
+        self.register_to_config(num_inference_steps=num_inference_steps, min_guidance_scale=min_guidance_scale,
+                                max_guidance_scale=max_guidance_scale)
         self._init_video_processing()
         self._graphed_unet: GraphedUNet | None = None
 
@@ -345,6 +361,29 @@ class PuppetMasterPipeline(SVDStylePipeline):
         return super().prepare_latents(batch_size, num_frames, num_channels_latents, height, width, dtype, device,
                                        generator, latents, scheduler=scheduler, start_latents=start, begin=begin)
 
+    def sampling_settings(self, **given) -> dict:
+        """The settings a call samples with: each given value, else the model's (``model_index.json``), else the paper's.
+
+        Args:
+            given: any of ``num_inference_steps``, ``min_guidance_scale``,
+                ``max_guidance_scale``, ``warp_init_sigma``, ``detail_transfer_radius``,
+                ``tie_first_frame``; ``None`` means not given.
+
+        Returns:
+            All six, resolved (:data:`PAPER_SAMPLING` for the paper's; the three settings not in
+            the paper default to ``None`` / ``False``, the paper's sampling and decoding).
+        """
+        unknown = set(given) - set(SAMPLING_DEFAULTS)
+        if unknown:
+            raise TypeError(f"unknown sampling settings {sorted(unknown)}")
+        resolved = {}
+        for name, paper in SAMPLING_DEFAULTS.items():
+            value = given.get(name)
+            if value is None:
+                value = self.config.get(name)
+            resolved[name] = paper if value is None else value
+        return resolved
+
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
     def __call__(
@@ -354,9 +393,9 @@ class PuppetMasterPipeline(SVDStylePipeline):
         num_frames: int = 14,
         height: int = 256,
         width: int = 256,
-        num_inference_steps: int = 50,
-        min_guidance_scale: float = 1.0,
-        max_guidance_scale: float = 5.0,
+        num_inference_steps: int | None = None,
+        min_guidance_scale: float | None = None,
+        max_guidance_scale: float | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
         output_type: str = "pil",
@@ -382,9 +421,12 @@ class PuppetMasterPipeline(SVDStylePipeline):
             num_frames: ``N`` (14 for the released model; any count works).
             height, width: output size in pixels; multiples of :attr:`size_multiple`
                 (8 × the UNet stride).
-            num_inference_steps: denoising steps (50 Euler steps in the paper).
+            num_inference_steps: denoising steps; ``None`` uses the model's setting
+                (``model_index.json``), else the paper's 50 (:data:`PAPER_SAMPLING`).
             min_guidance_scale, max_guidance_scale: CFG weight at the first / last frame;
-                ``max_guidance_scale ≤ 1`` disables CFG.
+                ``max_guidance_scale ≤ 1`` disables CFG (one UNet call per step, as a
+                distilled few-step model samples). ``None`` uses the model's setting, else the
+                paper's 1 and 5.
             generator: ``torch.Generator`` (or one per video) for the initial noise
                 (reproducible output).
             latents: optional initial noise ``(B, N, 4, h, w)`` (before σ scaling).
@@ -417,10 +459,15 @@ class PuppetMasterPipeline(SVDStylePipeline):
         Raises:
             UserInputError: bad image, drags, sizes or options.
         """
-        # 0. settings: the call's, else the pipeline's (model_index.json)
-        init_sigma = self.config.get("warp_init_sigma") if warp_init_sigma is None else warp_init_sigma
-        detail_radius = self.config.get("detail_transfer_radius") if detail_transfer_radius is None else detail_transfer_radius
-        tie = bool(self.config.get("tie_first_frame") if tie_first_frame is None else tie_first_frame)
+        # 0. settings: the call's, else the pipeline's (model_index.json), else the paper's
+        settings = self.sampling_settings(
+            num_inference_steps=num_inference_steps, min_guidance_scale=min_guidance_scale,
+            max_guidance_scale=max_guidance_scale, warp_init_sigma=warp_init_sigma,
+            detail_transfer_radius=detail_transfer_radius, tie_first_frame=tie_first_frame)
+        num_inference_steps = settings["num_inference_steps"]
+        min_guidance_scale, max_guidance_scale = settings["min_guidance_scale"], settings["max_guidance_scale"]
+        init_sigma, detail_radius = settings["warp_init_sigma"], settings["detail_transfer_radius"]
+        tie = bool(settings["tie_first_frame"])
 
         # 1. every argument check, before any encoding
         self.check_inputs(image, drags, height, width, num_frames, num_inference_steps, output_type, latents,

@@ -19,6 +19,7 @@ residuals (:class:`~puppet_master.pipelines.DragAnythingPipeline`).
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -275,6 +276,15 @@ class SVDStylePipeline(DiffusionPipeline):
         begin = min(int((sigmas > start_sigma).sum()), len(timesteps) - 1)
         scheduler.set_begin_index(begin)
         return timesteps[begin:], begin
+
+    def steps_run(self, num_inference_steps: int, start_sigma: float | None = None, scheduler: Any = None) -> int:
+        """How many of ``num_inference_steps`` steps a call runs when it starts at ``start_sigma``.
+
+        Counted on a copy of the call's scheduler (:meth:`prepare_timesteps`), so the count is
+        the one the progress bar shows; the pipeline's scheduler is not touched.
+        """
+        sampler = copy.deepcopy(self._scheduler_for_call(scheduler))
+        return len(self.prepare_timesteps(sampler, num_inference_steps, torch.device("cpu"), start_sigma)[0])
 
     def prepare_latents(
         self,

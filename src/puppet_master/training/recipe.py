@@ -1,6 +1,6 @@
 """The embedded default model's training on one accelerator (or, slowly, on CPU), within a time budget.
 
-``scripts/train_default_model_gpu.py`` runs it; the steps it took are written to its log
+``recipes/default-model/train_default_model_gpu.py`` runs it; the steps it took are written to its log
 so that a rerun with the same step counts and seeds repeats the recipe. Three stages:
 
 1. :func:`~puppet_master.training.vae.train_vae_fast`: the image VAE, from the previous
@@ -95,7 +95,7 @@ def encode_clips(vae, examples: list, device: str, flip: bool = True, batch_fram
 
 @dataclass
 class UNetRecipeConfig:
-    """Options of :func:`train_unet_in_memory` (stage 3 of ``configs/default-model-stage3.yaml`` by default)."""
+    """Options of :func:`train_unet_in_memory` (stage 3 of ``recipes/default-model/configs/default-model-stage3.yaml`` by default)."""
 
     batch_size: int = 32
     lr: float = 3e-4

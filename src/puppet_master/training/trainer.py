@@ -40,6 +40,7 @@ from ..models import UNetDragSpatioTemporalConditionModel
 from ..pipelines import PuppetMasterPipeline
 from ..pipelines.components import build_components, load_svd_components
 from ..pipelines.loading import load_pipeline, resolve_model
+from ..pipelines.pipeline_puppet_master import SAMPLING_DEFAULTS
 from ..values import parse_json
 from ..video import draw_drags, to_uint8_frames, write_video
 from .config import OptimConfig, TrainConfig
@@ -240,8 +241,32 @@ def load_components(config: TrainConfig, unet) -> dict | None:
         pipe = PuppetMasterPipeline.from_pretrained(source)
         comps = dict(vae=pipe.vae, image_encoder=pipe.image_encoder, feature_extractor=pipe.feature_extractor,
                      scheduler=pipe.scheduler)
+        # the source pipeline's sampling settings (model_index.json: warped start, detail transfer, ...) carry over
+        comps.update({name: pipe.config[name] for name in SAMPLING_DEFAULTS if pipe.config.get(name) is not None})
+    if config.objective == "consistency":
+        comps.update(student_settings(config.distill, comps["scheduler"]))
     comps["unet"] = unet
     return comps
+
+
+def student_settings(distill, scheduler) -> dict:
+    """What a consistency-distilled student's pipeline states (docs/design.md §5): its step count, no CFG (the
+    guidance is folded in), and a scheduler whose σ range is the one it was distilled on.
+
+    Args:
+        distill: the config's ``distill`` section.
+        scheduler: the teacher's scheduler; the student's is a copy with ``sigma_max`` capped
+            at ``distill.sigma_max`` (when set), so that all its steps lie on the distilled range
+            (e.g. all 4 run from a drag-warped start at σ = 2).
+
+    Returns:
+        ``PuppetMasterPipeline`` keyword arguments: ``scheduler``, ``num_inference_steps``,
+        ``min_guidance_scale``, ``max_guidance_scale``.
+    """
+    if distill.sigma_max is not None and distill.sigma_max < scheduler.config.sigma_max:
+        scheduler = type(scheduler).from_config(scheduler.config, sigma_max=float(distill.sigma_max))
+    return {"scheduler": scheduler, "num_inference_steps": distill.sampler_steps, "min_guidance_scale": 1.0,
+            "max_guidance_scale": 1.0}
 
 
 def _read_trainer_state(checkpoint: Path) -> int:

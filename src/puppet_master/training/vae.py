@@ -5,7 +5,7 @@ weights are not downloadable everywhere), so it ships its own small
 ``diffusers.AutoencoderKL``: by default 8× down-sampling to 4 latent channels, so that a
 256×256 frame becomes a 32×32×4 latent, SVD's latent shape (a 16×-down, 8-channel
 variant was tried first: cheaper for the UNet, but too blurred for the flow error to
-see motion, docs/default-model.md).
+see motion, recipes/default-model/README.md).
 
 Training data are frames of split folders (``NAME.json`` + ``NAME.gif`` clips, as
 ``puppet-master data build`` writes them) and, for variety beyond flat-shaded renders,
@@ -64,7 +64,7 @@ class VAETrainConfig:
     crop: int = 128
     batch_size: int = 8
     max_steps: int = 3000
-    lr: float = 2e-4  # 1e-3 diverges into colourless reconstructions (docs/default-model.md)
+    lr: float = 2e-4  # 1e-3 diverges into colourless reconstructions (recipes/default-model/README.md)
     kl_weight: float = 1e-6
     grad_weight: float = 0.5
     fg_weight: float = 1.0
@@ -164,7 +164,7 @@ def chroma_l1(recon: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None 
     Chroma is each pixel's deviation from its own grey level (``x − mean over RGB``), so
     the term ignores brightness and is zero for a perfect or an equally re-brightened
     reconstruction. Without it the encoder learns a luminance-only code and stays there
-    for thousands of steps (objects come back grey; docs/default-model.md).
+    for thousands of steps (objects come back grey; recipes/default-model/README.md).
     ``weight``: ``(B, 1, H, W)`` per-pixel weights (default: all ones).
     """
     diff = ((recon - recon.mean(1, keepdim=True)) - (x - x.mean(1, keepdim=True))).abs()

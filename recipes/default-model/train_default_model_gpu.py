@@ -1,9 +1,9 @@
 """Train the embedded default model's VAE and drag UNet on one accelerator within a time budget.
 
-    python scripts/train_default_model_gpu.py --data CLIPS --photos PHOTOS --out OUT --budget-s 300
+    python recipes/default-model/train_default_model_gpu.py --data CLIPS --photos PHOTOS --out OUT --budget-s 300
 
 CLIPS is a split folder (``NAME.json`` + ``NAME.webp``/``.gif``, as ``puppet-master data
-build`` writes and ``scripts/pack_default_model_data.py`` packs), PHOTOS a folder of
+build`` writes and ``recipes/default-model/pack_default_model_data.py`` packs), PHOTOS a folder of
 photographs (PNG/JPEG). Starting from ``--base`` (default: the shipped default model) it
 
 1. trains the VAE (``puppet_master.training.vae.train_vae_fast``) for ``--vae-steps``
@@ -14,7 +14,7 @@ photographs (PNG/JPEG). Starting from ``--base`` (default: the shipped default m
 
 and writes into OUT, atomically and again every ``--save-every-s`` seconds (so a run cut
 short still leaves weights): ``vae/`` (float16, after stage 1), ``pipeline/`` (float16
-VAE + EMA UNet + scheduler, a folder ``scripts/ship_default_model.py`` takes),
+VAE + EMA UNet + scheduler, a folder ``recipes/default-model/ship_default_model.py`` takes),
 ``train-log.jsonl`` (one JSON object per line, flushed) and ``report.json`` (the steps
 taken: pass them as ``--vae-steps`` / ``--unet-steps`` to repeat the run). ``--val NAME=DIR``
 folders of PNG frames are reconstructed by the VAE after stage 1 (PSNR / SSIM in the log);

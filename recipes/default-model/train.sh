@@ -2,10 +2,10 @@
 # The recipe of the embedded default model (src/puppet_master/assets/default-model), from an
 # empty folder to the shipped weights: the same data, steps, learning-rate schedules and seeds
 # as the weights in the package (their provenance: src/puppet_master/assets/default-model/training.json;
-# explained in docs/default-model.md). Run it from anywhere:
+# explained in recipes/default-model/README.md). Run it from anywhere:
 #
-#   bash scripts/train_default_model.sh            # everything lands in runs/default-model/
-#   DRY_RUN=1 bash scripts/train_default_model.sh  # print the commands instead of running them
+#   bash recipes/default-model/train.sh            # everything lands in runs/default-model/
+#   DRY_RUN=1 bash recipes/default-model/train.sh  # print the commands instead of running them
 #
 # Every stage is resumable: re-run the script after an interruption and it goes on from the
 # last checkpoint; a finished stage (its pipeline/ folder exists) is skipped. On 2 CPU cores the
@@ -13,7 +13,7 @@
 # `puppet-master train` under `accelerate launch`. The configs say `mixed_precision: bf16`
 # (set `mixed_precision=no` on CPUs without bf16).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 W=runs/default-model
 DRY_RUN=${DRY_RUN:-}
 
@@ -57,24 +57,24 @@ run puppet-master cache-latents --data $W/data-train/samples --model $W/init --o
 #    weights (its pipeline/ export). A stage with stop_at_step ends there while its learning-rate
 #    schedule keeps the length of max_steps; a stage with a fresh optimizer restarts the schedule.
 #    stage 1: all clips, plain loss: 450 steps, constant lr 5e-4 (learns the image)
-stage $W/unet configs/default-model.yaml
+stage $W/unet recipes/default-model/configs/default-model.yaml
 #    stage 2: the clips that move, motion-weighted loss: 3600 steps of an 8000-step cosine schedule
-stage $W/unet-stage2 configs/default-model-stage2.yaml
+stage $W/unet-stage2 recipes/default-model/configs/default-model-stage2.yaml
 #    stage 2b: 900 more steps with a fresh optimizer at lr 2e-4 (same 8000-step schedule length)
-stage $W/unet-stage2b configs/default-model-stage2.yaml \
+stage $W/unet-stage2b recipes/default-model/configs/default-model-stage2.yaml \
     model.pretrained=$W/unet-stage2/pipeline model.components=$W/unet-stage2/pipeline \
     optim.lr=2.0e-4 stop_at_step=900
 #    stage 3: the drag-warped first-frame latent switched on: 1500 steps of a 1600-step cosine schedule
-stage $W/unet-stage3 configs/default-model-stage3.yaml
+stage $W/unet-stage3 recipes/default-model/configs/default-model-stage3.yaml
 #    stage 3b: 500 steps of a fresh 600-step cosine schedule at lr 1e-4, warm-up 20, seed 4
-stage $W/unet-stage3b configs/default-model-stage3.yaml \
+stage $W/unet-stage3b recipes/default-model/configs/default-model-stage3.yaml \
     model.pretrained=$W/unet-stage3/pipeline model.components=$W/unet-stage3/pipeline \
     optim.lr=1.0e-4 optim.warmup_steps=20 max_steps=600 stop_at_step=500 seed=4
 
 # 6. Ship as fp16 safetensors (<= 40 MB) and evaluate against the baselines
 #    (autoencoder = the test videos through the VAE: the best any UNet with this VAE can score).
 #    The two sampling settings (not in the paper) are those of model_index.json.
-run python scripts/ship_default_model.py --warp-init-sigma 2 --detail-transfer-radius 1 $W/unet-stage3b/pipeline
+run python recipes/default-model/ship_default_model.py --warp-init-sigma 2 --detail-transfer-radius 1 $W/unet-stage3b/pipeline
 run puppet-master evaluate --data $W/data-test/samples-s00 --method model --method warp --method static \
     --method autoencoder --model default --out $W/eval-procedural
 run puppet-master evaluate --data ../shared/data/dragamove-test-dev --method model --method warp --method static \

@@ -1,6 +1,6 @@
 """Pack the default model's training data compactly for a rented accelerator (about 50 MiB to copy).
 
-    python scripts/pack_default_model_data.py --train runs/default-model/data-train/samples \
+    python recipes/default-model/pack_default_model_data.py --train runs/default-model/data-train/samples \
         --val proc=runs/default-model/data-test/samples-s00 --val dev=../shared/data/dragamove-test-dev \
         --out runs/default-model/pack
 
@@ -13,7 +13,7 @@ writes into OUT:
 * ``val-NAME/``: frame 0 of every example of each ``--val`` folder at 256×256 as PNG, to
   measure the VAE on (never trained on).
 
-``scripts/train_default_model_gpu.py`` reads these folders.
+``recipes/default-model/train_default_model_gpu.py`` reads these folders.
 """
 
 from __future__ import annotations

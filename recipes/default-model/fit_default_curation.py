@@ -1,6 +1,6 @@
 """Fit the shipped default curation model on labelled procedural assets (reproducible).
 
-    PUPPET_MASTER_BLENDER_PYTHON=... python scripts/fit_default_curation.py [--num-assets 84] [--out DIR]
+    PUPPET_MASTER_BLENDER_PYTHON=... python recipes/default-model/fit_default_curation.py [--num-assets 84] [--out DIR]
 
 Generates procedural assets with seed 1000 (tests use other seeds), renders them small
 (tracks are what matters), computes motion statistics and writes

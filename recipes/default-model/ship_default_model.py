@@ -1,6 +1,6 @@
 """Copy a trained pipeline into the package as the embedded default model (fp16 safetensors).
 
-    python scripts/ship_default_model.py runs/default-model/unet-stage3b/pipeline
+    python recipes/default-model/ship_default_model.py runs/default-model/unet-stage3b/pipeline
 
 writes ``src/puppet_master/assets/default-model/`` (replacing it atomically) with the
 UNet and VAE stored in float16; ``load_pipeline`` upcasts to float32 on CPU. The model
