@@ -1032,13 +1032,14 @@ def test_drags_on_a_rotated_photo_are_in_the_displayed_pixels(tmp_path, orientat
     """A drag on the red block as displayed (x = 90 lies outside the stored image for 6 and 8) is accepted and
     starts on red in the model's input, which is the upright picture's."""
     from puppet_master.cli.animate import AnimateOptions, read_inputs
+    from puppet_master.options import PuppetMasterOptions
 
     _save_rotated(_upright(), orientation, tmp_path / "photo.png")
     _upright().save(tmp_path / "upright.png")
     inputs = {}
     for name in ("photo", "upright"):
-        opts = AnimateOptions(image=tmp_path / f"{name}.png", output=tmp_path / "v.gif", drags=["90,10:95,30"], size=64,
-                              frames=4)
+        opts = AnimateOptions(image=tmp_path / f"{name}.png", output=tmp_path / "v.gif", drags=["90,10:95,30"],
+                              options=PuppetMasterOptions(size=64, frames=4))
         inputs[name] = read_inputs(opts)
     square, drags = inputs["photo"]
     assert np.array_equal(np.asarray(square), np.asarray(inputs["upright"][0]))
@@ -1140,7 +1141,7 @@ def test_data_build_with_ray_missing_creates_nothing(tmp_path, capsys, monkeypat
     out = tmp_path / "ds"
     code, stdout, err = _cli(["data", "build", "--source", "folder", "--assets", assets, "--out", out, "--executor",
                               "ray", "-q"], capsys)
-    _assert_refused(code, stdout, err, "needs the ray package", {}, out)
+    _assert_refused(code, stdout, err, 'pip install "puppet-master[ray]"', {}, out)
     assert not out.exists()
 
 
@@ -1234,14 +1235,16 @@ def test_demo_says_when_the_method_asked_for_is_not_loaded(tiny_pipeline_dir):
     from puppet_master.app.demo import DemoState, build_demo
     from puppet_master.pipelines.loading import load_pipeline
 
-    demo = build_demo(load_pipeline(str(tiny_pipeline_dir)), size=64, num_frames=3, default_steps=1)
+    from puppet_master.options import PuppetMasterOptions
+
+    demo = build_demo(load_pipeline(str(tiny_pipeline_dir)), PuppetMasterOptions(size=64, frames=3, steps=1))
     generate = next(f.fn for f in demo.fns.values() if f.fn.__name__ == "on_generate")
     state = DemoState(image=PIL.Image.new("RGB", (64, 64), (200, 60, 40)), drags=[((20.0, 20.0), (40.0, 30.0))])
-    video, download, status = generate(state, False, 0, 3.0, 1, False, "DragAnything")
+    video, download, status = generate(state, False, False, "DragAnything")
     assert video is None and download is None
     assert "DragAnything is not loaded" in status and "--draganything-model" in status, status
-    _, _, status = generate(state, False, 0, 3.0, 1, False, "Magic")
-    assert "unknown method" in status, status
+    _, _, status = generate(state, False, False, "Magic")
+    assert "Magic is not loaded" in status and "choose Puppet-Master" in status, status
 
 
 def test_demo_removes_the_folders_of_killed_demos(tmp_path):

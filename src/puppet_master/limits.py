@@ -41,6 +41,11 @@ def env_name(name: str) -> str:
     return ENV_PREFIX + name
 
 
+#: Limits whose environment variable does not hold a usable value: ``{name: message}``. Importing never
+#: fails on them (every module imports this one); :func:`check_environment` and :func:`current` raise.
+_INVALID: dict[str, str] = {}
+
+
 def _limit(name: str, default: int) -> int:
     raw = os.environ.get(env_name(name), "").strip()
     if not raw:
@@ -50,8 +55,19 @@ def _limit(name: str, default: int) -> int:
     except ValueError:
         value = 0
     if value < 1:
-        raise UserInputError(f"environment variable {env_name(name)} must be a whole number >= 1, got {raw[:40]!r}")
+        _INVALID[name] = f"environment variable {env_name(name)} must be a whole number >= 1, got {raw[:40]!r}"
+        return default
     return value
+
+
+def check_environment() -> None:
+    """Refuse a ``PUPPET_MASTER_<NAME>`` limit variable that is not a whole number >= 1 (the CLI calls it first).
+
+    Raises:
+        UserInputError: naming the variable and the value.
+    """
+    if _INVALID:
+        raise UserInputError(next(iter(_INVALID.values())))
 
 
 # --------------------------------------------------------------------------------------- limits
@@ -104,7 +120,13 @@ LIMITS = ("MAX_IMAGE_PIXELS", "MAX_VIDEO_FRAMES", "MAX_VIDEO_PIXELS", "MAX_VIDEO
 
 
 def current(name: str) -> int:
-    """The value of limit ``name`` now (tests and callers may have changed the module attribute)."""
+    """The value of limit ``name`` now (tests and callers may have changed the module attribute).
+
+    Raises:
+        UserInputError: its environment variable holds no usable value.
+    """
+    if name in _INVALID:
+        raise UserInputError(_INVALID[name])
     return int(globals()[name])
 
 

@@ -85,6 +85,9 @@ def main(argv: list[str] | None = None) -> None:
 def _run(args: list[str]) -> int:
     """Run the command; returns its exit status (errors printed as one line)."""
     try:
+        from ..limits import check_environment
+
+        check_environment()
         result = app(args=args, standalone_mode=False)
     except UserInputError as exc:
         print(f"error: {_one_line(exc)}", file=sys.stderr)

@@ -52,6 +52,11 @@ def load_mask(path: str | Path, size: tuple[int, int] | None = None) -> np.ndarr
     else:
         arr = np.asarray(img.convert("L"))
     mask = arr > 127
+    if size is not None and (mask.shape[1], mask.shape[0]) != tuple(size):
+        raise UserInputError(
+            f"mask {str(path)!r} is {mask.shape[1]}x{mask.shape[0]} but the image is {size[0]}x{size[1]}: "
+            "give masks of the image's size"
+        )
     if not mask.any():
         raise UserInputError(f"mask {str(path)!r} is empty (no pixel brighter than 127): white marks the entity")
     return mask
