@@ -56,20 +56,25 @@ def materialise(module: torch.nn.Module, device: torch.device, dtype: torch.dtyp
     return module.to(dtype) if dtype is not None else module
 
 
+#: Random-weight sizes (``puppet_master.pipelines.components.SIZES``); any other config names a model.
+SIZE_CONFIGS = ("tiny", "small", "full")
+
+
 def build_pipeline(config: str, device: torch.device, dtype: torch.dtype, seed: int = 0):
     """A ``PuppetMasterPipeline`` on ``device`` in ``dtype``.
 
-    ``"default"``: the embedded trained model. Random-weight sizes (``"tiny"``, ``"small"``,
+    ``"default"``: the embedded trained model; a path: that pipeline folder (e.g. a distilled
+    student, sampled with its own settings). Random-weight sizes (``"tiny"``, ``"small"``,
     ``"full"`` = SVD-img2vid's, 1.68 B UNet parameters) are built on ``meta`` and allocated
     + initialised directly on ``device`` with :func:`init_random_` (seconds, not minutes,
     for the full size). Components are never built under ``with torch.device(device)``.
     """
     from puppet_master.pipelines import PuppetMasterPipeline, build_components
 
-    if config == "default":
+    if config not in SIZE_CONFIGS:
         from puppet_master.pipelines.loading import load_pipeline
 
-        return load_pipeline("default", device=device, torch_dtype=dtype)
+        return load_pipeline(config, device=device, torch_dtype=dtype)
     with torch.device("meta"):
         comps = build_components(config, seed=seed)
     for i, key in enumerate(("unet", "vae", "image_encoder")):

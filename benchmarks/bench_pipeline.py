@@ -28,15 +28,17 @@ import bench_lib as bl
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", choices=["tiny", "small", "full", "default"], default="tiny",
-                    help="random-weight sizes, or 'default': the shipped default model")
+    ap.add_argument("--config", default="tiny",
+                    help="random-weight sizes (tiny, small, full), 'default': the shipped default model, or a "
+                         "pipeline folder (e.g. a distilled student)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", choices=["auto", *sorted(bl.DTYPES)], default="auto",
                     help="weights and compute dtype; auto = what `puppet-master animate` picks: bf16 on a CPU with "
                          "native bf16 (AVX512-BF16/AMX), else fp32")
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--frames", type=int, default=14)
-    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--steps", type=int, default=None,
+                    help="sampling steps (default: the model's setting, else the paper's 50)")
     ap.add_argument("--repeats", type=int, default=1, help="timed videos (median reported)")
     ap.add_argument("--unet-repeats", type=int, default=None, help="timed UNet forwards (default 20 on CUDA, 3 on CPU)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the UNet (fullgraph)")
@@ -74,6 +76,8 @@ def main() -> None:
         pipe.enable_cuda_graph()
         path += "+cuda-graph"
 
+    settings = pipe.sampling_settings(num_inference_steps=args.steps)
+    args.steps = settings["num_inference_steps"]
     image, drags = bl.example_inputs(args.size, args.frames)
     kwargs = dict(num_frames=args.frames, height=args.size, width=args.size, num_inference_steps=args.steps,
                   output_type="np")
@@ -101,7 +105,7 @@ def main() -> None:
         kernels, ops = bl.count_kernels(lambda: unet(**inp, drag_conditioning=cond), device)
 
         ratio = ""
-        if not args.no_baseline:
+        if not args.no_baseline and args.config in (*bl.SIZE_CONFIGS, "default"):
             svd = bl.build_svd_unet(args.config, device, dtype)
             if args.compile:
                 svd.compile(mode=args.compile_mode, fullgraph=False)
@@ -120,7 +124,8 @@ def main() -> None:
     count = f"{kernels} kernels/forward" if kernels is not None else f"kernels n/a on CPU ({ops} aten ops/forward)"
     print(
         f"config={args.config} device={device} dtype={args.dtype} path={path} size={args.size} frames={args.frames} "
-        f"steps={args.steps} threads={torch.get_num_threads()} "
+        f"steps={args.steps} cfg={'yes' if settings['max_guidance_scale'] > 1 else 'no'} "
+        f"warped-start={settings['warp_init_sigma']} threads={torch.get_num_threads()} "
         f"malloc={'default' if args.malloc_default or device.type != 'cpu' else 'keep-freed'} unet={params:.1f}M params\n"
         f"  pipeline: {bl.median(times):.2f} s/video (median of {len(times)}), {mem}; build {build_s:.1f} s, "
         f"warm-up (1 step{', compile' if args.compile else ''}) {warm_s:.1f} s\n"
