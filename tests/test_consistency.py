@@ -186,6 +186,14 @@ def test_a_distilled_tiny_student_at_2_steps_is_closer_to_the_50_step_teacher(ti
             far[name].append((latents - reference).pow(2).mean().item())
     for other in ("teacher", "teacher, no CFG"):
         assert all(s < t for s, t in zip(far["student"], far[other])), far
+    # a checkpoint exported by hand states the same sampling as the run's own export
+    with pytest.raises(SystemExit) as done:
+        main(["export-checkpoint", str(run / "checkpoints" / "step-00000060"), "--base", str(tiny_pipeline_dir),
+              "-o", str(tmp_path / "exported")])
+    assert done.value.code == 0, capsys.readouterr().err
+    exported = PuppetMasterPipeline.from_pretrained(tmp_path / "exported")
+    assert exported.sampling_settings() == student.sampling_settings()
+    assert exported.scheduler.config.sigma_max == 2.0
     # the student folder is an ordinary model: animate samples it with its own settings
     PIL.Image.new("RGB", (64, 64), (200, 80, 40)).save(tmp_path / "in.png")
     with pytest.raises(SystemExit) as done:

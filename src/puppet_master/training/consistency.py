@@ -279,3 +279,23 @@ class ConsistencyDistillation:
             raise UserInputError(f"{path} does not match the student's parameters: resume with the model it was "
                                  "trained with")
         self.target.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+
+
+def student_settings(distill, scheduler) -> dict:
+    """What a consistency-distilled student's pipeline states (docs/design.md §5): its step count, no CFG (the
+    guidance is folded in), and a scheduler whose σ range is the one it was distilled on.
+
+    Args:
+        distill: the config's ``distill`` section.
+        scheduler: the teacher's scheduler; the student's is a copy with ``sigma_max`` capped
+            at ``distill.sigma_max`` (when set), so that all its steps lie on the distilled range
+            (e.g. all 4 run from a drag-warped start at σ = 2).
+
+    Returns:
+        ``PuppetMasterPipeline`` keyword arguments: ``scheduler``, ``num_inference_steps``,
+        ``min_guidance_scale``, ``max_guidance_scale``.
+    """
+    if distill.sigma_max is not None and distill.sigma_max < scheduler.config.sigma_max:
+        scheduler = type(scheduler).from_config(scheduler.config, sigma_max=float(distill.sigma_max))
+    return {"scheduler": scheduler, "num_inference_steps": distill.sampler_steps, "min_guidance_scale": 1.0,
+            "max_guidance_scale": 1.0}

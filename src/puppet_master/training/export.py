@@ -22,6 +22,8 @@ import torch
 from ..errors import UserInputError
 from ..pipelines import PuppetMasterPipeline
 from ..pipelines.loading import DTYPE_ARG
+from ..pipelines.pipeline_puppet_master import SAMPLING_DEFAULTS
+from .consistency import student_settings
 from .ema_state import LEGACY_EMA_FILE, has_legacy_ema, read_ema_state
 
 
@@ -53,6 +55,29 @@ def load_ema_weights(checkpoint: str | Path) -> list[torch.Tensor]:
         raise UserInputError(f"cannot read the EMA state {path} (only tensors are accepted; nothing was run): "
                              f"{first}") from None
     return shadow
+
+
+def _as_trained(pipe: PuppetMasterPipeline, checkpoint: Path) -> PuppetMasterPipeline:
+    """``pipe`` with the sampling a run's final export states: a consistency-distillation run's student settings
+    (:func:`~puppet_master.training.consistency.student_settings`), read from the run's ``config.json``
+    (``OUTPUT_DIR/config.json`` beside ``checkpoints/``); other runs keep the base's settings."""
+    config_file = checkpoint.parent.parent / "config.json"
+    if not config_file.is_file():
+        return pipe
+    from .. import limits
+    from ..values import parse_json
+    from .config import DistillConfig
+
+    config = parse_json(limits.read_bytes_bounded(config_file, "run config", limits.current("MAX_CONFIG_BYTES")),
+                        f"run config {str(config_file)!r}")
+    if not isinstance(config, dict) or config.get("objective") != "consistency":
+        return pipe
+    try:
+        distill = DistillConfig(**config.get("distill", {}))
+    except (TypeError, ValueError) as exc:
+        raise UserInputError(f"run config {str(config_file)!r}: its distill section is not valid: {exc}") from None
+    settings = {name: pipe.config[name] for name in SAMPLING_DEFAULTS if pipe.config.get(name) is not None}
+    return PuppetMasterPipeline(**{**pipe.components, **settings, **student_settings(distill, pipe.scheduler)})
 
 
 def export_checkpoint(
@@ -109,6 +134,7 @@ def export_checkpoint(
     with torch.no_grad():
         for p, s in zip(params, shadow):
             p.copy_(s.to(p.dtype))
+    pipe = _as_trained(pipe, Path(checkpoint))
     pipe.unet.to(dtype)
     pipe.vae.to(dtype)
     if pipe.image_encoder is not None:

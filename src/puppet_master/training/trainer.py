@@ -44,7 +44,7 @@ from ..pipelines.pipeline_puppet_master import SAMPLING_DEFAULTS
 from ..values import parse_json
 from ..video import draw_drags, to_uint8_frames, write_video
 from .config import OptimConfig, TrainConfig
-from .consistency import ConsistencyDistillation, DistillSettings
+from .consistency import ConsistencyDistillation, DistillSettings, student_settings
 from .data import PositionSampler, build_mixture, collate, steps_to_positions
 from .ema_state import (LEGACY_EMA_FILE, custom_pickles, has_legacy_ema, load_ema_state, read_ema_settings,
                         save_ema_state)
@@ -247,26 +247,6 @@ def load_components(config: TrainConfig, unet) -> dict | None:
         comps.update(student_settings(config.distill, comps["scheduler"]))
     comps["unet"] = unet
     return comps
-
-
-def student_settings(distill, scheduler) -> dict:
-    """What a consistency-distilled student's pipeline states (docs/design.md §5): its step count, no CFG (the
-    guidance is folded in), and a scheduler whose σ range is the one it was distilled on.
-
-    Args:
-        distill: the config's ``distill`` section.
-        scheduler: the teacher's scheduler; the student's is a copy with ``sigma_max`` capped
-            at ``distill.sigma_max`` (when set), so that all its steps lie on the distilled range
-            (e.g. all 4 run from a drag-warped start at σ = 2).
-
-    Returns:
-        ``PuppetMasterPipeline`` keyword arguments: ``scheduler``, ``num_inference_steps``,
-        ``min_guidance_scale``, ``max_guidance_scale``.
-    """
-    if distill.sigma_max is not None and distill.sigma_max < scheduler.config.sigma_max:
-        scheduler = type(scheduler).from_config(scheduler.config, sigma_max=float(distill.sigma_max))
-    return {"scheduler": scheduler, "num_inference_steps": distill.sampler_steps, "min_guidance_scale": 1.0,
-            "max_guidance_scale": 1.0}
 
 
 def _read_trainer_state(checkpoint: Path) -> int:
