@@ -49,6 +49,8 @@ def main() -> int:
     parser.add_argument("--detail-transfer-radius", type=float, default=None,
                         help="add the input's detail lost by the VAE back, moved along the drags with this radius in "
                              "latent cells (0: decode as the paper; default: keep the shipped model's setting)")
+    parser.add_argument("--tie-first-frame", choices=("on", "off"), default=None,
+                        help="hold frame 0 at the input while sampling (default: keep the shipped model's setting)")
     args = parser.parse_args()
     shipped = json.loads((args.out / "model_index.json").read_text()) if (args.out / "model_index.json").is_file() else {}
     settings = {}
@@ -60,8 +62,10 @@ def main() -> int:
     for name in ("warp_init_sigma", "detail_transfer_radius"):
         value = getattr(args, name)
         settings[name] = (shipped.get(name) if value is None else value) or None
+    tie = shipped.get("tie_first_frame", False) if args.tie_first_frame is None else args.tie_first_frame == "on"
+    settings["tie_first_frame"] = bool(tie)
     pipe = PuppetMasterPipeline.from_pretrained(args.pipeline)
-    pipe.register_to_config(**settings)
+    pipe.register_to_config(**settings)  # the pipeline's own sampling (steps, guidance of a student) is kept
     pipe.unet.to(torch.float16)
     pipe.vae.to(torch.float16)
     tmp = args.out.with_name(f".{args.out.name}.partial")
