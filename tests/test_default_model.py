@@ -67,10 +67,11 @@ def test_default_model_keeps_the_image_and_moves_the_dragged_part(default_pipe, 
         assert video.shape == (14, 256, 256, 3) and np.isfinite(video).all()
         return (np.clip(video, 0, 1) * 255 + 0.5).astype(np.uint8)
 
-    # frame 0 keeps the input image (with the shipped detail transfer, which restores what the VAE blurs)
+    # frame 0 is the input image: the shipped first-frame tie holds its latent at the input's, and detail
+    # transfer restores what the VAE blurs (the target: >= 28 dB)
     ref = np.asarray(square.convert("RGB").resize((256, 256)), dtype=np.float64)
     mse = np.mean((frames()[0].astype(np.float64) - ref) ** 2)
-    assert 10 * np.log10(255.0**2 / mse) >= 25.0
+    assert mse <= 255.0**2 / 10 ** (28.0 / 10), mse
 
     # the UNet moves the drag origin more than the background (points tracked with OpenCV DIS flow); measured
     # without detail transfer, whose moved texture would follow the drag whatever the UNet generated

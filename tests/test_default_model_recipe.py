@@ -182,8 +182,13 @@ def test_recipe_script_runs_the_stages_that_made_the_shipped_weights():
             assert cfg.model.init == "scratch"
         else:
             assert cfg.model.init == "checkpoint" and cfg.model.pretrained == stage["starts_from"] == f"{previous}/pipeline"
+        if cfg.objective == "consistency":  # the last stage: the student of the stage before, its own teacher
+            assert stage["name"] == "student" and cfg.distill.teacher == cfg.model.pretrained
+        else:
+            edm_config = cfg
         previous = cfg.output_dir
-    assert cfg.model.unet["drag_warp_image_latents"] is True
+    assert edm_config.model.unet["drag_warp_image_latents"] is True
+    assert cfg.objective == "consistency"  # the shipped weights are the distilled student
 
     ship = next(c for c in commands if any(t.endswith("ship_default_model.py") for t in c))
     assert ship[-1] == f"{stages[-1]['output_dir']}/pipeline"
@@ -191,3 +196,6 @@ def test_recipe_script_runs_the_stages_that_made_the_shipped_weights():
     shipped = json.loads((DEFAULT_MODEL_DIR / "model_index.json").read_text())
     for flag, key in (("--warp-init-sigma", "warp_init_sigma"), ("--detail-transfer-radius", "detail_transfer_radius")):
         assert float(ship[ship.index(flag) + 1]) == shipped[key], key
+    assert (ship[ship.index("--tie-first-frame") + 1] == "on") == shipped["tie_first_frame"]
+    # the student's own sampling, stated by its export, is what ships
+    assert (shipped["num_inference_steps"], shipped["max_guidance_scale"]) == (cfg.distill.sampler_steps, 1.0)

@@ -71,10 +71,16 @@ stage $W/unet-stage3b recipes/default-model/configs/default-model-stage3.yaml \
     model.pretrained=$W/unet-stage3/pipeline model.components=$W/unet-stage3/pipeline \
     optim.lr=1.0e-4 optim.warmup_steps=20 max_steps=600 stop_at_step=500 seed=4
 
-# 6. Ship as fp16 safetensors (<= 40 MB) and evaluate against the baselines
+#    stage 4: consistency distillation of stage 3b into a 4-step student without CFG (not in the
+#    paper; docs/design.md §5): 150 steps, lr 2e-4 constant after 10 warm-up steps, seed 5
+stage $W/student recipes/default-model/configs/default-model-distill.yaml
+
+# 6. Ship the student as fp16 safetensors (<= 40 MB) and evaluate against the baselines
 #    (autoencoder = the test videos through the VAE: the best any UNet with this VAE can score).
-#    The two sampling settings (not in the paper) are those of model_index.json.
-run python recipes/default-model/ship_default_model.py --warp-init-sigma 2 --detail-transfer-radius 1 $W/unet-stage3b/pipeline
+#    The sampling settings not in the paper are those of model_index.json; the student's own
+#    (4 steps, no CFG, its σ <= 2 scheduler) come with its pipeline folder.
+run python recipes/default-model/ship_default_model.py --warp-init-sigma 2 --detail-transfer-radius 1 \
+    --tie-first-frame on $W/student/pipeline
 run puppet-master evaluate --data $W/data-test/samples-s00 --method model --method warp --method static \
     --method autoencoder --model default --out $W/eval-procedural
 run puppet-master evaluate --data ../shared/data/dragamove-test-dev --method model --method warp --method static \
