@@ -1,7 +1,7 @@
 """A picture of a model on one Drag-a-Move example: input with drags, ground truth, output.
 
     python scripts/dragamove_figure.py ../shared/data/dragamove-test-dev/00000.pkl recipes/default-model/default-model-dragamove.png \
-        [--model default] [--steps 50] [--seed 0] [--frames 0,4,9,13]
+        [--model default] [--steps N] [--seed 0] [--frames 0,4,9,13]
 
 Rows: the input (frame 0) with the drags drawn up to each frame, the ground-truth video,
 and the model's video (``puppet-master evaluate``'s ``model`` method: the same
@@ -28,7 +28,7 @@ def main() -> None:
     ap.add_argument("example", type=Path, help="a Drag-a-Move NNNNN.pkl (its NNNNN.gif beside it)")
     ap.add_argument("out", type=Path, help="PNG to write")
     ap.add_argument("--model", default="default")
-    ap.add_argument("--steps", type=int, default=PuppetMasterOptions.default("steps"))
+    ap.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's own)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--frames", default="0,4,9,13", help="comma-separated frame indices")
     args = ap.parse_args()
