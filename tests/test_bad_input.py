@@ -870,8 +870,14 @@ def bombs(tmp_path_factory, tiny_pipeline_dir, corpus):
 
     def mp4(args):
         def write(path):
-            subprocess.run([ffmpeg, "-v", "error", "-f", "lavfi", *args, "-c:v", "libx264", "-preset", "ultrafast",
-                            "-pix_fmt", "yuv420p", "-y", str(path)], check=True, timeout=120)
+            command = [ffmpeg, "-v", "error", "-f", "lavfi", *args, "-c:v", "libx264", "-preset", "ultrafast",
+                       "-pix_fmt", "yuv420p", "-y", str(path)]
+            if subprocess.run(command, timeout=120).returncode != 0 and "-fps_mode" in command:
+                # the ffmpeg of older imageio-ffmpeg releases (before 5.1) knows the option as -vsync
+                command[command.index("-fps_mode")] = "-vsync"
+                subprocess.run(command, check=True, timeout=120)
+            elif not path.is_file():
+                raise RuntimeError(f"ffmpeg could not write {path}")
         return write
 
     drags = json.dumps({"drags": [{"start": [10, 10], "end": [20, 10]}]}).encode()
