@@ -159,7 +159,7 @@ def test_a_distilled_tiny_student_at_2_steps_is_closer_to_the_50_step_teacher(ti
     with pytest.raises(SystemExit) as done:
         main(["train", "-q", f"output_dir={run}", "max_steps=60", "objective=consistency", "model.init=checkpoint",
               f"model.pretrained={tiny_pipeline_dir}", f"model.components={tiny_pipeline_dir}", "data.num_frames=3",
-              "data.batch_size=4", "log_with=none", "checkpoint_every=100000", "use_ema=false",
+              "data.batch_size=4", "log_with=none", "checkpoint_every=100000", "use_ema=true", "ema_decay=0.5",
               "cond_dropout_prob=0", "optim.lr=3e-3", "optim.lr_scheduler=constant", "distill.sigma_max=2.0",
               "distill.grid_steps=16", "distill.skip=2",
               "data.sources=[{type: synthetic, num_clips: 32, latent_size: 8, embedding_dim: 32}]"])
