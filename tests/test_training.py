@@ -258,8 +258,8 @@ def test_two_process_ddp_matches_one_process_with_doubled_batch(tmp_path):
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29561",
                           str(HELPER), str(tmp_path / "two"), "1", *sgd], env=env, capture_output=True, text=True, timeout=600)
     assert two.returncode == 0, two.stderr[-3000:]
-    a = torch.load(tmp_path / "one" / "result.pt")
-    b = torch.load(tmp_path / "two" / "result.pt")
+    a = torch.load(tmp_path / "one" / "result.pt", weights_only=True)
+    b = torch.load(tmp_path / "two" / "result.pt", weights_only=True)
     assert a["processes"] == 1 and b["processes"] == 2
     for k in a["initial"]:
         assert torch.equal(a["initial"][k], b["initial"][k])
