@@ -63,3 +63,13 @@ def tiny_draganything_dir(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("models") / "tiny-draganything"
     DragAnythingPipeline(**build_draganything_components(seed=0)).save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_pipeline_dir):
+    """The tiny PuppetMasterPipeline loaded from ``tiny_pipeline_dir``, progress bar off (one per test module)."""
+    from puppet_master.pipelines import PuppetMasterPipeline
+
+    p = PuppetMasterPipeline.from_pretrained(tiny_pipeline_dir)
+    p.set_progress_bar_config(disable=True)
+    return p

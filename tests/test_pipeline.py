@@ -17,13 +17,6 @@ def _image(size=64, seed=0):
     return PIL.Image.fromarray(arr)
 
 
-@pytest.fixture(scope="module")
-def pipe(tiny_pipeline_dir):
-    p = PuppetMasterPipeline.from_pretrained(tiny_pipeline_dir)
-    p.set_progress_bar_config(disable=True)
-    return p
-
-
 def test_cfg_ramp_is_linear_over_frames():
     g = guidance_scales(14, 1.0, 5.0)
     assert g.shape == (14,)

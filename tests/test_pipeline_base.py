@@ -31,13 +31,6 @@ def _gen(seed=3):
     return torch.Generator().manual_seed(seed)
 
 
-@pytest.fixture(scope="module")
-def pipe(tiny_pipeline_dir):
-    p = PuppetMasterPipeline.from_pretrained(tiny_pipeline_dir)
-    p.set_progress_bar_config(disable=True)
-    return p
-
-
 def test_both_pipelines_share_one_loop():
     for cls in (PuppetMasterPipeline, DragAnythingPipeline):
         assert issubclass(cls, SVDStylePipeline)

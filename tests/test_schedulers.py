@@ -30,13 +30,6 @@ def _gen(seed=3):
 
 
 @pytest.fixture(scope="module")
-def pipe(tiny_pipeline_dir):
-    p = PuppetMasterPipeline.from_pretrained(tiny_pipeline_dir)
-    p.set_progress_bar_config(disable=True)
-    return p
-
-
-@pytest.fixture(scope="module")
 def conditioned_pipe():
     """A tiny pipeline whose UNet has weights at sensible scales (as tests/test_fast_paths.py's ``_randomised``).
 
