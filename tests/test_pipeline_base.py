@@ -150,10 +150,17 @@ def test_tie_first_frame_decodes_frame_0_to_the_vae_round_trip_and_with_detail_t
     assert (round_trip - x[0]).abs().mean() > 0.05  # the random VAE is far from the identity
     frames = pipe(image, DRAGS, **kwargs).frames[0]
     torch.testing.assert_close(frames[0], round_trip, atol=1e-5, rtol=0)
+    decoded = []  # frames per VAE decode: the tied frame 0 serves as D(E(image)), not decoded twice
+    decode = pipe.vae.decode
+    pipe.vae.decode = lambda z, *a, **k: decoded.append(z.shape[0]) or decode(z, *a, **k)
     restored = pipe(image, DRAGS, detail_transfer_radius=1.0, **kwargs).frames[0]
     torch.testing.assert_close(restored[0], x[0], atol=1e-5, rtol=0)
+    assert decoded == [4]
+    decoded.clear()
     untied = pipe(image, DRAGS, tie_first_frame=False, **kwargs).frames[0]
     assert (untied[0] - round_trip).abs().max() > 0.05
+    untied_restored = pipe(image, DRAGS, tie_first_frame=False, detail_transfer_radius=1.0, **kwargs).frames[0]
+    assert decoded == [4, 4, 1] and (untied_restored[0] - x[0]).abs().max() > 1e-3
 
 
 def test_the_model_states_its_sampling_defaults_and_a_call_overrides_them(pipe, tmp_path):

@@ -253,7 +253,8 @@ class PuppetMasterPipeline(SVDStylePipeline):
 
     @torch.no_grad()
     def transfer_details(self, video: torch.Tensor, image: torch.Tensor, first_latent: torch.Tensor,
-                         drags: torch.Tensor, radius: float) -> torch.Tensor:
+                         drags: torch.Tensor, radius: float, reconstruction: torch.Tensor | None = None
+                         ) -> torch.Tensor:
         """Detail transfer (not in the paper; class docstring): ``video + warp(image − D(E(image)))``.
 
         Args:
@@ -263,12 +264,15 @@ class PuppetMasterPipeline(SVDStylePipeline):
                 :meth:`encode_first_frame`).
             drags: normalised drags ``(B, N, K, 4)`` (docs/design.md §2).
             radius: Gaussian radius of the drag displacement field, in latent cells (> 0).
+            reconstruction: ``D(E(image))`` ``(B, 3, H, W)`` in [−1, 1] when already decoded
+                (frame 0 of a video sampled with the first-frame tie); ``None`` decodes it.
 
         Returns:
             ``(B, N, 3, H, W)`` float32 in [−1, 1].
         """
-        scaled = first_latent[:, None].float() * self.vae.config.scaling_factor
-        reconstruction = self.decode_latents(scaled)[:, 0]  # (B, 3, H, W)
+        if reconstruction is None:
+            scaled = first_latent[:, None].float() * self.vae.config.scaling_factor
+            reconstruction = self.decode_latents(scaled)[:, 0]  # (B, 3, H, W)
         residual = image.to(reconstruction.device, torch.float32) - reconstruction
         moved = warp_images_by_drags(residual, drags.float().to(residual.device), self.vae_scale_factor, radius,
                                      self.unet.warp_settings.background)
@@ -520,7 +524,14 @@ class PuppetMasterPipeline(SVDStylePipeline):
         else:
             video = self.decode_video(latents, decode_chunk_size)  # (B, N, 3, H, W) in [-1, 1]
             if detail_radius:
-                video = self.transfer_details(video, pixels * 2 - 1, cond_latent, cond_drags, detail_radius)
+                # frame 0 held at the first frame's latent decodes to D(E(image)) (an image VAE
+                # decodes frames independently): no second decode of it
+                reconstruction = None
+                if (first_frame_tie is not None and not self._temporal_vae
+                        and torch.equal(latents[:, 0], first_frame_tie.latent.to(latents.dtype))):
+                    reconstruction = video[:, 0]
+                video = self.transfer_details(video, pixels * 2 - 1, cond_latent, cond_drags, detail_radius,
+                                              reconstruction=reconstruction)
             frames = self.postprocess_video(video, output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
