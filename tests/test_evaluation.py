@@ -14,7 +14,7 @@ from puppet_master.evaluation.metrics import (
     psnr_per_frame,
     ssim_per_frame,
 )
-from puppet_master.evaluation.runner import Report, autoencoder_method, evaluate, static_method, warp_method
+from puppet_master.evaluation.runner import PSNR_CAP, Report, autoencoder_method, evaluate, static_method, warp_method
 from puppet_master.evaluation.tracking import DISTracker, LucasKanadeTracker, make_tracker
 from puppet_master.errors import UserInputError
 
@@ -160,12 +160,19 @@ def test_evaluate_report_schema_and_files(shared_dir, tmp_path):
     assert "Tracker noise floor" in (tmp_path / "report.md").read_text()
     assert data["num_examples"] == 2 and data["tracker"] == "opencv-dis"
     for scores in data["methods"].values():
-        assert set(scores) == {"psnr", "ssim", "psnr_after_first", "ssim_after_first", "lpips", "fvd",
-                               "flow_error_drag", "flow_error_fg", "wrong_direction_rate", "seconds_per_video"}
+        assert set(scores) == {"psnr", "ssim", "psnr_after_first", "ssim_after_first", "psnr_first", "psnr_last",
+                               "lpips", "fvd", "flow_error_drag", "flow_error_fg", "wrong_direction_rate",
+                               "seconds_per_video"}
         assert scores["lpips"] is None and scores["fvd"] is None
     static = data["methods"]["static"]
     assert static["wrong_direction_rate"] == 0.0 and static["flow_error_drag"] > 0
     assert report.methods["static"].psnr > report.methods["static"].psnr_after_first
+    # the static video's frame 0 is the ground truth's (capped), its last frame the furthest from it
+    assert static["psnr_first"] == PSNR_CAP and static["psnr_last"] < static["psnr_after_first"] < PSNR_CAP
+    examples = load_eval_dataset(shared_dir / "data" / "dragamove-test-dev", limit=2)[1]
+    for row, ex in zip(data["per_example"], examples, strict=True):
+        expected = psnr_per_frame(static_video(ex.frames[0], len(ex.frames)), ex.frames)[-1]
+        assert row["name"] == ex.name and row["methods"]["static"]["psnr_last"] == pytest.approx(expected)
     assert (tmp_path / "videos" / "00000.gif").is_file() and "| static |" in (tmp_path / "report.md").read_text()
 
 

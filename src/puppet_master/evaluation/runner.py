@@ -38,6 +38,10 @@ class MethodScores(BaseModel):
     ssim: float
     psnr_after_first: float
     ssim_after_first: float
+    #: PSNR (dB, capped at :data:`PSNR_CAP`) of frame 0 and of the last frame against the ground
+    #: truth's (None in reports written before they were added).
+    psnr_first: float | None = None
+    psnr_last: float | None = None
     lpips: float | None
     fvd: float | None
     flow_error_drag: float
@@ -176,6 +180,8 @@ def evaluate(
                 "ssim": float(ssim.mean()),
                 "psnr_after_first": float(psnr[1:].mean()),
                 "ssim_after_first": float(ssim[1:].mean()),
+                "psnr_first": float(psnr[0]),
+                "psnr_last": float(psnr[-1]),
                 "lpips": lpips(pred, ex.frames) if lpips is not None and lpips.available else None,
                 "flow_error_drag": flow.flow_error_drag,
                 "flow_error_fg": flow.flow_error_fg,
@@ -198,6 +204,8 @@ def evaluate(
             ssim=_finite_mean(r["ssim"] for r in rows),
             psnr_after_first=_finite_mean(r["psnr_after_first"] for r in rows),
             ssim_after_first=_finite_mean(r["ssim_after_first"] for r in rows),
+            psnr_first=_finite_mean(r["psnr_first"] for r in rows),
+            psnr_last=_finite_mean(r["psnr_last"] for r in rows),
             lpips=_finite_mean(r["lpips"] for r in rows) if lpips is not None and lpips.available else None,
             fvd=fvd(videos[name], real) if fvd is not None and len(real) > 1 else None,
             flow_error_drag=_finite_mean(r["flow_error_drag"] for r in rows),
@@ -251,15 +259,17 @@ def report_markdown(report: Report, lpips: LPIPSMetric | None = None) -> str:
         f"# Evaluation: {report.dataset}",
         "",
         f"{report.num_examples} examples{skipped}, 256×256, tracker `{report.tracker}`; flow errors in pixels "
-        "(RMSE of tracked trajectories, generated vs ground truth). PSNR/SSIM 'after first' skip frame 0.",
+        "(RMSE of tracked trajectories, generated vs ground truth). PSNR/SSIM 'after first' skip frame 0; "
+        f"'frame 0' and 'last' are one frame's PSNR (capped at {PSNR_CAP:.0f} dB).",
         "",
-        "| method | PSNR ↑ | SSIM ↑ | PSNR 1.. ↑ | SSIM 1.. ↑ | LPIPS ↓ | FVD ↓ | flow err. drag ↓ | flow err. fg ↓ | wrong dir. ↓ | s/video |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| method | PSNR ↑ | SSIM ↑ | PSNR 1.. ↑ | SSIM 1.. ↑ | PSNR frame 0 ↑ | PSNR last ↑ | LPIPS ↓ | FVD ↓ "
+        "| flow err. drag ↓ | flow err. fg ↓ | wrong dir. ↓ | s/video |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, s in report.methods.items():
         lines.append(
             f"| {name} | {_fmt(s.psnr)} | {_fmt(s.ssim, 3)} | {_fmt(s.psnr_after_first)} | {_fmt(s.ssim_after_first, 3)} | "
-            f"{_fmt(s.lpips, 3)} | {_fmt(s.fvd)} | {_fmt(s.flow_error_drag)} | {_fmt(s.flow_error_fg)} | "
+            f"{_fmt(s.psnr_first)} | {_fmt(s.psnr_last)} | {_fmt(s.lpips, 3)} | {_fmt(s.fvd)} | {_fmt(s.flow_error_drag)} | {_fmt(s.flow_error_fg)} | "
             f"{_fmt(s.wrong_direction_rate)} | {_fmt(s.seconds_per_video)} |"
         )
     if report.tracker_noise_drag is not None:
