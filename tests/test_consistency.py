@@ -41,6 +41,29 @@ def test_the_grid_is_the_schedulers_own_karras_schedule(tiny):
         sigma_grid(scheduler, 8, sigma_max=0.001)
 
 
+def test_the_student_samples_the_longer_schedule_without_its_sigma_min_call(tiny):
+    """N student steps = the σ's of the (N+1)-step schedule less the last (σ_min, where f(x, σ_min) ≈ x), then 0."""
+    from types import SimpleNamespace
+
+    from puppet_master.training.consistency import student_settings
+
+    _, teacher = tiny
+    for steps in (2, 3, 4, 8):
+        settings = student_settings(SimpleNamespace(sigma_max=2.0, sampler_steps=steps), teacher)
+        assert settings["num_inference_steps"] == steps and settings["max_guidance_scale"] == 1.0
+        student = settings["scheduler"]
+        student.set_timesteps(steps)
+        longer = type(teacher).from_config(teacher.config, sigma_max=2.0)
+        longer.set_timesteps(steps + 1)
+        assert len(student.sigmas) == steps + 1 and student.sigmas[-1] == 0
+        torch.testing.assert_close(student.sigmas[:-1], longer.sigmas[:steps], rtol=1e-5, atol=1e-7)
+        assert longer.sigmas[steps].item() == pytest.approx(teacher.config.sigma_min)  # the call skipped
+    # one step: from σ_max straight to 0; the teacher's scheduler is not changed
+    one = student_settings(SimpleNamespace(sigma_max=2.0, sampler_steps=1), teacher)["scheduler"]
+    one.set_timesteps(1)
+    assert one.sigmas.tolist() == pytest.approx([2.0, 0.0]) and teacher.config.sigma_min == pytest.approx(0.002)
+
+
 def test_the_teacher_step_is_one_step_of_the_pipelines_guided_euler_sampler(tiny):
     """The distillation's teacher solver equals diffusers' EulerDiscreteScheduler step on CFG-combined outputs.
 
@@ -145,7 +168,7 @@ def test_teacher_and_student_must_match(tiny):
 @pytest.mark.slow
 def test_a_distilled_tiny_student_at_2_steps_is_closer_to_the_50_step_teacher(tiny_pipeline_dir, tmp_path, capsys):
     """End to end on CPU: ``puppet-master train`` with ``objective=consistency`` distils the tiny pipeline; the
-    exported student states its sampling (4 steps, no CFG, σ ≤ 2) and ``animate --model STUDENT`` uses it; at 2
+    exported student states its sampling (4 steps, no CFG, 2 ≥ σ > σ_min) and ``animate --model STUDENT`` uses it; at 2
     steps it lands closer to the teacher's 50-step, CFG-guided result (same noise, warped start at σ = 2) than the
     teacher itself at 2 steps, with or without CFG, on every one of 6 inputs."""
     import numpy as np
@@ -168,6 +191,7 @@ def test_a_distilled_tiny_student_at_2_steps_is_closer_to_the_50_step_teacher(ti
     teacher = PuppetMasterPipeline.from_pretrained(tiny_pipeline_dir)
     assert student.sampling_settings()["num_inference_steps"] == 4
     assert student.sampling_settings()["max_guidance_scale"] == 1.0 and student.scheduler.config.sigma_max == 2.0
+    assert student.scheduler.config.sigma_min > teacher.scheduler.config.sigma_min  # no call at σ_min
     # the teacher's best 2-step try: on the student's schedule (σ ≤ 2), with and without its CFG
     teacher_short = PuppetMasterPipeline(**{**teacher.components, "scheduler": student.scheduler})
     far = {"student": [], "teacher": [], "teacher, no CFG": []}

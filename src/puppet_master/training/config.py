@@ -151,7 +151,8 @@ class DistillConfig(_Strict):
     loss: Literal["huber", "l2"] = "huber"
     huber_c: float = Field(0.001, gt=0, description="pseudo-Huber constant (latent units)")
     sampler_steps: int = Field(4, ge=1, le=1000, description=(
-        "sampling steps the exported student pipeline states in model_index.json"))
+        "sampling steps (UNet calls) the exported student pipeline states in model_index.json: the σ's of the "
+        "teacher's schedule for one step more, less its last σ_min call (training.consistency.student_settings)"))
 
     @model_validator(mode="after")
     def _skip_within_grid(self):

@@ -285,17 +285,38 @@ def student_settings(distill, scheduler) -> dict:
     """What a consistency-distilled student's pipeline states (docs/design.md §5): its step count, no CFG (the
     guidance is folded in), and a scheduler whose σ range is the one it was distilled on.
 
+    The student is sampled with ``distill.sampler_steps`` UNet calls at the σ's the teacher's
+    (Karras) schedule gives for one step more, less its last: that schedule ends on σ_min
+    (0.002), where a consistency function is the identity (``f(x, σ_min) ≈ x``), so a call
+    there changes the video by less than 1e-4 (≈ 88 dB) and is skipped. The student's
+    scheduler therefore states ``sigma_min`` = that schedule's second-to-last σ; its last step
+    goes from there straight to 0 with the student's estimate of the clean latents.
+
     Args:
         distill: the config's ``distill`` section.
         scheduler: the teacher's scheduler; the student's is a copy with ``sigma_max`` capped
             at ``distill.sigma_max`` (when set), so that all its steps lie on the distilled range
-            (e.g. all 4 run from a drag-warped start at σ = 2).
+            (e.g. all 3 run from a drag-warped start at σ = 2), and ``sigma_min`` raised as above
+            (schedulers without a ``sigma_min`` setting are left at their own).
 
     Returns:
         ``PuppetMasterPipeline`` keyword arguments: ``scheduler``, ``num_inference_steps``,
         ``min_guidance_scale``, ``max_guidance_scale``.
     """
+    overrides = {}
     if distill.sigma_max is not None and distill.sigma_max < scheduler.config.sigma_max:
-        scheduler = type(scheduler).from_config(scheduler.config, sigma_max=float(distill.sigma_max))
-    return {"scheduler": scheduler, "num_inference_steps": distill.sampler_steps, "min_guidance_scale": 1.0,
+        overrides["sigma_max"] = float(distill.sigma_max)
+    steps = distill.sampler_steps
+    if steps >= 2 and getattr(scheduler.config, "sigma_min", None) is not None:
+        longer = type(scheduler).from_config(scheduler.config, **overrides)
+        longer.set_timesteps(steps + 1, device="cpu")
+        candidate = type(scheduler).from_config(scheduler.config, **overrides,
+                                                sigma_min=float(longer.sigmas[steps - 1]))
+        candidate.set_timesteps(steps, device="cpu")
+        # only where the shorter schedule is the longer one's first steps (a Karras schedule is)
+        if torch.allclose(candidate.sigmas[:steps], longer.sigmas[:steps], rtol=1e-4, atol=1e-6):
+            overrides["sigma_min"] = float(longer.sigmas[steps - 1])
+    if overrides:
+        scheduler = type(scheduler).from_config(scheduler.config, **overrides)
+    return {"scheduler": scheduler, "num_inference_steps": steps, "min_guidance_scale": 1.0,
             "max_guidance_scale": 1.0}
