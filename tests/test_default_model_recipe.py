@@ -197,5 +197,6 @@ def test_recipe_script_runs_the_stages_that_made_the_shipped_weights():
     for flag, key in (("--warp-init-sigma", "warp_init_sigma"), ("--detail-transfer-radius", "detail_transfer_radius")):
         assert float(ship[ship.index(flag) + 1]) == shipped[key], key
     assert (ship[ship.index("--tie-first-frame") + 1] == "on") == shipped["tie_first_frame"]
+    assert float(ship[ship.index("--tie-release-sigma") + 1]) == shipped["tie_release_sigma"]
     # the student's own sampling, stated by its export, is what ships
     assert (shipped["num_inference_steps"], shipped["max_guidance_scale"]) == (cfg.distill.sampler_steps, 1.0)

@@ -126,6 +126,19 @@ def test_tie_first_frame_off_changes_nothing_and_on_holds_frame_0_at_the_input_l
         d["latents"][:, 0].clone()) or {}, **kwargs)
     sigma_after_first = pipe.scheduler.sigmas[1]
     torch.testing.assert_close(mid[0], z + sigma_after_first * noise[:, 0], atol=1e-4, rtol=1e-6)
+    # released below a σ: frame 0 is the sampler's own from there on; every earlier state is tied
+    last_sigma = float(pipe.scheduler.sigmas[-2])  # the schedule's last non-zero σ
+    mid = []
+    released = pipe(_image(), DRAGS, generator=_gen(), tie_first_frame=True, tie_release_sigma=last_sigma / 2,
+                    callback_on_step_end=lambda p, i, t, d: mid.append(d["latents"][:, 0].clone()) or {},
+                    **kwargs).frames
+    for state, sigma in zip(mid[:-1], pipe.scheduler.sigmas[1:-1]):
+        torch.testing.assert_close(state, z + sigma * noise[:, 0], atol=1e-4, rtol=1e-6)
+    assert 1e-4 < (released[:, 0] - z).abs().max() < (paper[:, 0] - z).abs().max()
+    never = pipe(_image(), DRAGS, generator=_gen(), tie_first_frame=True, tie_release_sigma=1e6, **kwargs).frames
+    assert torch.equal(never, paper)
+    with pytest.raises(UserInputError, match="tie_release_sigma"):
+        pipe(_image(), DRAGS, generator=_gen(), tie_first_frame=True, tie_release_sigma=-1.0, **kwargs)
     # a pipeline setting saved in model_index.json, overridable per call
     PuppetMasterPipeline(**pipe.components, tie_first_frame=True).save_pretrained(tmp_path / "p")
     loaded = PuppetMasterPipeline.from_pretrained(tmp_path / "p")

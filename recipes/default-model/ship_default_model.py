@@ -51,6 +51,9 @@ def main() -> int:
                              "latent cells (0: decode as the paper; default: keep the shipped model's setting)")
     parser.add_argument("--tie-first-frame", choices=("on", "off"), default=None,
                         help="hold frame 0 at the input while sampling (default: keep the shipped model's setting)")
+    parser.add_argument("--tie-release-sigma", type=float, default=None,
+                        help="σ below which the tie lets frame 0 go (0: held to the end; default: keep the shipped "
+                             "model's setting)")
     args = parser.parse_args()
     shipped = json.loads((args.out / "model_index.json").read_text()) if (args.out / "model_index.json").is_file() else {}
     settings = {}
@@ -64,6 +67,10 @@ def main() -> int:
         settings[name] = (shipped.get(name) if value is None else value) or None
     tie = shipped.get("tie_first_frame", False) if args.tie_first_frame is None else args.tie_first_frame == "on"
     settings["tie_first_frame"] = bool(tie)
+    release = shipped.get("tie_release_sigma") if args.tie_release_sigma is None else args.tie_release_sigma
+    if release is not None and not release >= 0:
+        parser.error(f"--tie-release-sigma must be >= 0, got {release}")
+    settings["tie_release_sigma"] = release or None
     pipe = PuppetMasterPipeline.from_pretrained(args.pipeline)
     pipe.register_to_config(**settings)  # the pipeline's own sampling (steps, guidance of a student) is kept
     pipe.unet.to(torch.float16)

@@ -78,9 +78,9 @@ stage $W/student recipes/default-model/configs/default-model-distill.yaml
 # 6. Ship the student as fp16 safetensors (<= 40 MB) and evaluate against the baselines
 #    (autoencoder = the test videos through the VAE: the best any UNet with this VAE can score).
 #    The sampling settings not in the paper are those of model_index.json; the student's own
-#    (4 steps, no CFG, its σ <= 2 scheduler) come with its pipeline folder.
+#    (3 steps, no CFG, its 2 >= σ >= 0.045 scheduler) come with its pipeline folder.
 run python recipes/default-model/ship_default_model.py --warp-init-sigma 2 --detail-transfer-radius 1 \
-    --tie-first-frame on $W/student/pipeline
+    --tie-first-frame on --tie-release-sigma 0.01 $W/student/pipeline
 run puppet-master evaluate --data $W/data-test/samples-s00 --method model --method warp --method static \
     --method autoencoder --model default --out $W/eval-procedural
 run puppet-master evaluate --data ../shared/data/dragamove-test-dev --method model --method warp --method static \

@@ -31,7 +31,7 @@ PAPER_SAMPLING = {"num_inference_steps": 50, "min_guidance_scale": 1.0, "max_gui
 #: Every sampling setting a model may state in ``model_index.json``, with its default when it does not: the
 #: paper's sampling, and the three settings not in the paper off (class docstring).
 SAMPLING_DEFAULTS = {**PAPER_SAMPLING, "warp_init_sigma": None, "detail_transfer_radius": None,
-                     "tie_first_frame": False}
+                     "tie_first_frame": False, "tie_release_sigma": 0.0}
 
 
 @dataclass
@@ -112,7 +112,10 @@ class PuppetMasterPipeline(SVDStylePipeline):
     the σ the step reached; :class:`~.pipeline_svd_base.FirstFrameTie`). The other frames
     attend to a frame 0 that is the input at every noise level, and at the final σ = 0
     frame 0 is exactly the input's latent, so it decodes to the input's VAE round trip (and
-    with detail transfer, to the input itself).
+    with detail transfer, to the input itself). ``tie_release_sigma`` (default 0) stops the
+    tie below that σ: e.g. a value under the schedule's last non-zero σ keeps the last step's
+    own frame 0, which every step still saw tied (frame 0 then matches its neighbours as the
+    model made them, and stays close to the input; the default model's setting, docs/design.md §5).
     """
 
     model_cpu_offload_seq = "image_encoder->unet->vae"
@@ -127,6 +130,7 @@ class PuppetMasterPipeline(SVDStylePipeline):
         warp_init_sigma: float | None = None,
         detail_transfer_radius: float | None = None,
         tie_first_frame: bool = False,
+        tie_release_sigma: float | None = None,
         num_inference_steps: int | None = None,
         min_guidance_scale: float | None = None,
         max_guidance_scale: float | None = None,
@@ -137,7 +141,7 @@ class PuppetMasterPipeline(SVDStylePipeline):
         )
         # not in the paper (None / False = the paper's sampling and decoding); saved in model_index.json
         self.register_to_config(warp_init_sigma=warp_init_sigma, detail_transfer_radius=detail_transfer_radius,
-                                tie_first_frame=tie_first_frame)
+                                tie_first_frame=tie_first_frame, tie_release_sigma=tie_release_sigma)
         # the model's own sampling defaults (None = the paper's, PAPER_SAMPLING), e.g. a few-step student's
         self.register_to_config(num_inference_steps=num_inference_steps, min_guidance_scale=min_guidance_scale,
                                 max_guidance_scale=max_guidance_scale)
@@ -325,7 +329,7 @@ class PuppetMasterPipeline(SVDStylePipeline):
                      output_type: str, latents: torch.Tensor | None = None,
                      warp_init_sigma: float | None = None, detail_transfer_radius: float | None = None,
                      callback_on_step_end_tensor_inputs: Sequence[str] | None = None, scheduler: Any = None,
-                     generator=None) -> None:
+                     generator=None, tie_release_sigma: float | None = None) -> None:
         """Every argument check of :meth:`__call__`, before anything is encoded.
 
         Raises:
@@ -341,6 +345,9 @@ class PuppetMasterPipeline(SVDStylePipeline):
         if detail_transfer_radius is not None and not detail_transfer_radius >= 0:
             raise UserInputError(
                 f"detail_transfer_radius must be >= 0 (0 or None: no detail transfer), got {detail_transfer_radius}")
+        if tie_release_sigma is not None and not tie_release_sigma >= 0:
+            raise UserInputError(
+                f"tie_release_sigma must be >= 0 (0: frame 0 held at the input down to σ = 0), got {tie_release_sigma}")
         self._check_latents(latents, (batch_size, num_frames, self.unet.config.out_channels,
                                       height // self.vae_scale_factor, width // self.vae_scale_factor), generator)
 
@@ -371,11 +378,11 @@ class PuppetMasterPipeline(SVDStylePipeline):
         Args:
             given: any of ``num_inference_steps``, ``min_guidance_scale``,
                 ``max_guidance_scale``, ``warp_init_sigma``, ``detail_transfer_radius``,
-                ``tie_first_frame``; ``None`` means not given.
+                ``tie_first_frame``, ``tie_release_sigma``; ``None`` means not given.
 
         Returns:
-            All six, resolved (:data:`PAPER_SAMPLING` for the paper's; the three settings not in
-            the paper default to ``None`` / ``False``, the paper's sampling and decoding).
+            All seven, resolved (:data:`PAPER_SAMPLING` for the paper's; the settings not in
+            the paper default to ``None`` / ``False`` / 0, the paper's sampling and decoding).
         """
         unknown = set(given) - set(SAMPLING_DEFAULTS)
         if unknown:
@@ -411,6 +418,7 @@ class PuppetMasterPipeline(SVDStylePipeline):
         detail_transfer_radius: float | None = None,
         tie_first_frame: bool | None = None,
         scheduler: str | SchedulerMixin | None = None,
+        tie_release_sigma: float | None = None,
     ) -> PuppetMasterPipelineOutput | tuple:
         """Animate ``image`` with ``drags``.
 
@@ -459,6 +467,8 @@ class PuppetMasterPipeline(SVDStylePipeline):
                 (:data:`~puppet_master.pipelines.schedulers.SCHEDULER_NAMES`, built from the
                 pipeline's scheduler configuration) or a given diffusers scheduler; ``None``
                 uses the pipeline's. The pipeline's own scheduler is not changed.
+            tie_release_sigma: not in the paper: σ below which the tie no longer holds frame 0
+                (class docstring); ``None`` uses the pipeline's setting, else 0 (held to the end).
 
         Raises:
             UserInputError: bad image, drags, sizes or options.
@@ -467,7 +477,8 @@ class PuppetMasterPipeline(SVDStylePipeline):
         settings = self.sampling_settings(
             num_inference_steps=num_inference_steps, min_guidance_scale=min_guidance_scale,
             max_guidance_scale=max_guidance_scale, warp_init_sigma=warp_init_sigma,
-            detail_transfer_radius=detail_transfer_radius, tie_first_frame=tie_first_frame)
+            detail_transfer_radius=detail_transfer_radius, tie_first_frame=tie_first_frame,
+            tie_release_sigma=tie_release_sigma)
         num_inference_steps = settings["num_inference_steps"]
         min_guidance_scale, max_guidance_scale = settings["min_guidance_scale"], settings["max_guidance_scale"]
         init_sigma, detail_radius = settings["warp_init_sigma"], settings["detail_transfer_radius"]
@@ -475,7 +486,8 @@ class PuppetMasterPipeline(SVDStylePipeline):
 
         # 1. every argument check, before any encoding
         self.check_inputs(image, drags, height, width, num_frames, num_inference_steps, output_type, latents,
-                          init_sigma, detail_radius, callback_on_step_end_tensor_inputs, scheduler, generator)
+                          init_sigma, detail_radius, callback_on_step_end_tensor_inputs, scheduler, generator,
+                          settings["tie_release_sigma"])
         self._guidance_scale = max_guidance_scale
         device = self._execution_device
         pixels = self._prepare_image(image, height, width)  # (B, 3, H, W) in [0, 1]
@@ -507,7 +519,8 @@ class PuppetMasterPipeline(SVDStylePipeline):
         )
         first_frame_tie = None
         if tie:  # not in the paper (class docstring)
-            first_frame_tie = FirstFrameTie(cond_latent.float() * self.vae.config.scaling_factor, noise[:, 0].float())
+            first_frame_tie = FirstFrameTie(cond_latent.float() * self.vae.config.scaling_factor, noise[:, 0].float(),
+                                            float(settings["tie_release_sigma"] or 0.0))
 
         # 4. denoising
         latents = self.denoise(

@@ -53,18 +53,29 @@ class FirstFrameTie:
 
     At noise level σ frame 0's latent is ``latent + σ·noise``: the clean first-frame latent
     noised with frame 0's own initial noise, so the tie is deterministic and at the final
-    σ = 0 frame 0 is exactly ``latent``.
+    σ = 0 frame 0 is exactly ``latent``. Below ``release_sigma`` frame 0 is left as the
+    sampler made it: with a ``release_sigma`` between 0 and the schedule's last non-zero σ
+    only the last step's output for frame 0 is the model's own, every step still sees the
+    tied frame 0 as input.
 
     Attributes:
         latent: ``(B, C, h, w)`` float32, the first frame's latent times the VAE's scaling factor.
         noise: ``(B, C, h, w)`` float32, frame 0 of the initial noise (before any σ scaling).
+        release_sigma: σ below which frame 0 is no longer replaced (0: held down to σ = 0).
     """
 
     latent: torch.Tensor
     noise: torch.Tensor
+    release_sigma: float = 0.0
+
+    def holds(self, sigma: torch.Tensor | float) -> bool:
+        """Whether frame 0 is replaced at noise level ``sigma``."""
+        return not float(sigma) < self.release_sigma
 
     def apply(self, latents: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
-        """``latents (B, N, C, h, w)`` with frame 0 replaced by ``latent + sigma·noise``."""
+        """``latents (B, N, C, h, w)`` with frame 0 replaced by ``latent + sigma·noise`` (unchanged below ``release_sigma``)."""
+        if not self.holds(sigma):
+            return latents
         sigma = torch.as_tensor(sigma, dtype=torch.float32).to(latents.device)
         tied = latents.clone()
         tied[:, 0] = (self.latent + sigma * self.noise).to(latents.dtype)
