@@ -210,7 +210,7 @@ class PuppetMasterOptions(MethodOptions):
     steps: Annotated[int | None, Option("--steps", "N", call="num_inference_steps",
                                         control=Control("Sampling steps", 1, 100, 1))] = Field(
         None, ge=1, le=MAX_STEPS,
-        description="Sampling steps (the paper's: 50; a distilled few-step model's: 4).")
+        description="Sampling steps (the paper's: 50; the default model, a distilled student: 3).")
     guidance: Annotated[float | None, Option("--guidance", "W", call="max_guidance_scale",
                                              control=Control("Guidance (max CFG weight)", 1.0, 10.0, 0.5))] = Field(
         None, ge=0.0, le=MAX_GUIDANCE,

@@ -208,7 +208,7 @@ def with_model_settings(options: PuppetMasterOptions, pipe) -> PuppetMasterOptio
 
     The demo's controls then start at what the loaded model samples with
     (:meth:`~puppet_master.pipelines.PuppetMasterPipeline.sampling_settings`: its
-    ``model_index.json`` settings, else the paper's), e.g. 4 steps without CFG for a
+    ``model_index.json`` settings, else the paper's), e.g. 3 steps without CFG for a
     distilled model.
     """
     settings = pipe.sampling_settings()
