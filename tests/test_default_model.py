@@ -67,8 +67,8 @@ def test_default_model_keeps_the_image_and_moves_the_dragged_part(default_pipe, 
         assert video.shape == (14, 256, 256, 3) and np.isfinite(video).all()
         return (np.clip(video, 0, 1) * 255 + 0.5).astype(np.uint8)
 
-    # frame 0 is the input image: the shipped first-frame tie holds its latent at the input's, and detail
-    # transfer restores what the VAE blurs (the target: >= 28 dB)
+    # frame 0 is the input image: the shipped first-frame tie holds its latent at the input's (all but the
+    # last step's output, tie_release_sigma), and detail transfer restores what the VAE blurs (target: >= 28 dB)
     ref = np.asarray(square.convert("RGB").resize((256, 256)), dtype=np.float64)
     mse = np.mean((frames()[0].astype(np.float64) - ref) ** 2)
     assert mse <= 255.0**2 / 10 ** (28.0 / 10), mse
