@@ -129,11 +129,11 @@ def test_demo_in_browser(demo_server, browser, tmp_path):
     other.goto(demo_server)
     other.locator("#generate").wait_for(timeout=60_000)
     _upload(other, image)
-    _click_canvas(other, 0.3, 0.3)
-    _click_canvas(other, 0.3, 0.6)
-    _click_canvas(other, 0.7, 0.7)
-    _click_canvas(other, 0.6, 0.6)
-    other.wait_for_function("document.querySelector('#status').innerText.includes('2 drag(s)')", timeout=30_000)
+    # each click waits for the page's answer, as a user does (a click while the canvas redraws can miss it)
+    for (fx, fy), shown in (((0.3, 0.3), "click the end point"), ((0.3, 0.6), "1 drag(s)"),
+                            ((0.7, 0.7), "click the end point"), ((0.6, 0.6), "2 drag(s)")):
+        _click_canvas(other, fx, fy)
+        other.wait_for_function(f"document.querySelector('#status').innerText.includes('{shown}')", timeout=30_000)
     assert "1 drag(s)" in _status(page)
     other.close()
 
