@@ -1200,8 +1200,17 @@ def test_animate_stopped_by_sigterm_while_writing_leaves_no_temporary_file(tmp_p
         # the encoder's temporary file lives while ffmpeg encodes 120 frames
         sent = False
         deadline = time.time() + 300
+        def encoding() -> bool:  # a file listed may be gone by the time it is looked at (the probe file)
+            for p in out.iterdir():
+                try:
+                    if p.name.startswith(".pm-") and p.stat().st_size > 0:
+                        return True
+                except FileNotFoundError:
+                    pass
+            return False
+
         while proc.poll() is None and time.time() < deadline:
-            if any(p.name.startswith(".pm-") and p.stat().st_size > 0 for p in out.iterdir()):
+            if encoding():
                 proc.send_signal(signal.SIGTERM)
                 sent = True
                 break
