@@ -192,6 +192,12 @@ def test_recipe_script_runs_the_stages_that_made_the_shipped_weights():
 
     ship = next(c for c in commands if any(t.endswith("ship_default_model.py") for t in c))
     assert ship[-1] == f"{stages[-1]['output_dir']}/pipeline"
+    # the shipped VAE is the tiny one distilled from the student pipeline's, with the recorded options
+    distil = next(c for c in commands if c[:2] == ["puppet-master", "distil-vae"])
+    assert _option_pairs(distil[2:]) == _option_pairs(shlex.split(provenance["tiny_vae"]["command"])[2:])
+    assert distil[distil.index("--teacher") + 1] == ship[-1]
+    assert ship[ship.index("--vae") + 1] == distil[distil.index("--out") + 1] + "/vae"
+    assert json.loads((DEFAULT_MODEL_DIR / "vae" / "config.json").read_text())["_class_name"] == "AutoencoderKLTinyDecoder"
     # the sampling settings it ships are the shipped model's
     shipped = json.loads((DEFAULT_MODEL_DIR / "model_index.json").read_text())
     for flag, key in (("--warp-init-sigma", "warp_init_sigma"), ("--detail-transfer-radius", "detail_transfer_radius")):

@@ -9,7 +9,9 @@ update them for the new weights. Config files are written without ``_name_or_pat
 folder the weights were loaded from, a path on the machine that trained them). The
 pipeline's settings (model_index.json; not in the paper) ``warp_init_sigma`` and
 ``detail_transfer_radius`` are those of ``--warp-init-sigma`` and ``--detail-transfer-radius``,
-by default the currently shipped ones. Prints the size on disk, which must stay within 40 MB.
+by default the currently shipped ones. ``--vae FOLDER`` replaces the pipeline's VAE by
+another that shares its latent space (e.g. the tiny one ``puppet-master distil-vae`` makes).
+Prints the size on disk, which must stay within 40 MB.
 """
 
 from __future__ import annotations
@@ -54,6 +56,9 @@ def main() -> int:
     parser.add_argument("--tie-release-sigma", type=float, default=None,
                         help="σ below which the tie lets frame 0 go (0: held to the end; default: keep the shipped "
                              "model's setting)")
+    parser.add_argument("--vae", type=Path, default=None,
+                        help="a VAE folder (AutoencoderKL, AutoencoderKLTinyDecoder or AutoencoderTiny) to ship instead of the "
+                             "pipeline's own, e.g. runs/default-model/tiny-vae/vae from `puppet-master distil-vae`")
     args = parser.parse_args()
     shipped = json.loads((args.out / "model_index.json").read_text()) if (args.out / "model_index.json").is_file() else {}
     settings = {}
@@ -73,6 +78,20 @@ def main() -> int:
     settings["tie_release_sigma"] = release or None
     pipe = PuppetMasterPipeline.from_pretrained(args.pipeline)
     pipe.register_to_config(**settings)  # the pipeline's own sampling (steps, guidance of a student) is kept
+    if args.vae is not None:
+        from diffusers import AutoencoderKL, AutoencoderTiny
+
+        from puppet_master.models import AutoencoderKLTinyDecoder
+
+        classes = {c.__name__: c for c in (AutoencoderKL, AutoencoderKLTinyDecoder, AutoencoderTiny)}
+        config = json.loads((args.vae / "config.json").read_text()) if (args.vae / "config.json").is_file() else {}
+        if config.get("_class_name") not in classes:
+            parser.error(f"--vae {args.vae}: not a folder of an {', '.join(classes)} (config.json)")
+        vae = classes[config["_class_name"]].from_pretrained(args.vae, use_safetensors=True)
+        if vae.config.scaling_factor != pipe.vae.config.scaling_factor:
+            parser.error(f"--vae {args.vae}: scaling factor {vae.config.scaling_factor} is not the pipeline VAE's "
+                         f"{pipe.vae.config.scaling_factor}: it does not share the UNet's latent space")
+        pipe.register_modules(vae=vae)
     pipe.unet.to(torch.float16)
     pipe.vae.to(torch.float16)
     tmp = args.out.with_name(f".{args.out.name}.partial")

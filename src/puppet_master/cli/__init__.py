@@ -20,7 +20,7 @@ from .demo import demo
 from .evaluate import evaluate
 from .options import Command
 from .random_model import random_model
-from .train import cache_latents, export_checkpoint, train, train_vae
+from .train import cache_latents, distil_vae, export_checkpoint, train, train_vae
 
 app = typer.Typer(
     name="puppet-master",
@@ -36,6 +36,7 @@ app.command("evaluate", cls=Command)(evaluate)
 app.command("train", cls=Command)(train)
 app.command("cache-latents", cls=Command)(cache_latents)
 app.command("train-vae", cls=Command)(train_vae)
+app.command("distil-vae", cls=Command)(distil_vae)
 app.command("export-checkpoint", cls=Command)(export_checkpoint)
 app.command("demo", cls=Command)(demo)
 app.add_typer(data_app, name="data")

@@ -44,7 +44,7 @@ def random_model(
 
     trained_vae = None
     if vae is not None:
-        from diffusers import AutoencoderKL, AutoencoderKLTemporalDecoder
+        from diffusers import AutoencoderKL, AutoencoderKLTemporalDecoder, AutoencoderTiny
 
         config_file = vae / "config.json"
         if not config_file.is_file():
@@ -52,9 +52,15 @@ def random_model(
         config = parse_json(config_file.read_bytes(), f"VAE config {str(config_file)!r}")
         if not isinstance(config, dict):
             raise UserInputError(f"{str(config_file)!r} is not a diffusers VAE config (JSON object)")
+        from ..models import AutoencoderKLTinyDecoder
+
+        classes = {c.__name__: c for c in (AutoencoderKL, AutoencoderKLTemporalDecoder, AutoencoderKLTinyDecoder,
+                                           AutoencoderTiny)}
         class_name = config.get("_class_name")
-        cls = AutoencoderKLTemporalDecoder if class_name == AutoencoderKLTemporalDecoder.__name__ else AutoencoderKL
-        trained_vae = cls.from_pretrained(vae)
+        if class_name not in classes:
+            raise UserInputError(f"VAE folder {str(vae)!r} holds a {class_name!r}; --vae takes one of "
+                                 f"{', '.join(classes)}")
+        trained_vae = classes[class_name].from_pretrained(vae)
     pipe = PuppetMasterPipeline(**build_components(size, seed=seed, with_image_encoder=not no_image_encoder, vae=trained_vae))
     tmp = out_dir.with_name(f".{out_dir.name}.partial")
     pipe.save_pretrained(tmp)

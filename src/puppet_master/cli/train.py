@@ -104,3 +104,51 @@ def train_vae(
     print(f"VAE saved to {out / 'vae'}: held-out PSNR {report['held_out_psnr_db']:.2f} dB "
           f"(object pixels {report['held_out_foreground_psnr_db']:.2f} dB), "
           f"scaling factor {report['scaling_factor']:.4f}", file=sys.stderr)
+
+
+def distil_vae(
+    data: list[Path] = typer.Option(..., "--data", help="Split folder(s) of clips (NAME.json + NAME.gif); repeat for several."),
+    out: Path = typer.Option(..., "--out", help="Run folder: checkpoint/, vae/, vae-report.json (re-running resumes)."),
+    teacher: str = typer.Option("default", "--teacher",
+                                help="Pipeline folder (its vae/) or VAE folder of the AutoencoderKL to distil; "
+                                     "'default': the embedded default model."),
+    steps: int = typer.Option(2000, "--steps", min=1, help="Optimizer steps."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1),
+    crop: int = typer.Option(128, "--crop", min=16, help="Training crop size in pixels."),
+    lr: float = typer.Option(5e-4, "--lr", parser=finite(0.0, above=True), help="Learning rate (> 0)."),
+    encoder: str = typer.Option("teacher", "--encoder",
+                                help="teacher: keep the teacher's encoder (exact conditioning latents; an "
+                                     "AutoencoderKLTinyDecoder); distil: train a tiny encoder too (a standalone "
+                                     "diffusers AutoencoderTiny)."),
+    encoder_channels: int = typer.Option(64, "--encoder-channels", min=1,
+                                         help="Channels of every level of a distilled encoder (--encoder distil)."),
+    decoder_channels: int = typer.Option(32, "--decoder-channels", min=1, help="Channels of every decoder level."),
+    no_photos: bool = typer.Option(False, "--no-photos", help="Do not mix in scikit-image's sample photographs."),
+    precision: str = typer.Option("auto", "--precision",
+                                  help="auto (bf16 autocast on a CPU with native bf16, else fp32), bf16 or fp32."),
+    seed: int = SEED,
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    threads: Optional[int] = THREADS,
+) -> None:
+    """Distil a model's image VAE into one with a tiny decoder that decodes its latents several times faster."""
+    from ..runtime import auto_dtype
+    from ..training.tiny_vae import TinyVAEConfig, distil_tiny_vae, load_teacher_vae
+
+    if encoder not in ("teacher", "distil"):
+        raise UserInputError(f"--encoder must be teacher or distil, got {encoder!r}")
+    if precision not in ("auto", "bf16", "fp32"):
+        raise UserInputError(f"--precision must be auto, bf16 or fp32, got {precision!r}")
+    if precision == "auto":
+        precision = "bf16" if auto_dtype("cpu") is not None else "fp32"
+    set_threads(threads)
+    quiet_loading()
+    vae = load_teacher_vae(teacher)
+    cfg = TinyVAEConfig(data=[str(d) for d in data], output_dir=str(out), encoder=encoder, encoder_channels=encoder_channels,
+                        decoder_channels=decoder_channels, crop=crop, batch_size=batch_size, max_steps=steps, lr=lr,
+                        use_photos=not no_photos, mixed_precision="bf16" if precision == "bf16" else "no", seed=seed)
+    report = distil_tiny_vae(cfg, vae, progress=not quiet)
+    print(f"tiny VAE saved to {out / 'vae'}: held-out decoder PSNR to the teacher's decode "
+          f"{report.get('held_out_decoder_psnr_db', float('nan')):.2f} dB, round trip "
+          f"{report.get('held_out_roundtrip_psnr_db', float('nan')):.2f} dB (teacher "
+          f"{report.get('held_out_teacher_roundtrip_psnr_db', float('nan')):.2f} dB), latent RMSE "
+          f"{report.get('held_out_encoder_rmse', float('nan')):.3f}", file=sys.stderr)

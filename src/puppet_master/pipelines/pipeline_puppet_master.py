@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
-from diffusers import AutoencoderKL, AutoencoderKLTemporalDecoder, EulerDiscreteScheduler, UNetSpatioTemporalConditionModel
+from diffusers import AutoencoderKL, AutoencoderKLTemporalDecoder, AutoencoderTiny, EulerDiscreteScheduler, UNetSpatioTemporalConditionModel
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 from safetensors.torch import load_file
@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from ..drags import DragSet
 from ..drags.warp import warp_images_by_drags, warp_latents_by_drags
 from ..errors import ModelLoadError, UserInputError
-from ..models import DragConditioning, UNetDragSpatioTemporalConditionModel
+from ..models import AutoencoderKLTinyDecoder, DragConditioning, UNetDragSpatioTemporalConditionModel
 from .components import load_svd_components
 from .cuda_graph import GraphedUNet
 from .model_source import check_model_folder, resolve_model
@@ -51,9 +51,11 @@ class PuppetMasterPipeline(SVDStylePipeline):
     """Generate a video of an object's parts moving as the drags say (Puppet-Master).
 
     Components:
-        vae: ``AutoencoderKLTemporalDecoder`` (SVD's VAE), or ``AutoencoderKL`` (the
-            embedded default model's small image VAE), or any diffusers VAE with
-            ``encode``/``decode`` and ``config.scaling_factor``.
+        vae: ``AutoencoderKLTemporalDecoder`` (SVD's VAE), or ``AutoencoderKL`` (an image
+            VAE), or :class:`~puppet_master.models.AutoencoderKLTinyDecoder` (an image VAE's
+            encoder with a tiny decoder distilled from its decoder: the embedded default
+            model's), or ``AutoencoderTiny``, or any diffusers VAE with ``encode``/``decode``
+            and ``config.scaling_factor``.
         image_encoder: ``CLIPVisionModelWithProjection`` (optional; without it the UNet
             gets a zero image embedding).
         feature_extractor: ``CLIPImageProcessor`` for the image encoder (optional).
@@ -122,7 +124,7 @@ class PuppetMasterPipeline(SVDStylePipeline):
 
     def __init__(
         self,
-        vae: AutoencoderKLTemporalDecoder | AutoencoderKL,
+        vae: AutoencoderKLTemporalDecoder | AutoencoderKL | AutoencoderKLTinyDecoder | AutoencoderTiny,
         unet: UNetDragSpatioTemporalConditionModel,
         scheduler: EulerDiscreteScheduler,
         image_encoder=None,
