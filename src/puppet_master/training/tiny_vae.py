@@ -33,7 +33,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -47,8 +46,8 @@ from torch.utils.data import DataLoader
 from ..errors import UserInputError
 from ..models import AutoencoderKLTinyDecoder
 from .loop import LoopSettings, TrainingLoop
-from .vae import (MIN_FRAMES, CropDataset, _read_step, _save_checkpoint, collect_frames, image_gradients, image_tensor,
-                  skimage_photos)
+from .vae import (MIN_FRAMES, CropDataset, _check_out_dir, _load_checkpoint, _publish, _save_checkpoint, _start_step,
+                  collect_frames, image_gradients, image_tensor, skimage_photos)
 
 
 @dataclass
@@ -218,15 +217,13 @@ def distil_tiny_vae(cfg: TinyVAEConfig, teacher: AutoencoderKL, progress: bool =
     if cfg.crop % stride:
         raise UserInputError(f"crop {cfg.crop} must be a multiple of the VAE stride {stride}")
     out = Path(cfg.output_dir)
-    for part in (out, *out.parents):
-        if part.exists() and not part.is_dir():
-            raise UserInputError(f"--out {str(out)!r}: {str(part)!r} is a file, not a folder")
+    _check_out_dir(out)
     frames = collect_frames(cfg.data, cfg.frames_per_clip)
     if len(frames) < MIN_FRAMES:
         raise UserInputError(f"distil-vae read {len(frames)} frames from {', '.join(map(str, cfg.data))}; it needs at "
                              f"least {MIN_FRAMES}: one in ten is held out to measure the student. Give more clips")
     student = make_tiny_vae(teacher, cfg)
-    start = _read_step(out / "checkpoint" / "step.json") if (out / "checkpoint" / "step.json").is_file() else 0
+    start = _start_step(out)
     out.mkdir(parents=True, exist_ok=True)
     held_out = min(held_out, len(frames) // 10)
     train_frames, test_frames = frames[: len(frames) - held_out], frames[len(frames) - held_out :]
@@ -246,12 +243,7 @@ def distil_tiny_vae(cfg: TinyVAEConfig, teacher: AutoencoderKL, progress: bool =
     student, opt, sched = acc.prepare(student, opt, sched)
     teacher = teacher.to(acc.device)
     if start:
-        try:
-            acc.load_state(str(out / "checkpoint"))
-        except Exception as exc:  # noqa: BLE001 - any unreadable state file is the same damaged checkpoint
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UserInputError(f"cannot resume from {out / 'checkpoint'} ({first}): remove it to start afresh, or "
-                                 "train into another --out") from None
+        _load_checkpoint(acc, out)
     dataset = CropDataset(train_frames, photos, cfg.crop, cfg.max_steps * cfg.batch_size, cfg.photo_share, cfg.seed)
     indices = list(range(start * cfg.batch_size, cfg.max_steps * cfg.batch_size))  # stateless: resume at item s·batch
     loader = DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=cfg.batch_size, shuffle=False)
@@ -268,13 +260,6 @@ def distil_tiny_vae(cfg: TinyVAEConfig, teacher: AutoencoderKL, progress: bool =
         student, teacher, batch.to(acc.device).contiguous(memory_format=torch.channels_last), cfg, generator))
     model = acc.unwrap_model(student).eval().float().to("cpu", memory_format=torch.contiguous_format)
     model.requires_grad_(True)  # as from_pretrained leaves it
-    tmp = out / ".vae-partial"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    model.save_pretrained(tmp)
-    if (out / "vae").exists():
-        shutil.rmtree(out / "vae")
-    tmp.rename(out / "vae")
     result = {
         "steps": report.final_step,
         "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()},
@@ -285,7 +270,5 @@ def distil_tiny_vae(cfg: TinyVAEConfig, teacher: AutoencoderKL, progress: bool =
         "held_out_frames": len(test_frames),
         **({f"held_out_{k}": v for k, v in compare_vaes(model, teacher.cpu(), test_frames).items()} if test_frames else {}),
     }
-    tmp_report = out / ".vae-report.json.partial"
-    tmp_report.write_text(json.dumps(result, indent=2))
-    os.replace(tmp_report, out / "vae-report.json")
+    _publish(model, out, result)
     return result

@@ -265,6 +265,47 @@ def _save_checkpoint(acc, out: Path, step: int) -> None:
         shutil.rmtree(old)
 
 
+def _check_out_dir(out: Path) -> None:
+    """Refuse an output folder that is, or lies under, a file (UserInputError)."""
+    for part in (out, *out.parents):
+        if part.exists() and not part.is_dir():
+            raise UserInputError(f"--out {str(out)!r}: {str(part)!r} is a file, not a folder")
+
+
+def _start_step(out: Path) -> int:
+    """The step to resume from: ``OUT/checkpoint/step.json``'s, or 0 without a checkpoint."""
+    step_file = out / "checkpoint" / "step.json"
+    return _read_step(step_file) if step_file.is_file() else 0
+
+
+def _load_checkpoint(acc, out: Path) -> None:
+    """Load ``OUT/checkpoint`` into ``acc``'s objects (accelerate reads tensors with ``weights_only=True``).
+
+    Raises:
+        UserInputError: an unreadable or mismatched checkpoint, naming it and the fix.
+    """
+    try:
+        acc.load_state(str(out / "checkpoint"))
+    except Exception as exc:  # noqa: BLE001 - any unreadable state file is the same damaged checkpoint
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserInputError(f"cannot resume from {out / 'checkpoint'} ({first}): remove it to start afresh, or "
+                             "train into another --out") from None
+
+
+def _publish(model, out: Path, report: dict) -> None:
+    """Write ``OUT/vae/`` (``save_pretrained``) and ``OUT/vae-report.json``, each replacing the old one only once complete."""
+    tmp = out / ".vae-partial"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(tmp)
+    if (out / "vae").exists():
+        shutil.rmtree(out / "vae")
+    tmp.rename(out / "vae")
+    tmp_report = out / ".vae-report.json.partial"
+    tmp_report.write_text(json.dumps(report, indent=2))
+    os.replace(tmp_report, out / "vae-report.json")
+
+
 def train_vae(cfg: VAETrainConfig, progress: bool = True, held_out: int = 32) -> dict:
     """Train (or resume) the VAE; write ``OUT/vae/`` (``save_pretrained``) and ``OUT/vae-report.json``.
 
@@ -280,16 +321,14 @@ def train_vae(cfg: VAETrainConfig, progress: bool = True, held_out: int = 32) ->
     if cfg.crop % 2 ** (len(cfg.block_out_channels) - 1):
         raise UserInputError(f"crop {cfg.crop} must be a multiple of the VAE stride {2 ** (len(cfg.block_out_channels) - 1)}")
     out = Path(cfg.output_dir)
-    for part in (out, *out.parents):
-        if part.exists() and not part.is_dir():
-            raise UserInputError(f"--out {str(out)!r}: {str(part)!r} is a file, not a folder")
+    _check_out_dir(out)
     frames = collect_frames(cfg.data, cfg.frames_per_clip)
     if len(frames) < MIN_FRAMES:
         clips = -(-MIN_FRAMES // cfg.frames_per_clip)
         raise UserInputError(f"train-vae read {len(frames)} frames from {', '.join(map(str, cfg.data))}; it needs at "
                              f"least {MIN_FRAMES} ({clips} clips of {cfg.frames_per_clip} frames): one in ten is held "
                              "out to measure the reconstruction. Give more clips")
-    start = _read_step(out / "checkpoint" / "step.json") if (out / "checkpoint" / "step.json").is_file() else 0
+    start = _start_step(out)
     out.mkdir(parents=True, exist_ok=True)
     held_out = min(held_out, len(frames) // 10)
     train_frames, test_frames = frames[: len(frames) - held_out], frames[len(frames) - held_out :]
@@ -303,12 +342,7 @@ def train_vae(cfg: VAETrainConfig, progress: bool = True, held_out: int = 32) ->
     )
     vae, opt, sched = acc.prepare(vae, opt, sched)
     if start:
-        try:
-            acc.load_state(str(out / "checkpoint"))
-        except Exception as exc:  # noqa: BLE001 - any unreadable state file is the same damaged checkpoint
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UserInputError(f"cannot resume from {out / 'checkpoint'} ({first}): remove it to start afresh, or "
-                                 "train into another --out") from None
+        _load_checkpoint(acc, out)
     dataset = CropDataset(train_frames, photos, cfg.crop, cfg.max_steps * cfg.batch_size, cfg.photo_share, cfg.seed)
     # stateless dataset: resuming at step s starts at item s·batch
     indices = list(range(start * cfg.batch_size, cfg.max_steps * cfg.batch_size))
@@ -325,13 +359,6 @@ def train_vae(cfg: VAETrainConfig, progress: bool = True, held_out: int = 32) ->
     model = acc.unwrap_model(vae).eval()
     std = latent_std(model, train_frames)
     model.register_to_config(scaling_factor=1.0 / std)
-    tmp = out / ".vae-partial"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    model.save_pretrained(tmp)
-    if (out / "vae").exists():
-        shutil.rmtree(out / "vae")
-    tmp.rename(out / "vae")
     report = {
         "steps": step,
         "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()},
@@ -343,9 +370,7 @@ def train_vae(cfg: VAETrainConfig, progress: bool = True, held_out: int = 32) ->
         "held_out_psnr_db": reconstruction_psnr(model, test_frames) if test_frames else None,
         "held_out_foreground_psnr_db": reconstruction_psnr(model, test_frames, foreground=True) if test_frames else None,
     }
-    tmp_report = out / ".vae-report.json.partial"
-    tmp_report.write_text(json.dumps(report, indent=2))
-    os.replace(tmp_report, out / "vae-report.json")
+    _publish(model, out, report)
     return report
 
 
