@@ -161,6 +161,8 @@ ANIMATE_CASES = [
     ("ok.png", ["--drag", "1,1:2,2", "--drags-json", "size_dict.json"], "not both"),
     ("ok.png", ["--drag", "1,1:2,2", "--detail-transfer-radius", "-1"], "--detail-transfer-radius must be a finite number from 0"),
     ("ok.png", ["--drag", "1,1:2,2", "--warp-init-sigma", "nan"], "--warp-init-sigma must be a finite number from 0"),
+    ("ok.png", ["--drag", "1,1:2,2", "--chroma-anchor-sigma", "-1"], "--chroma-anchor-sigma must be a finite number from 0"),
+    ("ok.png", ["--drag", "1,1:2,2", "--chroma-anchor-sigma", "500"], "chroma_anchor_sigma must be between 0"),
 ]
 
 
@@ -331,6 +333,7 @@ def test_evaluate_refuses_a_folder_of_only_unreadable_batches(tmp_path, capsys, 
     (["--out", "FILE"], "is not a folder"),
     (["--method", "model", "--detail-transfer-radius", "inf"], "--detail-transfer-radius must be a finite number from 0"),
     (["--method", "static", "--warp-init-sigma", "2"], "add --method model"),
+    (["--method", "warp", "--chroma-anchor-sigma", "8"], "add --method model"),
 ])
 def test_evaluate_refuses_bad_options(shared_dir, tmp_path, capsys, args, message):
     (tmp_path / "corrupt.pt").write_bytes(b"PK\x03\x04 not a TorchScript archive")

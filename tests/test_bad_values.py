@@ -563,7 +563,7 @@ def test_the_demo_checks_its_controls_as_the_command_line(tiny_pipeline_dir):
     generate = next(f.fn for f in demo.fns.values() if f.fn.__name__ == "on_generate")
     state = DemoState(image=PIL.Image.new("RGB", (64, 64), (200, 50, 40)), drags=[((20.0, 20.0), (30.0, 20.0))])
     values = {"seed": 0, "steps": 1, "guidance": float("nan"), "min_guidance": 1.0, "warp_init_sigma": None,
-              "detail_transfer_radius": None}
+              "detail_transfer_radius": None, "chroma_anchor_sigma": None}
     path, _, status = generate(state, False, False, "Puppet-Master", *values.values())
     assert path is None and status == "Cannot generate: 'Guidance (max CFG weight)' must be a finite number from 0 to " \
                                       "100, got nan"

@@ -200,7 +200,8 @@ def test_recipe_script_runs_the_stages_that_made_the_shipped_weights():
     assert json.loads((DEFAULT_MODEL_DIR / "vae" / "config.json").read_text())["_class_name"] == "AutoencoderKLTinyDecoder"
     # the sampling settings it ships are the shipped model's
     shipped = json.loads((DEFAULT_MODEL_DIR / "model_index.json").read_text())
-    for flag, key in (("--warp-init-sigma", "warp_init_sigma"), ("--detail-transfer-radius", "detail_transfer_radius")):
+    for flag, key in (("--warp-init-sigma", "warp_init_sigma"), ("--detail-transfer-radius", "detail_transfer_radius"),
+                      ("--chroma-anchor-sigma", "chroma_anchor_sigma")):
         assert float(ship[ship.index(flag) + 1]) == shipped[key], key
     assert (ship[ship.index("--tie-first-frame") + 1] == "on") == shipped["tie_first_frame"]
     assert float(ship[ship.index("--tie-release-sigma") + 1]) == shipped["tie_release_sigma"]

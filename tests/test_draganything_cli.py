@@ -127,9 +127,10 @@ def test_demo_offers_draganything_when_given(tiny_pipeline_dir, tiny_draganythin
     generate = next(f.fn for f in demo.fns.values() if f.fn.__name__ == "on_generate")
     radio = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "method")
     assert radio.visible and "DragAnything" in [c[0] if isinstance(c, tuple) else c for c in radio.choices]
-    # the controls: seed, steps, guidance, min. guidance, sampler, warp start, detail radius (read from the options)
+    # the controls: seed, steps, guidance, min. guidance, sampler, warp start, detail radius, chroma anchoring
+    # (read from the options)
     values = {"seed": 0, "steps": 1, "guidance": 3.0, "min_guidance": 1.0, "scheduler": None, "warp_init_sigma": None,
-              "detail_transfer_radius": None}
+              "detail_transfer_radius": None, "chroma_anchor_sigma": None}
     assert list(values) == list(dict.fromkeys([*PuppetMasterOptions.options("control"),
                                                *DragAnythingOptions.options("control")]))
     # choosing DragAnything shows its controls at its values; Puppet-Master's own ones are hidden

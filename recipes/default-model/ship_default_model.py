@@ -7,9 +7,9 @@ UNet and VAE stored in float16; ``load_pipeline`` upcasts to float32 on CPU. The
 card (``README.md``) and the provenance (``training.json``) beside the weights are kept:
 update them for the new weights. Config files are written without ``_name_or_path`` (the
 folder the weights were loaded from, a path on the machine that trained them). The
-pipeline's settings (model_index.json; not in the paper) ``warp_init_sigma`` and
-``detail_transfer_radius`` are those of ``--warp-init-sigma`` and ``--detail-transfer-radius``,
-by default the currently shipped ones. ``--vae FOLDER`` replaces the pipeline's VAE by
+pipeline's settings (model_index.json; not in the paper) ``warp_init_sigma``,
+``detail_transfer_radius`` and ``chroma_anchor_sigma`` are those of ``--warp-init-sigma``,
+``--detail-transfer-radius`` and ``--chroma-anchor-sigma``, by default the currently shipped ones. ``--vae FOLDER`` replaces the pipeline's VAE by
 another that shares its latent space (e.g. the tiny one ``puppet-master distil-vae`` makes).
 Prints the size on disk, which must stay within 40 MB.
 """
@@ -51,6 +51,9 @@ def main() -> int:
     parser.add_argument("--detail-transfer-radius", type=float, default=None,
                         help="add the input's detail lost by the VAE back, moved along the drags with this radius in "
                              "latent cells (0: decode as the paper; default: keep the shipped model's setting)")
+    parser.add_argument("--chroma-anchor-sigma", type=float, default=None,
+                        help="take the colour coarser than a Gaussian of this many pixels from the input moved along "
+                             "the drags (0: the generated colour; default: keep the shipped model's setting)")
     parser.add_argument("--tie-first-frame", choices=("on", "off"), default=None,
                         help="hold frame 0 at the input while sampling (default: keep the shipped model's setting)")
     parser.add_argument("--tie-release-sigma", type=float, default=None,
@@ -62,12 +65,12 @@ def main() -> int:
     args = parser.parse_args()
     shipped = json.loads((args.out / "model_index.json").read_text()) if (args.out / "model_index.json").is_file() else {}
     settings = {}
-    try:  # the checks of animate's --warp-init-sigma / --detail-transfer-radius
-        PuppetMasterOptions.from_values({"warp_init_sigma": args.warp_init_sigma,
-                                         "detail_transfer_radius": args.detail_transfer_radius})
+    names = ("warp_init_sigma", "detail_transfer_radius", "chroma_anchor_sigma")
+    try:  # the checks of animate's --warp-init-sigma / --detail-transfer-radius / --chroma-anchor-sigma
+        PuppetMasterOptions.from_values({name: getattr(args, name) for name in names})
     except UserInputError as exc:
         parser.error(str(exc))
-    for name in ("warp_init_sigma", "detail_transfer_radius"):
+    for name in names:
         value = getattr(args, name)
         settings[name] = (shipped.get(name) if value is None else value) or None
     tie = shipped.get("tie_first_frame", False) if args.tie_first_frame is None else args.tie_first_frame == "on"

@@ -78,13 +78,14 @@ stage $W/student recipes/default-model/configs/default-model-distill.yaml
 # 6. Ship the student as fp16 safetensors (<= 40 MB) and evaluate against the baselines
 #    (autoencoder = the test videos through the VAE: the best any UNet with this VAE can score).
 #    The sampling settings not in the paper are those of model_index.json; the student's own
-#    (3 steps, no CFG, its 2 >= σ >= 0.045 scheduler) come with its pipeline folder.
+#    (3 steps, no CFG, its 2 >= σ >= 0.045 scheduler) come with its pipeline folder. Chroma anchoring
+#    (8 px) was chosen on Drag-a-Move dev (docs/design.md §5).
 # a tiny VAE in the same latent space: decodes the frames several times faster than the VAE above
 run puppet-master distil-vae --data $W/data-train/samples --teacher $W/student/pipeline --out $W/tiny-vae \
     --steps 2000 --batch-size 8 --crop 128 --encoder teacher --decoder-channels 32
 
 run python recipes/default-model/ship_default_model.py --warp-init-sigma 2 --detail-transfer-radius 1 \
-    --tie-first-frame on --tie-release-sigma 0.01 --vae $W/tiny-vae/vae $W/student/pipeline
+    --tie-first-frame on --tie-release-sigma 0.01 --chroma-anchor-sigma 8 --vae $W/tiny-vae/vae $W/student/pipeline
 run puppet-master evaluate --data $W/data-test/samples-s00 --method model --method warp --method static \
     --method autoencoder --model default --out $W/eval-procedural
 run puppet-master evaluate --data ../shared/data/dragamove-test-dev --method model --method warp --method static \

@@ -197,9 +197,9 @@ class MethodOptions(BaseModel):
 
 
 class PuppetMasterOptions(MethodOptions):
-    """Puppet-Master's options (paper §3; the two sampling settings not in the paper say so).
+    """Puppet-Master's options (paper §3; the three sampling settings not in the paper say so).
 
-    ``warp_init_sigma`` and ``detail_transfer_radius`` are ``None`` unless given: the
+    ``warp_init_sigma``, ``detail_transfer_radius`` and ``chroma_anchor_sigma`` are ``None`` unless given: the
     pipeline then uses the model's own setting (``model_index.json``); given, they are
     passed to that one call and never written into the model.
     """
@@ -237,6 +237,13 @@ class PuppetMasterOptions(MethodOptions):
         description="Add the input's detail lost by the VAE back to every frame, moved along the drags with this "
                     "radius in latent cells (not in the paper; 0: decode as the paper does) [default: the model's "
                     "setting; the shipped model's is 1].")
+    chroma_anchor_sigma: Annotated[float | None, Option(
+        "--chroma-anchor-sigma", "PX", call="chroma_anchor_sigma",
+        control=Control("Chroma anchoring: input colour above this scale in pixels (empty: the model's setting)"))] = Field(
+        None, ge=0.0, le=1024.0,
+        description="Take every frame's colour coarser than a Gaussian of this many pixels from the input moved along "
+                    "the drags; brightness and fine colour stay the model's (not in the paper; 0: the generated "
+                    "colour) [default: the model's setting; the shipped model's is 8].")
     size: Annotated[int, Option("--size", "PX", where=(ANIMATE, DEMO))] = Field(
         256, ge=8, description="Side of the square the model works at, in pixels (at most "
                                "PUPPET_MASTER_MAX_MODEL_SIDE, 1024 by default).")

@@ -156,6 +156,7 @@ CONFIG_LOWER_BOUNDS = {
     "sigma_max": (0.0, False),
     "warp_init_sigma": (0.0, True),
     "detail_transfer_radius": (0.0, True),
+    "chroma_anchor_sigma": (0.0, True),
     "drag_warp_radius": (0.0, False),
     "num_inference_steps": (1.0, True),
     "min_guidance_scale": (0.0, True),

@@ -16,6 +16,7 @@ from ..drags import DragSet
 from ..drags.warp import warp_images_by_drags, warp_latents_by_drags
 from ..errors import ModelLoadError, UserInputError
 from ..models import AutoencoderKLTinyDecoder, DragConditioning, UNetDragSpatioTemporalConditionModel
+from . import chroma
 from .components import load_svd_components
 from .cuda_graph import GraphedUNet
 from .model_source import check_model_folder, resolve_model
@@ -31,7 +32,7 @@ PAPER_SAMPLING = {"num_inference_steps": 50, "min_guidance_scale": 1.0, "max_gui
 #: Every sampling setting a model may state in ``model_index.json``, with its default when it does not: the
 #: paper's sampling, and the three settings not in the paper off (class docstring).
 SAMPLING_DEFAULTS = {**PAPER_SAMPLING, "warp_init_sigma": None, "detail_transfer_radius": None,
-                     "tie_first_frame": False, "tie_release_sigma": 0.0}
+                     "tie_first_frame": False, "tie_release_sigma": 0.0, "chroma_anchor_sigma": None}
 
 
 @dataclass
@@ -118,6 +119,17 @@ class PuppetMasterPipeline(SVDStylePipeline):
     tie below that σ: e.g. a value under the schedule's last non-zero σ keeps the last step's
     own frame 0, which every step still saw tied (frame 0 then matches its neighbours as the
     model made them, and stays close to the input; the default model's setting, docs/design.md §5).
+
+    **Not in the paper:** chroma anchoring (``chroma_anchor_sigma``, a ``model_index.json``
+    setting or a call argument; off by default) takes the colour of every decoded frame at
+    scales coarser than a Gaussian of that many pixels from the input warped along the drags
+    (the UNet's :attr:`~puppet_master.models.UNetDragSpatioTemporalConditionModel.warp_settings`),
+    and keeps the generated luma at every scale and the generated chroma below that scale
+    (:func:`~puppet_master.pipelines.chroma.anchor_chroma`, after detail transfer). It removes
+    the colour blotches a small model drifts into on inputs unlike its training data; the
+    motion and the shapes, which live in the luma, stay the model's. The released weights do
+    not need it (SVD's autoencoder and a large UNet keep the colours); the default model
+    ships it (docs/design.md §5).
     """
 
     model_cpu_offload_seq = "image_encoder->unet->vae"
@@ -136,6 +148,7 @@ class PuppetMasterPipeline(SVDStylePipeline):
         num_inference_steps: int | None = None,
         min_guidance_scale: float | None = None,
         max_guidance_scale: float | None = None,
+        chroma_anchor_sigma: float | None = None,
     ) -> None:
         super().__init__()
         self.register_modules(
@@ -143,7 +156,8 @@ class PuppetMasterPipeline(SVDStylePipeline):
         )
         # not in the paper (None / False = the paper's sampling and decoding); saved in model_index.json
         self.register_to_config(warp_init_sigma=warp_init_sigma, detail_transfer_radius=detail_transfer_radius,
-                                tie_first_frame=tie_first_frame, tie_release_sigma=tie_release_sigma)
+                                tie_first_frame=tie_first_frame, tie_release_sigma=tie_release_sigma,
+                                chroma_anchor_sigma=chroma_anchor_sigma)
         # the model's own sampling defaults (None = the paper's, PAPER_SAMPLING), e.g. a few-step student's
         self.register_to_config(num_inference_steps=num_inference_steps, min_guidance_scale=min_guidance_scale,
                                 max_guidance_scale=max_guidance_scale)
@@ -284,6 +298,33 @@ class PuppetMasterPipeline(SVDStylePipeline):
                                      self.unet.warp_settings.background)
         return (video.float() + moved.to(video.device)).clamp(-1, 1)
 
+    @torch.no_grad()
+    def anchor_chroma(self, video: torch.Tensor, image: torch.Tensor, drags: torch.Tensor, sigma: float
+                      ) -> torch.Tensor:
+        """Chroma anchoring (not in the paper; class docstring).
+
+        Args:
+            video: decoded frames ``(B, N, 3, H, W)`` in [−1, 1].
+            image: the input ``(B, 3, H, W)`` in [−1, 1].
+            drags: normalised drags ``(B, N, K, 4)`` (docs/design.md §2).
+            sigma: Gaussian standard deviation in pixels (> 0).
+
+        Returns:
+            ``(B, N, 3, H, W)`` float32 in [−1, 1]: ``video``'s luma, its chroma finer than
+            ``sigma`` and the chroma coarser than ``sigma`` of ``image`` warped along ``drags``
+            (:func:`~puppet_master.pipelines.chroma.anchor_chroma`). The correction is computed
+            at ``1/f`` of the resolution, ``f`` the largest divisor of the VAE's factor with
+            ``f ≤ sigma / 2`` (4 for 8 pixels), where a Gaussian of ``sigma / f ≥ 2`` pixels
+            is still well sampled.
+        """
+        warp = self.unet.warp_settings
+        factor = max(f for f in range(1, self.vae_scale_factor + 1)
+                     if self.vae_scale_factor % f == 0 and (f == 1 or f <= sigma / 2))
+        small = torch.nn.functional.avg_pool2d(image.to(video.device, torch.float32), factor)
+        moved = warp_images_by_drags(small, drags.float().to(video.device), self.vae_scale_factor // factor,
+                                     warp.radius, warp.background)
+        return chroma.anchor_chroma(video, moved, sigma).clamp(-1, 1)
+
     def _unet_call(self, sample, timestep, image_latents, encoder_hidden_states, drag_conditioning) -> torch.Tensor:
         return self.unet(
             sample, timestep, image_latents=image_latents, encoder_hidden_states=encoder_hidden_states,
@@ -331,7 +372,8 @@ class PuppetMasterPipeline(SVDStylePipeline):
                      output_type: str, latents: torch.Tensor | None = None,
                      warp_init_sigma: float | None = None, detail_transfer_radius: float | None = None,
                      callback_on_step_end_tensor_inputs: Sequence[str] | None = None, scheduler: Any = None,
-                     generator=None, tie_release_sigma: float | None = None) -> None:
+                     generator=None, tie_release_sigma: float | None = None,
+                     chroma_anchor_sigma: float | None = None) -> None:
         """Every argument check of :meth:`__call__`, before anything is encoded.
 
         Raises:
@@ -350,6 +392,9 @@ class PuppetMasterPipeline(SVDStylePipeline):
         if tie_release_sigma is not None and not tie_release_sigma >= 0:
             raise UserInputError(
                 f"tie_release_sigma must be >= 0 (0: frame 0 held at the input down to σ = 0), got {tie_release_sigma}")
+        if chroma_anchor_sigma is not None and not 0 <= chroma_anchor_sigma <= max(height, width):
+            raise UserInputError(f"chroma_anchor_sigma must be between 0 (0 or None: no chroma anchoring) and the "
+                                 f"frame size {max(height, width)} pixels, got {chroma_anchor_sigma}")
         self._check_latents(latents, (batch_size, num_frames, self.unet.config.out_channels,
                                       height // self.vae_scale_factor, width // self.vae_scale_factor), generator)
 
@@ -380,10 +425,11 @@ class PuppetMasterPipeline(SVDStylePipeline):
         Args:
             given: any of ``num_inference_steps``, ``min_guidance_scale``,
                 ``max_guidance_scale``, ``warp_init_sigma``, ``detail_transfer_radius``,
-                ``tie_first_frame``, ``tie_release_sigma``; ``None`` means not given.
+                ``tie_first_frame``, ``tie_release_sigma``, ``chroma_anchor_sigma``; ``None``
+                means not given.
 
         Returns:
-            All seven, resolved (:data:`PAPER_SAMPLING` for the paper's; the settings not in
+            All eight, resolved (:data:`PAPER_SAMPLING` for the paper's; the settings not in
             the paper default to ``None`` / ``False`` / 0, the paper's sampling and decoding).
         """
         unknown = set(given) - set(SAMPLING_DEFAULTS)
@@ -421,6 +467,7 @@ class PuppetMasterPipeline(SVDStylePipeline):
         tie_first_frame: bool | None = None,
         scheduler: str | SchedulerMixin | None = None,
         tie_release_sigma: float | None = None,
+        chroma_anchor_sigma: float | None = None,
     ) -> PuppetMasterPipelineOutput | tuple:
         """Animate ``image`` with ``drags``.
 
@@ -471,6 +518,10 @@ class PuppetMasterPipeline(SVDStylePipeline):
                 uses the pipeline's. The pipeline's own scheduler is not changed.
             tie_release_sigma: not in the paper: σ below which the tie no longer holds frame 0
                 (class docstring); ``None`` uses the pipeline's setting, else 0 (held to the end).
+            chroma_anchor_sigma: not in the paper: take the colour coarser than a Gaussian of
+                this many pixels from the input moved along the drags (class docstring);
+                ``None`` uses the pipeline's setting, ``0`` keeps the generated colour.
+                Ignored for ``output_type="latent"``.
 
         Raises:
             UserInputError: bad image, drags, sizes or options.
@@ -480,7 +531,7 @@ class PuppetMasterPipeline(SVDStylePipeline):
             num_inference_steps=num_inference_steps, min_guidance_scale=min_guidance_scale,
             max_guidance_scale=max_guidance_scale, warp_init_sigma=warp_init_sigma,
             detail_transfer_radius=detail_transfer_radius, tie_first_frame=tie_first_frame,
-            tie_release_sigma=tie_release_sigma)
+            tie_release_sigma=tie_release_sigma, chroma_anchor_sigma=chroma_anchor_sigma)
         num_inference_steps = settings["num_inference_steps"]
         min_guidance_scale, max_guidance_scale = settings["min_guidance_scale"], settings["max_guidance_scale"]
         init_sigma, detail_radius = settings["warp_init_sigma"], settings["detail_transfer_radius"]
@@ -489,7 +540,7 @@ class PuppetMasterPipeline(SVDStylePipeline):
         # 1. every argument check, before any encoding
         self.check_inputs(image, drags, height, width, num_frames, num_inference_steps, output_type, latents,
                           init_sigma, detail_radius, callback_on_step_end_tensor_inputs, scheduler, generator,
-                          settings["tie_release_sigma"])
+                          settings["tie_release_sigma"], settings["chroma_anchor_sigma"])
         self._guidance_scale = max_guidance_scale
         device = self._execution_device
         pixels = self._prepare_image(image, height, width)  # (B, 3, H, W) in [0, 1]
@@ -547,6 +598,8 @@ class PuppetMasterPipeline(SVDStylePipeline):
                     reconstruction = video[:, 0]
                 video = self.transfer_details(video, pixels * 2 - 1, cond_latent, cond_drags, detail_radius,
                                               reconstruction=reconstruction)
+            if settings["chroma_anchor_sigma"]:
+                video = self.anchor_chroma(video, pixels * 2 - 1, cond_drags, float(settings["chroma_anchor_sigma"]))
             frames = self.postprocess_video(video, output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
