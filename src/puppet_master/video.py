@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import stat
@@ -290,6 +291,11 @@ def _read_pillow_frames(path: Path, max_frames: int) -> np.ndarray:
     return np.stack([f for f, r in zip(frames, repeats) for _ in range(r)])
 
 
+def _drop_kill_notice(record: logging.LogRecord) -> bool:
+    """Logging filter: drop imageio-ffmpeg's notice that it killed an ffmpeg we stopped on purpose."""
+    return "had to kill ffmpeg" not in record.getMessage()
+
+
 def _read_ffmpeg_frames(path: Path, max_frames: int) -> np.ndarray:
     """Frames decoded one at a time by ffmpeg (imageio-ffmpeg), stopping at the limits."""
     reader = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24")
@@ -309,7 +315,14 @@ def _read_ffmpeg_frames(path: Path, max_frames: int) -> np.ndarray:
             limits.check_video_size(width, height, len(frames) + 1, f"video {str(path)!r}")
             frames.append(np.frombuffer(raw, dtype=np.uint8).reshape(height, width, 3))
     finally:
-        reader.close()  # stops ffmpeg when decoding ended early
+        # stops ffmpeg when decoding ended early: imageio-ffmpeg waits 1.5 s for it to quit, then kills it
+        # and logs that it had to; a stop we asked for is no news to the user (their error is the message)
+        ffmpeg_log = logging.getLogger("imageio_ffmpeg")
+        ffmpeg_log.addFilter(_drop_kill_notice)
+        try:
+            reader.close()
+        finally:
+            ffmpeg_log.removeFilter(_drop_kill_notice)
     if not frames:
         raise UserInputError(f"cannot read video {str(path)!r}: it has no frames")
     return np.stack(frames)
