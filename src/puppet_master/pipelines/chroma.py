@@ -79,7 +79,8 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return gaussian_matrix(h, sigma, x.dtype, x.device) @ x @ gaussian_matrix(w, sigma, x.dtype, x.device).T
 
 
-def anchor_chroma(video: torch.Tensor, reference: torch.Tensor, sigma: float) -> torch.Tensor:
+def anchor_chroma(video: torch.Tensor, reference: torch.Tensor, sigma: float,
+                  value_range: tuple[float, float] | None = None) -> torch.Tensor:
     """Replace the chroma of ``video`` coarser than ``sigma`` pixels by that of ``reference``.
 
     ``out = ycbcr_to_rgb(Y_v, C_v + G_σ * (C_r − C_v))`` per frame: ``Y`` the luma of
@@ -96,11 +97,15 @@ def anchor_chroma(video: torch.Tensor, reference: torch.Tensor, sigma: float) ->
             the drags to every frame (:func:`~puppet_master.drags.warp.warp_images_by_drags`).
         sigma: Gaussian standard deviation in pixels of ``video`` (> 0), e.g. the VAE's
             8-pixel cell.
+        value_range: ``(low, high)`` of valid values, e.g. ``(-1, 1)``: ``video`` is clamped
+            to it first, and a pixel whose new colour would leave it has its chroma scaled
+            down just enough to stay inside (its luma kept), so the output needs no clamping
+            that would change its luma. ``None``: neither, the output may leave the range.
 
     Returns:
-        ``(B, N, 3, H, W)`` float32, not clamped; the luma is ``video``'s exactly (up to
-        rounding), and where ``video``'s chroma already matches ``reference``'s at coarse
-        scales it is unchanged.
+        ``(B, N, 3, H, W)`` float32; the luma is ``video``'s (clamped to ``value_range``)
+        exactly, up to rounding; where ``video``'s chroma already matches ``reference``'s at
+        coarse scales it is unchanged.
 
     Raises:
         ValueError: not ``(B, N, 3, H, W)``, ``reference`` of other leading dimensions or not
@@ -114,12 +119,27 @@ def anchor_chroma(video: torch.Tensor, reference: torch.Tensor, sigma: float) ->
     if factor < 1 or reference.shape[-2] * factor != h or reference.shape[-1] * factor != w:
         raise ValueError(f"reference size {tuple(reference.shape[-2:])} must be the video's {(h, w)} divided by one "
                          f"integer factor")
-    ours = rgb_to_ycbcr(video.float())
+    video = video.float() if value_range is None else video.float().clamp(*value_range)
+    ours = rgb_to_ycbcr(video)
     chroma = ours[:, :, 1:].reshape(b * n, 2, h, w)
     small = F.avg_pool2d(chroma, factor) if factor > 1 else chroma
     theirs = rgb_to_ycbcr(reference.float().to(video.device))[:, :, 1:].reshape(small.shape)
     correction = gaussian_blur(theirs - small, sigma / factor)
     if factor > 1:
         correction = F.interpolate(correction, size=(h, w), mode="bilinear", align_corners=False)
-    ours = torch.cat([ours[:, :, :1], (chroma + correction).reshape(b, n, 2, h, w)], dim=2)
-    return ycbcr_to_rgb(ours)
+    luma = ours[:, :, :1]
+    rgb = ycbcr_to_rgb(torch.cat([luma, (chroma + correction).reshape(b, n, 2, h, w)], dim=2))
+    if value_range is None:
+        return rgb
+    return _keep_in_range(luma, rgb - luma, *value_range)
+
+
+def _keep_in_range(luma: torch.Tensor, colour: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    """``luma + t · colour`` with the largest ``t ∈ [0, 1]`` per pixel that keeps every channel in
+    ``[low, high]`` (``luma`` ``(..., 1, H, W)`` inside the range; ``colour`` = RGB − luma, which has
+    zero luma, so the result's luma is ``luma`` for every ``t``)."""
+    inf = torch.tensor(float("inf"), device=colour.device)
+    up = torch.where(colour > 0, (high - luma) / colour.clamp(min=1e-12), inf)
+    down = torch.where(colour < 0, (low - luma) / colour.clamp(max=-1e-12), inf)
+    t = torch.minimum(up, down).amin(dim=-3, keepdim=True).clamp(0, 1)
+    return luma + t * colour

@@ -323,7 +323,8 @@ class PuppetMasterPipeline(SVDStylePipeline):
         small = torch.nn.functional.avg_pool2d(image.to(video.device, torch.float32), factor)
         moved = warp_images_by_drags(small, drags.float().to(video.device), self.vae_scale_factor // factor,
                                      warp.radius, warp.background)
-        return chroma.anchor_chroma(video, moved, sigma).clamp(-1, 1)
+        # (−1, 1): a colour that would leave the range is desaturated, not clipped, so the luma stays the model's
+        return chroma.anchor_chroma(video, moved, sigma, value_range=(-1.0, 1.0)).clamp(-1, 1)
 
     def _unet_call(self, sample, timestep, image_latents, encoder_hidden_states, drag_conditioning) -> torch.Tensor:
         return self.unet(
